@@ -1,0 +1,309 @@
+//! Layered configuration: built-in defaults, then `lectern.toml`, then `LECTERN_*` environment
+//! variables; the binary applies command-line flags last.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Every role a process can run.
+pub const ALL_ROLES: [&str; 4] = ["api", "ingest", "origin", "worker"];
+
+/// Everything a Lectern process can be configured with. Every key is optional in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP listener binds.
+    pub listen: SocketAddr,
+    /// Folder for the embedded database, local objects, the generated secret and scratch files.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; defaults to SQLite in the data folder.
+    pub database_url: Option<String>,
+    /// `file://DIR` or `s3://BUCKET`; defaults to `file://<data_dir>/objects`.
+    pub storage: Option<String>,
+    /// Endpoint of an S3-compatible server (used with `s3://` storage).
+    pub s3_endpoint: Option<String>,
+    /// External base URL for URLs handed out; without it the request's Host is used.
+    pub public_url: Option<String>,
+    /// Signing secret; without it one is generated and kept in the data folder.
+    pub secret: Option<String>,
+    /// Roles this process runs: any of api, ingest, origin, worker.
+    pub roles: Vec<String>,
+    /// Concurrent transcode jobs per worker process.
+    pub workers: usize,
+    /// Ladder definition file; defaults to the built-in copy of `pipelines/default.toml`.
+    pub pipeline: Option<PathBuf>,
+    /// Value of `Access-Control-Allow-Origin` on ingest and origin responses.
+    pub cors_origin: String,
+    /// Seconds a playback URL stays valid beyond the video's duration.
+    pub playback_grace_s: u64,
+    /// Hours an unfinished upload is kept before it may be swept.
+    pub upload_expiry_h: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("static address"),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            storage: None,
+            s3_endpoint: None,
+            public_url: None,
+            secret: None,
+            roles: ALL_ROLES.iter().map(|s| s.to_string()).collect(),
+            // x264 already spreads one job over every core; a second job only helps on big hosts.
+            workers: (cores / 4).max(1),
+            pipeline: None,
+            cors_origin: "*".into(),
+            playback_grace_s: 2 * 3600,
+            upload_expiry_h: 24,
+        }
+    }
+}
+
+/// Why configuration could not be loaded; each says which key or file to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file exists but cannot be read.
+    #[error("cannot read config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// The config file is not valid TOML or has an unknown key.
+    #[error("invalid config file {0}: {1}")]
+    Parse(PathBuf, toml::de::Error),
+    /// An environment variable has a value of the wrong shape.
+    #[error("invalid value for {0}: {1}")]
+    Env(&'static str, String),
+    /// A value is well-formed but unusable.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults, then the file (an explicit path must exist; `./lectern.toml` is optional),
+    /// then `LECTERN_*` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let (path, required) = match file {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from("lectern.toml"), false),
+        };
+        let mut cfg = match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Config::default(),
+            Err(e) => return Err(ConfigError::Read(path, e)),
+        };
+        cfg.apply_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(key: &'static str, v: String) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.parse()
+                .map_err(|e: T::Err| ConfigError::Env(key, e.to_string()))
+        }
+        if let Some(v) = env("LECTERN_LISTEN") {
+            self.listen = parse("LECTERN_LISTEN", v)?;
+        }
+        if let Some(v) = env("LECTERN_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env("LECTERN_DATABASE_URL") {
+            self.database_url = Some(v);
+        }
+        if let Some(v) = env("LECTERN_STORAGE") {
+            self.storage = Some(v);
+        }
+        if let Some(v) = env("LECTERN_S3_ENDPOINT") {
+            self.s3_endpoint = Some(v);
+        }
+        if let Some(v) = env("LECTERN_PUBLIC_URL") {
+            self.public_url = Some(v);
+        }
+        if let Some(v) = env("LECTERN_SECRET") {
+            self.secret = Some(v);
+        }
+        if let Some(v) = env("LECTERN_ROLES") {
+            self.roles = split_roles(&v);
+        }
+        if let Some(v) = env("LECTERN_WORKERS") {
+            self.workers = parse("LECTERN_WORKERS", v)?;
+        }
+        if let Some(v) = env("LECTERN_PIPELINE") {
+            self.pipeline = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("LECTERN_CORS_ORIGIN") {
+            self.cors_origin = v;
+        }
+        if let Some(v) = env("LECTERN_PLAYBACK_GRACE_S") {
+            self.playback_grace_s = parse("LECTERN_PLAYBACK_GRACE_S", v)?;
+        }
+        if let Some(v) = env("LECTERN_UPLOAD_EXPIRY_H") {
+            self.upload_expiry_h = parse("LECTERN_UPLOAD_EXPIRY_H", v)?;
+        }
+        Ok(())
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for r in &self.roles {
+            if !ALL_ROLES.contains(&r.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown role '{r}'; roles are {}",
+                    ALL_ROLES.join(", ")
+                )));
+            }
+        }
+        if self.roles.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no roles given; pick from api, ingest, origin, worker".into(),
+            ));
+        }
+        if self.workers == 0 {
+            return Err(ConfigError::Invalid("workers must be at least 1".into()));
+        }
+        if let Some(s) = &self.secret {
+            if s.len() < 16 {
+                return Err(ConfigError::Invalid(
+                    "secret must be at least 16 characters".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this process runs `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    /// The database URL, defaulting to SQLite in the data folder.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("lectern.db").display()
+            )
+        })
+    }
+
+    /// The object-store URL, defaulting to `file://<data_dir>/objects`.
+    pub fn storage_url(&self) -> String {
+        self.storage
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", self.data_dir.join("objects").display()))
+    }
+}
+
+/// Splits a comma-separated role list.
+pub fn split_roles(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_are_embedded() {
+        let cfg = Config::load(Some(Path::new("/nonexistent/x.toml")), no_env);
+        assert!(
+            matches!(cfg, Err(ConfigError::Read(..))),
+            "explicit file must exist"
+        );
+        let cfg = Config::default();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:8080");
+        assert!(cfg.database_url().starts_with("sqlite://"));
+        assert!(cfg.storage_url().starts_with("file://"));
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.toml");
+        std::fs::write(&p, "listen = \"127.0.0.1:9000\"\nworkers = 3\n").unwrap();
+        let cfg = Config::load(Some(&p), |k| {
+            (k == "LECTERN_WORKERS").then(|| "5".to_string())
+        })
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 9000);
+        assert_eq!(cfg.workers, 5);
+        let bad = Config::load(Some(&p), |k| {
+            (k == "LECTERN_WORKERS").then(|| "x".to_string())
+        });
+        assert!(matches!(bad, Err(ConfigError::Env("LECTERN_WORKERS", _))));
+    }
+
+    #[test]
+    fn unknown_keys_and_roles_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.toml");
+        std::fs::write(&p, "lisen = \"127.0.0.1:9000\"\n").unwrap();
+        assert!(matches!(
+            Config::load(Some(&p), no_env),
+            Err(ConfigError::Parse(..))
+        ));
+        std::fs::write(&p, "roles = [\"api\", \"cook\"]\n").unwrap();
+        assert!(matches!(
+            Config::load(Some(&p), no_env),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    /// The sample config must name every key, so operators can discover them all.
+    #[test]
+    fn sample_config_names_every_key_and_parses() {
+        let sample = include_str!("../../lectern.example.toml");
+        let uncommented: String = sample
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| r.contains(" = "))
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed: toml::Table =
+            toml::from_str(&uncommented).expect("sample parses when uncommented");
+        let cfg: Config = toml::from_str(&uncommented).expect("sample keys are all known");
+        cfg.validate().unwrap();
+        for key in KEYS {
+            assert!(
+                parsed.contains_key(key),
+                "lectern.example.toml does not mention `{key}`"
+            );
+        }
+    }
+
+    const KEYS: [&str; 13] = [
+        "listen",
+        "data_dir",
+        "database_url",
+        "storage",
+        "s3_endpoint",
+        "public_url",
+        "secret",
+        "roles",
+        "workers",
+        "pipeline",
+        "cors_origin",
+        "playback_grace_s",
+        "upload_expiry_h",
+    ];
+}

@@ -1,0 +1,137 @@
+//! Database access for Lectern's own tables through sqlx's `Any` driver, so every query is
+//! written once for SQLite and PostgreSQL (`$N` placeholders work on both).
+
+use std::str::FromStr;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::AnyPool;
+
+/// Which database engine backs a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a URL names.
+    pub fn of_url(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Backend::Postgres)
+        } else {
+            anyhow::bail!("unsupported database URL '{url}': use sqlite://PATH or postgres://…")
+        }
+    }
+}
+
+/// A pool over Lectern's own tables plus the backend it talks to.
+#[derive(Debug, Clone)]
+pub struct Db {
+    /// The pool.
+    pub pool: AnyPool,
+    /// The engine behind it.
+    pub backend: Backend,
+}
+
+/// Migration history table; apalis keeps `_sqlx_migrations` for its own tables.
+pub const MIGRATIONS_TABLE: &str = "lectern_migrations";
+
+impl Db {
+    /// Connects and brings the schema up to date.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url)?;
+        if backend == Backend::Sqlite {
+            if let Some(parent) = sqlite_path(url).and_then(|p| p.parent().map(|p| p.to_path_buf()))
+            {
+                if !parent.as_os_str().is_empty() {
+                    std::fs::create_dir_all(&parent)?;
+                }
+            }
+        }
+        let opts = AnyConnectOptions::from_str(url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(opts)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot connect to the database at {}: {e}", redact(url))
+            })?;
+        let db = Db { pool, backend };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Applies pending migrations for this backend.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let mut m = match self.backend {
+            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("../migrations/postgres"),
+        };
+        m.dangerous_set_table_name(MIGRATIONS_TABLE);
+        m.run(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// The file path inside a `sqlite://` URL.
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
+}
+
+/// A URL with its password hidden, for error messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_kept_in_step() {
+        let names = |dir: &str| {
+            let mut v: Vec<String> = std::fs::read_dir(format!(
+                "{}/../migrations/{dir}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names("sqlite"), names("postgres"));
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            redact("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            sqlite_path("sqlite://./data/l.db?mode=rwc").unwrap(),
+            std::path::PathBuf::from("./data/l.db")
+        );
+        assert!(Backend::of_url("mysql://x").is_err());
+    }
+}

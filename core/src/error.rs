@@ -1,0 +1,166 @@
+//! The one place that turns errors into HTTP responses: JSON `{code, message}` with a stable code.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An error as the client sees it: an HTTP status, a stable kebab-case code and a human message.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status sent with the body.
+    pub status: StatusCode,
+    /// Stable, kebab-case machine code.
+    pub code: &'static str,
+    /// What happened and what to do about it.
+    pub message: String,
+    /// Extra headers (e.g. `Tus-Resumable`) that protocol handlers need on error responses.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    /// Builds an error with the given status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Adds a response header.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// 400 with the given code.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 401: no token or an invalid one.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403: the right org but the wrong role.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404 for anything unknown or belonging to another org.
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("{what} not found"),
+        )
+    }
+
+    /// 409 with the given code.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// 500 for unexpected failures; the detail is logged, not sent.
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred; retry later, and report it if it persists",
+        )
+    }
+
+    /// 503 for a dependency (database, store) that is down; clients should retry.
+    pub fn unavailable(err: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %err, "dependency unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "a storage or database dependency is unavailable; retry shortly",
+        )
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&Body {
+            code: self.code,
+            message: &self.message,
+        })
+        .unwrap_or_default();
+        let mut resp = (
+            self.status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+        for (name, value) in self.headers {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, v);
+            }
+        }
+        resp
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                ApiError::unavailable(e)
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<crate::storage::StoreError> for ApiError {
+    fn from(e: crate::storage::StoreError) -> Self {
+        match e {
+            crate::storage::StoreError::NotFound(_) => ApiError::not_found("object"),
+            crate::storage::StoreError::InvalidRange => ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range-not-satisfiable",
+                "the requested byte range lies outside the object",
+            ),
+            other => ApiError::unavailable(other),
+        }
+    }
+}
+
+/// Fallback for unknown routes, so even the router's own 404 is JSON.
+pub async fn not_found_fallback() -> ApiError {
+    ApiError::not_found("route")
+}
+
+/// Fallback for a known path with an unsupported method.
+pub async fn method_not_allowed_fallback() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this method is not supported on this path",
+    )
+}

@@ -1,0 +1,599 @@
+//! The object-store seam. Keys are `/`-separated relative paths. Writes are streamed, reads can
+//! be ranged, and large objects are assembled from multipart parts, mirroring S3 so an S3 backend
+//! fits behind the same trait. Objects become visible only when complete.
+
+use std::fmt::Debug;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+/// A stream of object bytes.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No object (or multipart upload) under that key.
+    #[error("object not found: {0}")]
+    NotFound(String),
+    /// The key is not a safe relative path.
+    #[error("invalid object key: {0}")]
+    InvalidKey(String),
+    /// The requested range lies outside the object.
+    #[error("range not satisfiable")]
+    InvalidRange,
+    /// A local I/O failure.
+    #[error("storage i/o: {0}")]
+    Io(#[from] io::Error),
+    /// A remote backend failure.
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+/// Result alias for store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Size and freshness of a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Length in bytes.
+    pub size: u64,
+    /// Last modification, epoch milliseconds.
+    pub modified_ms: i64,
+    /// Strong validator for HTTP caching (quoted).
+    pub etag: String,
+}
+
+/// A byte range as HTTP expresses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `bytes=a-b`, both ends inclusive.
+    Inclusive(u64, u64),
+    /// `bytes=a-`.
+    From(u64),
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// Parses a single-range `Range` header value; `None` for absent or multi-range headers
+    /// (which are then served whole, as RFC 9110 allows).
+    pub fn parse_header(v: &str) -> Option<Result<Self, StoreError>> {
+        let spec = v.trim().strip_prefix("bytes=")?;
+        if spec.contains(',') {
+            return None;
+        }
+        let (a, b) = spec.split_once('-')?;
+        let num = |s: &str| {
+            s.trim()
+                .parse::<u64>()
+                .map_err(|_| StoreError::InvalidRange)
+        };
+        Some(match (a.trim().is_empty(), b.trim().is_empty()) {
+            (true, false) => num(b).map(ByteRange::Suffix),
+            (false, true) => num(a).map(ByteRange::From),
+            (false, false) => match (num(a), num(b)) {
+                (Ok(a), Ok(b)) if a <= b => Ok(ByteRange::Inclusive(a, b)),
+                _ => Err(StoreError::InvalidRange),
+            },
+            (true, true) => Err(StoreError::InvalidRange),
+        })
+    }
+
+    /// Resolves against an object size into a half-open `start..end`.
+    pub fn resolve(self, size: u64) -> StoreResult<std::ops::Range<u64>> {
+        let r = match self {
+            ByteRange::Inclusive(a, b) => a..(b + 1).min(size),
+            ByteRange::From(a) => a..size,
+            ByteRange::Suffix(n) => size.saturating_sub(n)..size,
+        };
+        if r.start >= size || r.start >= r.end {
+            return Err(StoreError::InvalidRange);
+        }
+        Ok(r)
+    }
+}
+
+/// A ranged read: the object's metadata, the resolved range and the bytes.
+pub struct GetResult {
+    /// Metadata of the whole object.
+    pub meta: ObjectMeta,
+    /// The half-open byte range the stream carries.
+    pub range: std::ops::Range<u64>,
+    /// The bytes.
+    pub stream: ByteStream,
+}
+
+/// One stored part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Part {
+    /// 1-based part number.
+    pub number: u32,
+    /// Backend tag needed to complete the upload.
+    pub etag: String,
+    /// Bytes in the part.
+    pub size: u64,
+}
+
+/// The object store every role shares. Implementations must make an object visible only when
+/// it is completely written.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + Debug {
+    /// Writes a whole object from a stream; returns its size.
+    async fn put_stream(&self, key: &str, body: ByteStream) -> StoreResult<u64>;
+
+    /// Writes a whole object held in memory (playlists, small segments).
+    async fn put_bytes(&self, key: &str, body: Bytes) -> StoreResult<()> {
+        self.put_stream(
+            key,
+            Box::pin(futures::stream::once(async move { Ok(body) })),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Reads an object, or part of it.
+    async fn get(&self, key: &str, range: Option<ByteRange>) -> StoreResult<GetResult>;
+
+    /// Reads a whole small object into memory.
+    async fn get_bytes(&self, key: &str) -> StoreResult<Bytes> {
+        let res = self.get(key, None).await?;
+        let chunks: Vec<Bytes> = res.stream.try_collect().await?;
+        Ok(chunks.concat().into())
+    }
+
+    /// Metadata of an object.
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta>;
+
+    /// Removes an object; absent objects are not an error.
+    async fn delete(&self, key: &str) -> StoreResult<()>;
+
+    /// Removes every object whose key starts with `prefix` (a folder, ending in `/`).
+    async fn delete_prefix(&self, prefix: &str) -> StoreResult<()>;
+
+    /// Starts a multipart upload that will become `key`; returns its upload id.
+    async fn create_multipart(&self, key: &str) -> StoreResult<String>;
+
+    /// Stores one part durably. A stream that ends early stores what arrived.
+    async fn put_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: ByteStream,
+    ) -> StoreResult<Part>;
+
+    /// Assembles the parts, in order, into the object.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[Part],
+    ) -> StoreResult<()>;
+
+    /// Drops a multipart upload and its parts.
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
+
+    /// A local file path for the object, when the backend has one (lets GStreamer read directly).
+    fn local_path(&self, _key: &str) -> Option<PathBuf> {
+        None
+    }
+}
+
+/// Opens the store named by a URL: `file://DIR` (or a plain path).
+pub async fn open(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    if let Some(dir) = url.strip_prefix("file://") {
+        return Ok(Arc::new(FileStore::new(dir).await?));
+    }
+    if url.starts_with("s3://") {
+        anyhow::bail!(
+            "the S3 object store is not built into this version yet; use file://DIR for LECTERN_STORAGE"
+        );
+    }
+    if !url.contains("://") {
+        return Ok(Arc::new(FileStore::new(url).await?));
+    }
+    anyhow::bail!("unknown storage URL '{url}': use file://DIR or s3://BUCKET")
+}
+
+/// Checks that a key is a safe relative path of plain segments.
+pub fn validate_key(key: &str) -> StoreResult<()> {
+    let ok = !key.is_empty()
+        && key.len() <= 1024
+        && key.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && !seg.starts_with('.')
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidKey(key.to_string()))
+    }
+}
+
+/// Objects as files under a root folder. Writes go to `.tmp/` and are renamed into place after
+/// fsync, so a reader never sees a partial object and a crash leaves no torn file.
+#[derive(Debug)]
+pub struct FileStore {
+    root: PathBuf,
+}
+
+impl FileStore {
+    /// Opens (creating) a store rooted at `root`.
+    pub async fn new(root: impl AsRef<Path>) -> io::Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        tokio::fs::create_dir_all(root.join(".tmp")).await?;
+        tokio::fs::create_dir_all(root.join(".multipart")).await?;
+        Ok(Self { root })
+    }
+
+    fn path(&self, key: &str) -> StoreResult<PathBuf> {
+        validate_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn multipart_dir(&self, upload_id: &str) -> StoreResult<PathBuf> {
+        if upload_id.len() != 32 || !upload_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::NotFound(format!(
+                "multipart upload {upload_id}"
+            )));
+        }
+        Ok(self.root.join(".multipart").join(upload_id))
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        self.root.join(".tmp").join(crate::new_id())
+    }
+
+    async fn write_stream(path: &Path, mut body: ByteStream) -> StoreResult<u64> {
+        let mut f = tokio::fs::File::create(path).await?;
+        let mut n = 0u64;
+        let res: StoreResult<()> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                f.write_all(&chunk).await?;
+                n += chunk.len() as u64;
+            }
+            f.flush().await?;
+            f.sync_all().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = res {
+            drop(f);
+            let _ = tokio::fs::remove_file(path).await;
+            return Err(e);
+        }
+        Ok(n)
+    }
+
+    async fn publish(&self, tmp: &Path, dest: &Path) -> StoreResult<()> {
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        tokio::fs::rename(tmp, dest).await?;
+        Ok(())
+    }
+
+    fn meta_of(m: &std::fs::Metadata) -> ObjectMeta {
+        let modified = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        #[cfg(unix)]
+        let ino = std::os::unix::fs::MetadataExt::ino(m);
+        #[cfg(not(unix))]
+        let ino = 0u64;
+        ObjectMeta {
+            size: m.len(),
+            modified_ms: modified.as_millis() as i64,
+            // Objects are replaced by rename, never rewritten in place, so inode+size+mtime is a
+            // strong validator.
+            etag: format!("\"{:x}-{:x}-{:x}\"", ino, m.len(), modified.as_nanos()),
+        }
+    }
+}
+
+fn not_found(key: &str) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            StoreError::NotFound(key.to_string())
+        } else {
+            StoreError::Io(e)
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FileStore {
+    async fn put_stream(&self, key: &str, body: ByteStream) -> StoreResult<u64> {
+        let dest = self.path(key)?;
+        let tmp = self.tmp_path();
+        let n = Self::write_stream(&tmp, body).await?;
+        self.publish(&tmp, &dest).await?;
+        Ok(n)
+    }
+
+    async fn get(&self, key: &str, range: Option<ByteRange>) -> StoreResult<GetResult> {
+        let path = self.path(key)?;
+        let mut f = tokio::fs::File::open(&path).await.map_err(not_found(key))?;
+        let m = f.metadata().await?;
+        if !m.is_file() {
+            return Err(StoreError::NotFound(key.to_string()));
+        }
+        let meta = Self::meta_of(&m);
+        let range = match range {
+            Some(r) => r.resolve(meta.size)?,
+            None => 0..meta.size,
+        };
+        if range.start > 0 {
+            f.seek(io::SeekFrom::Start(range.start)).await?;
+        }
+        let reader = f.take(range.end - range.start);
+        let stream = tokio_util::io::ReaderStream::with_capacity(reader, 64 * 1024);
+        Ok(GetResult {
+            meta,
+            range,
+            stream: Box::pin(stream),
+        })
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+        let m = tokio::fs::metadata(self.path(key)?)
+            .await
+            .map_err(not_found(key))?;
+        if !m.is_file() {
+            return Err(StoreError::NotFound(key.to_string()));
+        }
+        Ok(Self::meta_of(&m))
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        match tokio::fs::remove_file(self.path(key)?).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> StoreResult<()> {
+        let dir = prefix.trim_end_matches('/');
+        match tokio::fs::remove_dir_all(self.path(dir)?).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn create_multipart(&self, key: &str) -> StoreResult<String> {
+        self.path(key)?;
+        let id = crate::new_id();
+        tokio::fs::create_dir_all(self.multipart_dir(&id)?).await?;
+        Ok(id)
+    }
+
+    async fn put_part(
+        &self,
+        _key: &str,
+        upload_id: &str,
+        number: u32,
+        body: ByteStream,
+    ) -> StoreResult<Part> {
+        let dir = self.multipart_dir(upload_id)?;
+        if !tokio::fs::try_exists(&dir).await? {
+            return Err(StoreError::NotFound(format!(
+                "multipart upload {upload_id}"
+            )));
+        }
+        let tmp = self.tmp_path();
+        let size = Self::write_stream(&tmp, body).await?;
+        tokio::fs::rename(&tmp, dir.join(format!("part-{number:05}"))).await?;
+        Ok(Part {
+            number,
+            etag: format!("{number}-{size}"),
+            size,
+        })
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[Part],
+    ) -> StoreResult<()> {
+        let dest = self.path(key)?;
+        let dir = self.multipart_dir(upload_id)?;
+        let tmp = self.tmp_path();
+        let mut out = tokio::fs::File::create(&tmp).await?;
+        for p in parts {
+            let mut part = tokio::fs::File::open(dir.join(format!("part-{:05}", p.number)))
+                .await
+                .map_err(not_found(upload_id))?;
+            let copied = tokio::io::copy(&mut part, &mut out).await?;
+            if copied != p.size {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(StoreError::Backend(format!(
+                    "part {} of {upload_id} holds {copied} bytes, expected {}",
+                    p.number, p.size
+                )));
+            }
+        }
+        out.sync_all().await?;
+        drop(out);
+        self.publish(&tmp, &dest).await?;
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        Ok(())
+    }
+
+    async fn abort_multipart(&self, _key: &str, upload_id: &str) -> StoreResult<()> {
+        match tokio::fs::remove_dir_all(self.multipart_dir(upload_id)?).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        self.path(key).ok()
+    }
+}
+
+/// The `Range` header of a request as a [`ByteRange`]: `None` when absent (or multi-range),
+/// 416 when malformed.
+pub fn request_range(
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<ByteRange>, crate::error::ApiError> {
+    match headers
+        .get(axum::http::header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ByteRange::parse_header)
+    {
+        Some(r) => Ok(Some(r?)),
+        None => Ok(None),
+    }
+}
+
+/// Streams a stored object as an HTTP response: 200 or 206 with `Content-Range`, plus
+/// `Content-Type`, `Content-Length`, `Accept-Ranges`, `ETag` and `Last-Modified`. `head`
+/// sends the headers without the body.
+pub fn object_response(
+    got: GetResult,
+    ranged: bool,
+    content_type: &str,
+    head: bool,
+) -> Result<axum::response::Response, crate::error::ApiError> {
+    use axum::http::{header, HeaderValue, StatusCode};
+    let bad = crate::error::ApiError::internal;
+    let len = got.range.end - got.range.start;
+    let body = if head {
+        axum::body::Body::empty()
+    } else {
+        axum::body::Body::from_stream(got.stream)
+    };
+    let mut r = axum::response::Response::new(body);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type).map_err(bad)?,
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&got.meta.etag).map_err(bad)?,
+    );
+    if let Some(t) = chrono::DateTime::from_timestamp_millis(got.meta.modified_ms) {
+        let v = t.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        h.insert(
+            header::LAST_MODIFIED,
+            HeaderValue::from_str(&v).map_err(bad)?,
+        );
+    }
+    if ranged {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let v = format!(
+            "bytes {}-{}/{}",
+            got.range.start,
+            got.range.end - 1,
+            got.meta.size
+        );
+        r.headers_mut().insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&v).map_err(bad)?,
+        );
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(parts: &[&'static [u8]]) -> ByteStream {
+        Box::pin(futures::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(Bytes::from_static(p)))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn put_get_range_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::new(dir.path()).await.unwrap();
+        assert_eq!(
+            s.put_stream("a/b.bin", body(&[b"hello ", b"world"]))
+                .await
+                .unwrap(),
+            11
+        );
+        assert_eq!(&s.get_bytes("a/b.bin").await.unwrap()[..], b"hello world");
+        let r = s
+            .get("a/b.bin", Some(ByteRange::Inclusive(6, 100)))
+            .await
+            .unwrap();
+        assert_eq!(r.range, 6..11);
+        let got: Vec<Bytes> = r.stream.try_collect().await.unwrap();
+        assert_eq!(&got.concat()[..], b"world");
+        assert!(matches!(
+            s.get("a/b.bin", Some(ByteRange::From(11))).await,
+            Err(StoreError::InvalidRange)
+        ));
+        s.delete_prefix("a/").await.unwrap();
+        assert!(matches!(
+            s.head("a/b.bin").await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn multipart_assembles_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::new(dir.path()).await.unwrap();
+        let id = s.create_multipart("up/x").await.unwrap();
+        let p2 = s.put_part("up/x", &id, 2, body(&[b"world"])).await.unwrap();
+        let p1 = s
+            .put_part("up/x", &id, 1, body(&[b"hello ", b""]))
+            .await
+            .unwrap();
+        assert!(
+            s.head("up/x").await.is_err(),
+            "not visible before completion"
+        );
+        s.complete_multipart("up/x", &id, &[p1, p2]).await.unwrap();
+        assert_eq!(&s.get_bytes("up/x").await.unwrap()[..], b"hello world");
+        assert!(s.put_part("up/x", &id, 3, body(&[b"late"])).await.is_err());
+    }
+
+    #[test]
+    fn keys_and_ranges_are_checked() {
+        for bad in ["", "../x", "a/../b", "/abs", "a//b", ".tmp/x", "a/b c"] {
+            assert!(validate_key(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert!(validate_key("videos/abc/720p/seg00001.m4s").is_ok());
+        assert_eq!(
+            ByteRange::parse_header("bytes=0-9").unwrap().unwrap(),
+            ByteRange::Inclusive(0, 9)
+        );
+        assert_eq!(
+            ByteRange::parse_header("bytes=-5")
+                .unwrap()
+                .unwrap()
+                .resolve(8)
+                .unwrap(),
+            3..8
+        );
+        assert!(ByteRange::parse_header("bytes=9-1").unwrap().is_err());
+        assert!(ByteRange::parse_header("bytes=0-1,4-5").is_none());
+    }
+}

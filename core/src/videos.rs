@@ -1,0 +1,367 @@
+//! The video record: state machine and every query on the `videos` table.
+
+use serde::{Deserialize, Serialize};
+
+use crate::db::Db;
+use crate::error::ApiError;
+use crate::now_ms;
+
+/// Lifecycle states, as the status API names them.
+pub mod state {
+    /// Bytes are still arriving.
+    pub const UPLOADING: &str = "uploading";
+    /// Waiting for a transcode worker.
+    pub const QUEUED: &str = "queued";
+    /// A worker is transcoding it.
+    pub const PROCESSING: &str = "processing";
+    /// Playable.
+    pub const READY: &str = "ready";
+    /// Transcoding failed; `error_code` says why.
+    pub const FAILED: &str = "failed";
+    /// Stopped by an admin.
+    pub const CANCELED: &str = "canceled";
+}
+
+/// Queue priority classes: higher runs first.
+pub mod priority {
+    /// Replacing the video of a published lesson.
+    pub const REPLACEMENT: i64 = 20;
+    /// A new upload.
+    pub const NORMAL: i64 = 10;
+    /// Bulk imports (`priority=bulk`).
+    pub const BULK: i64 = 0;
+}
+
+/// A row of `videos`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Video {
+    /// Video id, equal to its upload id.
+    pub id: String,
+    /// Owning org.
+    pub org: String,
+    /// Uploading user.
+    pub owner: String,
+    /// Optional title from `Upload-Metadata`.
+    pub title: Option<String>,
+    /// Lesson to attach to when ready.
+    pub lesson: Option<String>,
+    /// Original filename.
+    pub filename: Option<String>,
+    /// One of [`state`].
+    pub state: String,
+    /// Fraction done of the current phase.
+    pub progress: f64,
+    /// Queue priority class.
+    pub priority: i64,
+    /// Transcode attempts started.
+    pub attempts: i64,
+    /// Worker running the current attempt.
+    pub worker: Option<String>,
+    /// Object-store key of the source.
+    pub source_key: String,
+    /// Source duration, seconds.
+    pub duration_s: Option<f64>,
+    /// Upright source width.
+    pub source_width: Option<i64>,
+    /// Upright source height.
+    pub source_height: Option<i64>,
+    /// Source frame rate.
+    pub source_fps: Option<f64>,
+    /// JSON array of [`RenditionInfo`].
+    pub renditions: Option<String>,
+    /// Object-store prefix of the published output (ends with `/`).
+    pub output_prefix: Option<String>,
+    /// Failure code.
+    pub error_code: Option<String>,
+    /// Failure message for the instructor.
+    pub error_message: Option<String>,
+    /// When it entered the queue.
+    pub queued_at: Option<i64>,
+    /// When the current attempt started.
+    pub started_at: Option<i64>,
+    /// When the last attempt finished.
+    pub finished_at: Option<i64>,
+    /// Creation time.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+}
+
+/// A published rendition, as the status API lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RenditionInfo {
+    /// Name, e.g. `720p`.
+    pub name: String,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Declared peak bandwidth (video plus audio), bits per second.
+    pub bandwidth: u64,
+}
+
+/// Fields of a new video.
+#[derive(Debug, Clone)]
+pub struct NewVideo<'a> {
+    /// Id (the upload id).
+    pub id: &'a str,
+    /// Owning org.
+    pub org: &'a str,
+    /// Uploading user.
+    pub owner: &'a str,
+    /// Title.
+    pub title: Option<&'a str>,
+    /// Lesson to attach to.
+    pub lesson: Option<&'a str>,
+    /// Original filename.
+    pub filename: Option<&'a str>,
+    /// Priority class.
+    pub priority: i64,
+    /// Where the source will be stored.
+    pub source_key: &'a str,
+}
+
+/// What a finished transcode publishes.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// Output prefix in the store (ends with `/`).
+    pub output_prefix: String,
+    /// Renditions with measured bandwidths.
+    pub renditions: Vec<RenditionInfo>,
+}
+
+/// Facts from probing the source.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceInfo {
+    /// Duration, seconds.
+    pub duration_s: f64,
+    /// Upright width.
+    pub width: u32,
+    /// Upright height.
+    pub height: u32,
+    /// Frame rate.
+    pub fps: f64,
+}
+
+const COLS: &str = "id, org, owner, title, lesson, filename, state, progress, priority, attempts, \
+    worker, source_key, duration_s, source_width, source_height, source_fps, renditions, \
+    output_prefix, error_code, error_message, queued_at, started_at, finished_at, created_at, updated_at";
+
+impl Video {
+    /// Parsed renditions, empty before any are published.
+    pub fn rendition_list(&self) -> Vec<RenditionInfo> {
+        self.renditions
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Inserts a video in state `uploading`.
+pub async fn insert(db: &Db, v: NewVideo<'_>) -> Result<(), ApiError> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO videos (id, org, owner, title, lesson, filename, state, progress, priority, \
+         attempts, source_key, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0.0, $8, 0, $9, $10, $10)",
+    )
+    .bind(v.id)
+    .bind(v.org)
+    .bind(v.owner)
+    .bind(v.title)
+    .bind(v.lesson)
+    .bind(v.filename)
+    .bind(state::UPLOADING)
+    .bind(v.priority)
+    .bind(v.source_key)
+    .bind(now)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Loads a video by id, whatever its org.
+pub async fn get(db: &Db, id: &str) -> Result<Option<Video>, ApiError> {
+    Ok(sqlx::query_as::<_, Video>(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLS} FROM videos WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await?)
+}
+
+/// Loads a video of `org`; another org's video is reported as not found.
+pub async fn get_in_org(db: &Db, id: &str, org: &str) -> Result<Video, ApiError> {
+    match get(db, id).await? {
+        Some(v) if v.org == org => Ok(v),
+        _ => Err(ApiError::not_found("video")),
+    }
+}
+
+/// Records upload progress while bytes arrive.
+pub async fn set_upload_progress(db: &Db, id: &str, progress: f64) -> Result<(), ApiError> {
+    sqlx::query("UPDATE videos SET progress = $1, updated_at = $2 WHERE id = $3 AND state = $4")
+        .bind(progress)
+        .bind(now_ms())
+        .bind(id)
+        .bind(state::UPLOADING)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+/// Moves an uploaded video into the queue (unless a worker already took it).
+pub async fn mark_queued(db: &Db, id: &str) -> Result<(), ApiError> {
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE videos SET state = $1, progress = 0.0, queued_at = $2, updated_at = $2 WHERE id = $3 AND state = $4",
+    )
+    .bind(state::QUEUED)
+    .bind(now)
+    .bind(id)
+    .bind(state::UPLOADING)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Starts an attempt: returns the attempt number, or `None` when the video is no longer
+/// waiting for one (deleted, canceled or already published).
+pub async fn start_attempt(db: &Db, id: &str, worker: &str) -> Result<Option<i64>, ApiError> {
+    let now = now_ms();
+    let row: Option<(i64,)> = sqlx::query_as(
+        "UPDATE videos SET state = $1, progress = 0.0, attempts = attempts + 1, worker = $2, \
+         started_at = $3, finished_at = NULL, error_code = NULL, error_message = NULL, updated_at = $3 \
+         WHERE id = $4 AND state IN ($5, $6, $1) RETURNING attempts",
+    )
+    .bind(state::PROCESSING)
+    .bind(worker)
+    .bind(now)
+    .bind(id)
+    .bind(state::QUEUED)
+    .bind(state::UPLOADING)
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(row.map(|r| r.0))
+}
+
+/// Records what probing found.
+pub async fn set_source_info(db: &Db, id: &str, s: SourceInfo) -> Result<(), ApiError> {
+    sqlx::query(
+        "UPDATE videos SET duration_s = $1, source_width = $2, source_height = $3, source_fps = $4, \
+         updated_at = $5 WHERE id = $6",
+    )
+    .bind(s.duration_s)
+    .bind(s.width as i64)
+    .bind(s.height as i64)
+    .bind(s.fps)
+    .bind(now_ms())
+    .bind(id)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Records transcode progress of a running attempt.
+pub async fn set_progress(db: &Db, id: &str, attempt: i64, progress: f64) -> Result<(), ApiError> {
+    sqlx::query(
+        "UPDATE videos SET progress = $1, updated_at = $2 WHERE id = $3 AND attempts = $4 AND state = $5",
+    )
+    .bind(progress.clamp(0.0, 1.0))
+    .bind(now_ms())
+    .bind(id)
+    .bind(attempt)
+    .bind(state::PROCESSING)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Publishes a finished attempt; returns false when the video changed under it (deleted,
+/// canceled or taken over by a newer attempt), in which case the output must be discarded.
+pub async fn mark_ready(db: &Db, id: &str, attempt: i64, p: &Published) -> Result<bool, ApiError> {
+    let now = now_ms();
+    let res = sqlx::query(
+        "UPDATE videos SET state = $1, progress = 1.0, renditions = $2, output_prefix = $3, \
+         finished_at = $4, updated_at = $4 WHERE id = $5 AND attempts = $6 AND state = $7",
+    )
+    .bind(state::READY)
+    .bind(serde_json::to_string(&p.renditions).expect("renditions serialize"))
+    .bind(&p.output_prefix)
+    .bind(now)
+    .bind(id)
+    .bind(attempt)
+    .bind(state::PROCESSING)
+    .execute(&db.pool)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// Fails an attempt for good with a stable code and a message for the instructor.
+pub async fn mark_failed(
+    db: &Db,
+    id: &str,
+    attempt: i64,
+    code: &str,
+    message: &str,
+) -> Result<(), ApiError> {
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE videos SET state = $1, error_code = $2, error_message = $3, finished_at = $4, \
+         updated_at = $4 WHERE id = $5 AND attempts = $6 AND state = $7",
+    )
+    .bind(state::FAILED)
+    .bind(code)
+    .bind(message)
+    .bind(now)
+    .bind(id)
+    .bind(attempt)
+    .bind(state::PROCESSING)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Hands an attempt back to the queue after a transient fault.
+pub async fn requeue(db: &Db, id: &str, attempt: i64) -> Result<(), ApiError> {
+    sqlx::query(
+        "UPDATE videos SET state = $1, worker = NULL, progress = 0.0, updated_at = $2 \
+         WHERE id = $3 AND attempts = $4 AND state = $5",
+    )
+    .bind(state::QUEUED)
+    .bind(now_ms())
+    .bind(id)
+    .bind(attempt)
+    .bind(state::PROCESSING)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// 1-based position among queued videos (higher priority first, then oldest), or `None`.
+pub async fn queue_position(db: &Db, v: &Video) -> Result<Option<i64>, ApiError> {
+    if v.state != state::QUEUED {
+        return Ok(None);
+    }
+    let queued_at = v.queued_at.unwrap_or(v.created_at);
+    let (ahead,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM videos WHERE state = $1 AND id <> $2 AND \
+         (priority > $3 OR (priority = $3 AND (queued_at < $4 OR (queued_at = $4 AND id < $2))))",
+    )
+    .bind(state::QUEUED)
+    .bind(&v.id)
+    .bind(v.priority)
+    .bind(queued_at)
+    .fetch_one(&db.pool)
+    .await?;
+    Ok(Some(ahead + 1))
+}
+
+/// Removes a video row (its objects are removed by the caller).
+pub async fn delete(db: &Db, id: &str) -> Result<(), ApiError> {
+    sqlx::query("DELETE FROM videos WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The `lectern` binary: `serve`, `token` and `upload`.
+
+mod api;
+mod serve;
+mod upload;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use lectern_core::auth::{parse_ttl, Keys, Role};
+use lectern_core::config::Config;
+
+/// Lecture video pipeline: tus upload, GStreamer transcode, signed HLS delivery.
+#[derive(Parser)]
+#[command(name = "lectern", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every command shares; they override the file and the environment.
+#[derive(Args, Clone, Default)]
+struct Common {
+    /// Config file (default: ./lectern.toml when present).
+    #[arg(long, env = "LECTERN_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Data folder for the embedded database, local objects and the secret.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run Lectern's roles (all of them by default).
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Listen address, e.g. 127.0.0.1:8080 (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Comma-separated roles: api, ingest, origin, worker.
+        #[arg(long)]
+        roles: Option<String>,
+        /// Concurrent transcode jobs in this process.
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Print a bearer token (JWT HS256) signed with this deployment's secret.
+    Token {
+        #[command(flatten)]
+        common: Common,
+        /// learner, instructor, admin or operator.
+        #[arg(long)]
+        role: Role,
+        /// User id (the `sub` claim).
+        #[arg(long)]
+        user: String,
+        /// Organisation id.
+        #[arg(long)]
+        org: String,
+        /// Lifetime, e.g. 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: i64,
+    },
+    /// Upload a video with tus, resuming where a previous run stopped.
+    Upload(upload::UploadArgs),
+}
+
+fn load_config(common: &Common) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(common.config.as_deref(), |k| std::env::var(k).ok())?;
+    if let Some(d) = &common.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    Ok(cfg)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            common,
+            listen,
+            roles,
+            workers,
+        } => load_config(&common).and_then(|mut cfg| {
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            if let Some(r) = roles {
+                cfg.roles = lectern_core::config::split_roles(&r);
+            }
+            if let Some(w) = workers {
+                cfg.workers = w;
+            }
+            cfg.validate()?;
+            serve::run(cfg)
+        }),
+        Command::Token {
+            common,
+            role,
+            user,
+            org,
+            ttl,
+        } => load_config(&common).and_then(|cfg| {
+            let keys = Keys::load(cfg.secret.as_deref(), &cfg.data_dir, false)?;
+            println!("{}", keys.mint(&user, &org, role, ttl));
+            Ok(())
+        }),
+        Command::Upload(args) => upload::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! `lectern serve`: wires the configured roles into one process.
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderName, Method};
+use axum::routing::get;
+use axum::Router;
+use lectern_core::auth::Keys;
+use lectern_core::config::Config;
+use lectern_core::db::Db;
+use lectern_core::error;
+use lectern_core::ladder::Ladder;
+use lectern_core::queue::Queue;
+use lectern_ingest::IngestState;
+use lectern_origin::{OriginState, Signer};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::api::{self, ApiState};
+
+/// Headers browsers may send to ingest and origin.
+const ALLOW_HEADERS: [&str; 13] = [
+    "authorization",
+    "content-type",
+    "range",
+    "if-none-match",
+    "tus-resumable",
+    "upload-length",
+    "upload-metadata",
+    "upload-offset",
+    "upload-concat",
+    "upload-defer-length",
+    "upload-checksum",
+    "x-http-method-override",
+    "x-requested-with",
+];
+/// Headers browsers may read (tus needs Location and the Upload-* headers).
+const EXPOSE_HEADERS: [&str; 14] = [
+    "location",
+    "upload-offset",
+    "upload-length",
+    "upload-metadata",
+    "upload-expires",
+    "tus-resumable",
+    "tus-version",
+    "tus-extension",
+    "tus-max-size",
+    "tus-checksum-algorithm",
+    "content-range",
+    "content-length",
+    "etag",
+    "accept-ranges",
+];
+
+/// Starts the runtime and serves until SIGINT/SIGTERM.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    init_tracing();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(cfg))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LECTERN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,apalis=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("LECTERN_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let keys = Keys::load(cfg.secret.as_deref(), &cfg.data_dir, true)?;
+    let db_url = cfg.database_url();
+    let db = Db::connect(&db_url).await?;
+    let store = lectern_core::storage::open(&cfg.storage_url()).await?;
+    let queue = Queue::connect(&db_url).await?;
+    let ladder = Ladder::load(cfg.pipeline.as_deref())?;
+    let signer = Signer::new(keys.clone());
+
+    let mut app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        );
+    if cfg.has_role("ingest") {
+        let st = IngestState::new(
+            db.clone(),
+            store.clone(),
+            keys.clone(),
+            queue.clone(),
+            cfg.public_url.clone(),
+            cfg.upload_expiry_h as i64 * 3600,
+        );
+        let n = st.recover().await?;
+        if n > 0 {
+            tracing::info!(uploads = n, "finished interrupted uploads");
+        }
+        app = app.merge(lectern_ingest::router(st));
+    }
+    if cfg.has_role("api") {
+        app = app.merge(api::router(ApiState {
+            db: db.clone(),
+            keys: keys.clone(),
+            signer: signer.clone(),
+            public_url: cfg.public_url.clone(),
+            grace_s: cfg.playback_grace_s as i64,
+        }));
+    }
+    if cfg.has_role("origin") {
+        app = app.merge(lectern_origin::router(OriginState {
+            db: db.clone(),
+            store: store.clone(),
+            signer,
+        }));
+    }
+    let app = app
+        .fallback(error::not_found_fallback)
+        .method_not_allowed_fallback(error::method_not_allowed_fallback)
+        .layer(cors(&cfg.cors_origin)?)
+        .layer(axum::middleware::from_fn(tus_options))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let workers = if cfg.has_role("worker") {
+        let ctx = lectern_transcoder::WorkerContext {
+            db: db.clone(),
+            store: store.clone(),
+            ladder: Arc::new(ladder),
+            scratch_dir: cfg.data_dir.join("scratch"),
+            name: format!("{}/{}", hostname(), std::process::id()),
+        };
+        Some(tokio::spawn(lectern_transcoder::run_workers(
+            ctx,
+            queue.clone(),
+            cfg.workers,
+            wait_stop(stop_rx.clone()),
+        )))
+    } else {
+        None
+    };
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {e}; pick another with --listen",
+                cfg.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to find the port when listening on port 0.
+    println!(
+        "lectern listening on http://{addr} (roles: {})",
+        cfg.roles.join(",")
+    );
+    tracing::info!(%addr, roles = ?cfg.roles, "listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        })
+        .await?;
+    if let Some(w) = workers {
+        w.await??;
+    }
+    Ok(())
+}
+
+/// tus clients discover the server with OPTIONS, which the CORS layer answers as a preflight;
+/// this adds the tus headers to those answers.
+async fn tus_options(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let is_tus = req.method() == Method::OPTIONS && req.uri().path().starts_with("/files");
+    let mut resp = next.run(req).await;
+    if is_tus {
+        lectern_ingest::decorate_options(&mut resp);
+    }
+    resp
+}
+
+async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+fn cors(origin: &str) -> anyhow::Result<CorsLayer> {
+    let allow = if origin == "*" {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origin
+                .split(',')
+                .map(|o| o.trim().parse())
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+            Method::PUT,
+        ])
+        .allow_headers(ALLOW_HEADERS.map(HeaderName::from_static))
+        .expose_headers(
+            EXPOSE_HEADERS
+                .map(HeaderName::from_static)
+                .into_iter()
+                .chain([header::CONTENT_TYPE])
+                .collect::<Vec<_>>(),
+        )
+        .max_age(std::time::Duration::from_secs(86400)))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -1,0 +1,253 @@
+//! Test harness: runs the real `lectern` binary on port 0 with a fresh data folder and a fresh
+//! database (SQLite file, or a new PostgreSQL database per test), like zero2prod's `spawn_app`.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use lectern_core::auth::{Keys, Role};
+use serde_json::Value;
+
+/// The signing secret every test server uses.
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+
+/// Which database the server under test runs on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Db {
+    /// Embedded SQLite in the data folder.
+    Sqlite,
+    /// A fresh database on the machine's PostgreSQL.
+    Postgres,
+}
+
+/// A running server.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Its data folder.
+    pub data: tempfile::TempDir,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    child: Child,
+    pg_db: Option<String>,
+}
+
+/// Path of a generated test clip, generating the clips on first use.
+pub fn clip(name: &str) -> PathBuf {
+    static GEN: Once = Once::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/videos");
+    GEN.call_once(|| {
+        let st = Command::new("bash")
+            .arg(dir.join("generate.sh"))
+            .status()
+            .expect("run generate.sh");
+        assert!(st.success(), "testdata/videos/generate.sh failed");
+    });
+    let p = dir.join(name);
+    assert!(p.exists(), "missing clip {}", p.display());
+    p
+}
+
+/// The PostgreSQL server tests create their databases on.
+pub fn pg_admin_url() -> String {
+    std::env::var("LECTERN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn pg_url_for(db: &str) -> String {
+    let admin = pg_admin_url();
+    let cut = admin.rfind('/').expect("database URL has a path");
+    format!("{}/{db}", &admin[..cut])
+}
+
+fn pg_exec(sql: String) {
+    // Tests run inside a tokio runtime; a runtime of our own needs its own thread.
+    std::thread::spawn(move || pg_exec_here(sql))
+        .join()
+        .expect("pg_exec thread");
+}
+
+fn pg_exec_here(sql: String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&pg_admin_url())
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL at {} is required for this test: {e}",
+                    pg_admin_url()
+                )
+            });
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut c)
+            .await
+            .unwrap();
+    });
+}
+
+impl TestApp {
+    /// Starts `lectern serve` with every role.
+    pub fn spawn(db: Db) -> Self {
+        Self::spawn_with(db, &[])
+    }
+
+    /// Starts `lectern serve` with extra environment variables.
+    pub fn spawn_with(db: Db, env: &[(&str, &str)]) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lectern"));
+        cmd.arg("serve")
+            .env_remove("DATABASE_URL")
+            .env("LECTERN_DATA_DIR", data.path())
+            .env("LECTERN_LISTEN", "127.0.0.1:0")
+            .env("LECTERN_SECRET", SECRET)
+            .env(
+                "LECTERN_LOG",
+                std::env::var("LECTERN_LOG")
+                    .unwrap_or_else(|_| "warn,lectern_transcoder=info".into()),
+            )
+            .current_dir(data.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut pg_db = None;
+        if db == Db::Postgres {
+            let name = format!("lectern_t_{}", lectern_core::new_id());
+            pg_exec(format!("CREATE DATABASE {name}"));
+            cmd.env("LECTERN_DATABASE_URL", pg_url_for(&name));
+            pg_db = Some(name);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn lectern");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let base = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("server did not report its address: {line:?}"))
+            .to_string();
+        TestApp {
+            base,
+            data,
+            http: reqwest::Client::new(),
+            child,
+            pg_db,
+        }
+    }
+
+    /// A token for `role` in `org`.
+    pub fn token(&self, role: Role, org: &str) -> String {
+        Keys::from_secret(SECRET).mint("user-1", org, role, 3600)
+    }
+
+    /// Creates a tus upload and returns its Location.
+    pub async fn create_upload(&self, token: &str, length: u64, metadata: &str) -> String {
+        let r = self
+            .http
+            .post(format!("{}/files/", self.base))
+            .bearer_auth(token)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Length", length)
+            .header("Upload-Metadata", metadata)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            201,
+            "create failed: {}",
+            r.text().await.unwrap()
+        );
+        r.headers()["location"].to_str().unwrap().to_string()
+    }
+
+    /// PATCHes `data` at `offset`; returns the response.
+    pub async fn patch(
+        &self,
+        url: &str,
+        token: &str,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> reqwest::Response {
+        self.http
+            .patch(url)
+            .bearer_auth(token)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Offset", offset)
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(data)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Uploads a whole file in `chunks` PATCHes; returns the video id.
+    pub async fn upload(&self, token: &str, path: &Path, chunks: usize) -> String {
+        let bytes = std::fs::read(path).unwrap();
+        let url = self
+            .create_upload(token, bytes.len() as u64, "filename Y2xpcC5tcDQ=")
+            .await;
+        let step = bytes.len().div_ceil(chunks.max(1));
+        let mut off = 0;
+        for part in bytes.chunks(step) {
+            let r = self.patch(&url, token, off as u64, part.to_vec()).await;
+            assert_eq!(r.status(), 204, "PATCH failed: {}", r.text().await.unwrap());
+            off += part.len();
+            assert_eq!(
+                r.headers()["upload-offset"].to_str().unwrap(),
+                off.to_string()
+            );
+        }
+        url.rsplit('/').next().unwrap().to_string()
+    }
+
+    /// GETs a status document.
+    pub async fn status(&self, token: &str, id: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}/api/v1/videos/{id}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
+    /// Polls until the video leaves the pipeline; returns the final status and the states seen.
+    pub async fn wait_done(&self, token: &str, id: &str) -> (Value, Vec<String>) {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let mut seen: Vec<String> = Vec::new();
+        loop {
+            let s = self.status(token, id).await;
+            let state = s["state"].as_str().unwrap().to_string();
+            if seen.last() != Some(&state) {
+                seen.push(state.clone());
+            }
+            if ["ready", "failed", "canceled"].contains(&state.as_str()) {
+                return (s, seen);
+            }
+            assert!(Instant::now() < deadline, "video {id} stuck in {state}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(db) = self.pg_db.take() {
+            pg_exec(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+        }
+    }
+}

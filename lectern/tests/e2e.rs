@@ -1,0 +1,439 @@
+//! End-to-end: the real binary, a real tus upload, a real GStreamer transcode, and a plain HLS
+//! client walking the signed master down to every segment.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{clip, Db, TestApp};
+use gstreamer as gst;
+use gstreamer_pbutils as gst_pbutils;
+use lectern_core::auth::Role;
+use serde_json::Value;
+
+/// Fetches a URL and returns status, headers and body.
+async fn fetch(app: &TestApp, url: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let r = app
+        .http
+        .get(url)
+        .header("Origin", "https://lms.example")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.bytes().await.unwrap().to_vec())
+}
+
+fn join(base: &str, rel: &str) -> String {
+    let dir = &base[..base.split('?').next().unwrap().rfind('/').unwrap() + 1];
+    format!("{dir}{rel}")
+}
+
+struct Rendition {
+    bytes: Vec<u8>,
+    peak_bps: f64,
+    avg_bps: f64,
+    segments: usize,
+}
+
+/// Walks a media playlist: checks it and downloads init + segments.
+async fn walk_media(app: &TestApp, url: &str) -> Rendition {
+    let (status, headers, body) = fetch(app, url).await;
+    assert_eq!(status, 200, "{url}: {}", String::from_utf8_lossy(&body));
+    assert_eq!(headers["content-type"], "application/vnd.apple.mpegurl");
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    let text = String::from_utf8(body.clone()).unwrap();
+    for needle in [
+        "#EXT-X-VERSION:7",
+        "#EXT-X-PLAYLIST-TYPE:VOD",
+        "#EXT-X-ENDLIST",
+        "#EXT-X-INDEPENDENT-SEGMENTS",
+    ] {
+        assert!(text.contains(needle), "{needle} missing in {text}");
+    }
+    let pl = m3u8_rs::parse_media_playlist_res(&body).unwrap();
+    let map = pl.segments[0]
+        .map
+        .as_ref()
+        .expect("EXT-X-MAP on the first segment");
+    let (s, h, init) = fetch(app, &join(url, &map.uri)).await;
+    assert_eq!(s, 200);
+    assert_eq!(h["content-type"], "video/mp4");
+    assert!(h["cache-control"].to_str().unwrap().contains("immutable"));
+    assert_eq!(&init[4..8], b"ftyp");
+    let mut all = init;
+    let (mut peak, mut bits, mut secs) = (0f64, 0f64, 0f64);
+    for seg in &pl.segments {
+        assert!(
+            seg.uri.ends_with(".m4s") && !seg.uri.contains('?'),
+            "segments are unsigned: {}",
+            seg.uri
+        );
+        assert!(seg.duration as u64 <= pl.target_duration);
+        let (s, _, data) = fetch(app, &join(url, &seg.uri)).await;
+        assert_eq!(s, 200);
+        assert!(
+            data.windows(4)
+                .take(16)
+                .any(|w| w == b"moof" || w == b"styp"),
+            "segment is CMAF"
+        );
+        let b = data.len() as f64 * 8.0;
+        peak = peak.max(b / seg.duration as f64);
+        bits += b;
+        secs += seg.duration as f64;
+        all.extend_from_slice(&data);
+    }
+    Rendition {
+        bytes: all,
+        peak_bps: peak,
+        avg_bps: bits / secs,
+        segments: pl.segments.len(),
+    }
+}
+
+/// Discovers a local media file with GStreamer: (width, height, video caps name, duration s).
+fn discover(path: &std::path::Path) -> (u32, u32, String, f64) {
+    gst::init().unwrap();
+    let d = gst_pbutils::Discoverer::new(gst::ClockTime::from_seconds(30)).unwrap();
+    let uri = gst::glib::filename_to_uri(path, None).unwrap();
+    let info = d.discover_uri(&uri).unwrap();
+    let v = info
+        .video_streams()
+        .into_iter()
+        .next()
+        .expect("a video stream");
+    use gst_pbutils::prelude::*;
+    let caps = v.caps().unwrap().structure(0).unwrap().name().to_string();
+    let dur = info
+        .duration()
+        .map(|d| d.nseconds() as f64 / 1e9)
+        .unwrap_or(0.0);
+    (v.width(), v.height(), caps, dur)
+}
+
+#[tokio::test]
+async fn upload_transcode_and_play_on_sqlite() {
+    let app = TestApp::spawn(Db::Sqlite);
+    let token = app.token(Role::Instructor, "org-a");
+    let source = clip("clip-1080p.mp4");
+    let id = app.upload(&token, &source, 3).await;
+
+    let (status, seen) = app.wait_done(&token, &id).await;
+    assert_eq!(status["state"], "ready", "{status}");
+    assert!(
+        seen.iter()
+            .all(|s| ["queued", "processing", "ready"].contains(&s.as_str())),
+        "{seen:?}"
+    );
+    assert_eq!(status["progress"], 1.0);
+    assert_eq!(status["source"]["width"], 1920);
+    assert_eq!(status["source"]["height"], 1080);
+    let d = status["duration_s"].as_f64().unwrap();
+    assert!((2.5..3.5).contains(&d), "duration {d}");
+    let names: Vec<&str> = status["renditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["480p", "720p", "1080p"]);
+    assert_eq!(status["renditions"][0]["width"], 854);
+    assert_eq!(status["error"], Value::Null);
+
+    // The original comes back byte for byte.
+    let r = app
+        .http
+        .get(format!("{}/files/{id}", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.bytes().await.unwrap().to_vec(),
+        std::fs::read(&source).unwrap()
+    );
+
+    let r = app
+        .http
+        .get(format!("{}/api/v1/videos/{id}/playback", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let pb: Value = r.json().await.unwrap();
+    let master_url = pb["url"].as_str().unwrap().to_string();
+    assert!(
+        master_url.starts_with(&app.base),
+        "absolute URL: {master_url}"
+    );
+    for p in ["exp=", "kid=", "sig="] {
+        assert!(master_url.contains(p));
+    }
+    let expires = chrono::DateTime::parse_from_rfc3339(pb["expires_at"].as_str().unwrap()).unwrap();
+    assert!(
+        expires.timestamp() >= chrono::Utc::now().timestamp() + 7200,
+        "valid for duration + 2 h"
+    );
+
+    let (s, h, body) = fetch(&app, &master_url).await;
+    assert_eq!(s, 200);
+    assert_eq!(h["content-type"], "application/vnd.apple.mpegurl");
+    assert_eq!(h["access-control-allow-origin"], "*");
+    let master = m3u8_rs::parse_master_playlist_res(&body).unwrap();
+    assert_eq!(master.variants.len(), 3);
+    assert_eq!(master.alternatives.len(), 1, "one shared audio rendition");
+    let audio_uri = master.alternatives[0].uri.clone().unwrap();
+    let audio = walk_media(&app, &join(&master_url, &audio_uri)).await;
+    let mut renditions = HashMap::new();
+    for v in &master.variants {
+        assert!(
+            !v.uri.starts_with('/') && !v.uri.contains("://"),
+            "relative URI: {}",
+            v.uri
+        );
+        let res = v.resolution.unwrap();
+        let codecs = v.codecs.clone().unwrap();
+        assert!(
+            codecs.starts_with("avc1.64") && codecs.ends_with(",mp4a.40.2"),
+            "{codecs}"
+        );
+        assert_eq!(v.frame_rate, Some(30.0));
+        let r = walk_media(&app, &join(&master_url, &v.uri)).await;
+        assert!(r.segments >= 1);
+        let peak = r.peak_bps + audio.peak_bps;
+        assert!(
+            v.bandwidth as f64 >= peak * 0.999,
+            "BANDWIDTH {} < peak {peak}",
+            v.bandwidth
+        );
+        let avg = (r.avg_bps + audio.avg_bps) as f64;
+        let declared = v.average_bandwidth.unwrap() as f64;
+        assert!(
+            (declared - avg).abs() <= avg * 0.1,
+            "AVERAGE-BANDWIDTH {declared} vs measured {avg}"
+        );
+        renditions.insert((res.width, res.height), r);
+    }
+    assert!(renditions.contains_key(&(854, 480)) && renditions.contains_key(&(1920, 1080)));
+
+    // The 480p rendition is a real H.264 stream of the right size and length.
+    let f = app.data.path().join("480p.mp4");
+    std::fs::write(&f, &renditions[&(854, 480)].bytes).unwrap();
+    let (w, h, caps, dur) = discover(&f);
+    assert_eq!((w, h, caps.as_str()), (854, 480, "video/x-h264"));
+    assert!(
+        dur == 0.0 || (2.5..3.6).contains(&dur),
+        "rendition duration {dur}"
+    );
+
+    // A plain HLS client plays it from the one URL.
+    let out = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-i",
+            &master_url,
+            "-map",
+            "0:v:0",
+            "-map",
+            "0:a:0?",
+            "-f",
+            "null",
+            "-",
+        ])
+        .output()
+        .expect("ffmpeg is installed by scripts/test.sh");
+    assert!(
+        out.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Signatures: tampered, expired, other video, unsigned.
+    let tampered = master_url.replace("sig=", "sig=A");
+    let (s, h, body) = fetch(&app, &tampered).await;
+    assert_eq!(s, 403);
+    assert_eq!(h["content-type"], "application/json");
+    let err: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(err["code"], "invalid-signature");
+    let exp: i64 = master_url
+        .split("exp=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (s, _, _) = fetch(
+        &app,
+        &master_url.replace(&format!("exp={exp}"), &format!("exp={}", exp - 100_000)),
+    )
+    .await;
+    assert_eq!(s, 403, "a changed expiry breaks the signature");
+    let (s, _, _) = fetch(&app, master_url.split('?').next().unwrap()).await;
+    assert_eq!(s, 403, "unsigned master");
+    let media_unsigned = join(
+        &master_url,
+        master.variants[0].uri.split('?').next().unwrap(),
+    );
+    let (s, _, _) = fetch(&app, &media_unsigned).await;
+    assert_eq!(s, 403, "unsigned media playlist");
+    let (s, _, _) = fetch(&app, &format!("{}/v/{id}/zz/480p/../../secret", app.base)).await;
+    assert!((400..500).contains(&s), "malformed path gets 4xx, got {s}");
+}
+
+#[tokio::test]
+async fn cli_upload_on_postgres_makes_no_upscaled_rung() {
+    let app = TestApp::spawn(Db::Postgres);
+    let token = app.token(Role::Instructor, "org-b");
+    let out = tokio::task::spawn_blocking({
+        let base = app.base.clone();
+        let token = token.clone();
+        let cache = app.data.path().join("cache");
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_lectern"))
+                .args([
+                    "upload",
+                    clip("clip-720p.mp4").to_str().unwrap(),
+                    "--server",
+                    &base,
+                    "--token",
+                    &token,
+                    "--title",
+                    "Week 1",
+                ])
+                .env("XDG_CACHE_HOME", cache)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "upload failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    let id = lines.next().unwrap().trim().to_string();
+    let url = lines
+        .next()
+        .expect("playback URL printed once ready")
+        .trim()
+        .to_string();
+    assert!(url.contains(&format!("/v/{id}/master.m3u8?")), "{url}");
+
+    let st = app.status(&token, &id).await;
+    assert_eq!(st["state"], "ready");
+    assert_eq!(st["title"], "Week 1");
+    let names: Vec<&str> = st["renditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["480p", "720p"],
+        "a 720p source gives no 1080p rendition"
+    );
+    let (s, _, body) = fetch(&app, &url).await;
+    assert_eq!(s, 200);
+    let master = m3u8_rs::parse_master_playlist_res(&body).unwrap();
+    let sizes: Vec<(u64, u64)> = master
+        .variants
+        .iter()
+        .map(|v| (v.resolution.unwrap().width, v.resolution.unwrap().height))
+        .collect();
+    assert_eq!(sizes, [(854, 480), (1280, 720)]);
+    let r = walk_media(&app, &join(&url, &master.variants[1].uri)).await;
+    assert!(r.segments >= 1);
+}
+
+#[tokio::test]
+async fn video_without_audio_is_video_only() {
+    let app = TestApp::spawn(Db::Sqlite);
+    let token = app.token(Role::Admin, "org-c");
+    let id = app.upload(&token, &clip("clip-noaudio-720p.mp4"), 1).await;
+    let (st, _) = app.wait_done(&token, &id).await;
+    assert_eq!(st["state"], "ready", "{st}");
+    let pb: Value = app
+        .http
+        .get(format!("{}/api/v1/videos/{id}/playback", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (_, _, body) = fetch(&app, pb["url"].as_str().unwrap()).await;
+    let master = m3u8_rs::parse_master_playlist_res(&body).unwrap();
+    assert!(master.alternatives.is_empty(), "no audio group");
+    for v in &master.variants {
+        let c = v.codecs.clone().unwrap();
+        assert!(c.starts_with("avc1.") && !c.contains("mp4a"), "{c}");
+        assert_eq!(v.audio, None);
+    }
+}
+
+#[tokio::test]
+async fn bad_input_fails_with_a_stable_code() {
+    let app = TestApp::spawn(Db::Sqlite);
+    let token = app.token(Role::Instructor, "org-d");
+    let f = app.data.path().join("notes.txt");
+    std::fs::write(&f, "These are my lecture notes, not a video.\n".repeat(50)).unwrap();
+    let id = app.upload(&token, &f, 1).await;
+    let (st, _) = app.wait_done(&token, &id).await;
+    assert_eq!(st["state"], "failed");
+    assert_eq!(st["error"]["code"], "unsupported-input");
+    assert!(
+        st["error"]["message"].as_str().unwrap().contains("Upload"),
+        "{st}"
+    );
+    let r = app
+        .http
+        .get(format!("{}/api/v1/videos/{id}/playback", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+
+    // A truncated recording (cut in half) fails as corrupt, and nothing is published.
+    let src = std::fs::read(clip("clip-360p.mp4")).unwrap();
+    let cut = app.data.path().join("cut.mp4");
+    std::fs::write(&cut, &src[..src.len() / 2]).unwrap();
+    let id = app.upload(&token, &cut, 1).await;
+    let (st, _) = app.wait_done(&token, &id).await;
+    assert_eq!(st["state"], "failed", "{st}");
+    assert_eq!(st["error"]["code"], "corrupt-input");
+    assert_eq!(
+        count_files(&app.data.path().join(format!("objects/videos/{id}"))),
+        0,
+        "no partial output remains"
+    );
+}
+
+fn count_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        count_files(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,54 @@
+# Shared steps of scripts/run.sh and scripts/test.sh (sourced, not run).
+# Everything here is idempotent: it installs only what is missing.
+
+# Debian packages Lectern needs to build and run.
+LECTERN_PACKAGES=(
+  pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools
+)
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install_missing() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> installing ${missing[*]}"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+}
+
+require_cargo() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "error: cargo not found. Install Rust 1.94 or newer with rustup (https://rustup.rs), then run this again." >&2
+    exit 1
+  fi
+}
+
+# Makes sure a PostgreSQL server answers on 127.0.0.1:5432, installing and starting one if needed,
+# and that the postgres role can log in over TCP with password 'postgres'.
+ensure_postgres() {
+  if command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 -p 5432; then
+    return 0
+  fi
+  apt_install_missing postgresql postgresql-client
+  local ver
+  ver=$(ls /etc/postgresql | sort -V | tail -n 1)
+  echo "==> starting PostgreSQL $ver"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+  for _ in $(seq 1 30); do
+    pg_isready -q -h 127.0.0.1 -p 5432 && break
+    sleep 1
+  done
+  pg_isready -h 127.0.0.1 -p 5432
+  as_root su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\"" || true
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine (run as root): installs missing packages,
+# starts PostgreSQL if none is running, generates the test clips, then runs fmt, clippy and every
+# test (unit tests and end-to-end tests against the real binary on SQLite and PostgreSQL).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+# ffmpeg is the independent HLS client the end-to-end tests play the output with.
+apt_install_missing "${LECTERN_PACKAGES[@]}" ffmpeg
+require_cargo
+ensure_postgres
+bash testdata/videos/generate.sh
+
+export SQLX_OFFLINE=true
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+# A DATABASE_URL at build time makes apalis's query macros go online; the tests use their own.
+unset DATABASE_URL
+export LECTERN_TEST_POSTGRES_URL="${LECTERN_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --locked

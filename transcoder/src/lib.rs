@@ -1,0 +1,411 @@
+//! Transcode workers: apalis consumes the queue, and each job probes the source, runs one
+//! GStreamer ladder pipeline and hands the CMAF output to the packager.
+//!
+//! Each attempt writes under its own random prefix (`videos/{id}/{token}/`) and is published
+//! only by the database update that marks the video ready, so a crashed or superseded attempt
+//! never exposes half-written output and never overwrites a published object.
+
+pub mod pipeline;
+pub mod probe;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apalis::prelude::*;
+use futures::StreamExt;
+use gstreamer as gst;
+use lectern_core::db::Db;
+use lectern_core::error::ApiError;
+use lectern_core::ladder::Ladder;
+use lectern_core::queue::{Queue, TranscodeJob, MAX_ATTEMPTS};
+use lectern_core::storage::ObjectStore;
+use lectern_core::videos::{self, Published, SourceInfo, Video};
+use lectern_packager::{Packager, Track, TrackKind};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+
+/// How a job failed: bad input never retries; anything else may succeed later.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The input cannot be transcoded; `code` is stable and `message` tells the instructor what to do.
+    #[error("{code}: {message}")]
+    Abort {
+        /// Stable kebab-case code.
+        code: &'static str,
+        /// Advice for the instructor.
+        message: String,
+    },
+    /// A transient fault (storage, database, resources).
+    #[error("transient failure: {0}")]
+    Retry(String),
+}
+
+impl JobError {
+    /// A permanent failure caused by the input.
+    pub fn abort(code: &'static str, message: impl Into<String>) -> Self {
+        JobError::Abort {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A transient failure.
+    pub fn retry(message: impl Into<String>) -> Self {
+        JobError::Retry(message.into())
+    }
+}
+
+impl From<ApiError> for JobError {
+    fn from(e: ApiError) -> Self {
+        JobError::Retry(e.to_string())
+    }
+}
+
+impl From<lectern_packager::PackError> for JobError {
+    fn from(e: lectern_packager::PackError) -> Self {
+        JobError::Retry(e.to_string())
+    }
+}
+
+/// What every job needs.
+#[derive(Debug, Clone)]
+pub struct WorkerContext {
+    /// Database.
+    pub db: Db,
+    /// Object store holding sources and renditions.
+    pub store: Arc<dyn ObjectStore>,
+    /// The ladder definition.
+    pub ladder: Arc<Ladder>,
+    /// Where sources from remote stores are staged.
+    pub scratch_dir: PathBuf,
+    /// Worker name shown in status (`host/pid`).
+    pub name: String,
+}
+
+/// Runs `concurrency` transcode slots until `stop` resolves; running jobs get time to finish.
+pub async fn run_workers(
+    ctx: WorkerContext,
+    queue: Queue,
+    concurrency: usize,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    pipeline::init().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let name = ctx.name.clone();
+    let ctx = Arc::new(ctx);
+    let monitor = match queue {
+        Queue::Sqlite(storage) => Monitor::new().register(move |_| {
+            WorkerBuilder::new(name.clone())
+                .backend(
+                    storage
+                        .clone()
+                        .poll_with_interval(Duration::from_millis(500)),
+                )
+                .data(ctx.clone())
+                .concurrency(concurrency)
+                .build(handle)
+        }),
+        Queue::Postgres(storage) => Monitor::new().register(move |_| {
+            WorkerBuilder::new(name.clone())
+                .backend(storage.clone().with_pubsub())
+                .data(ctx.clone())
+                .concurrency(concurrency)
+                .build(handle)
+        }),
+    };
+    monitor
+        .shutdown_timeout(Duration::from_secs(30))
+        .run_with_signal(async move {
+            stop.await;
+            Ok(())
+        })
+        .await?;
+    Ok(())
+}
+
+async fn handle(job: TranscodeJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxDynError> {
+    match transcode(&ctx, &job.video_id).await {
+        Ok(()) => Ok(()),
+        Err(e @ JobError::Abort { .. }) => Err(AbortError::new(e).into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sets the cancel flag when the job future is dropped (timeout, shutdown), so the blocking
+/// pipeline thread stops too.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs one attempt for a video and records the outcome on it.
+pub async fn transcode(ctx: &WorkerContext, video_id: &str) -> Result<(), JobError> {
+    let Some(attempt) = videos::start_attempt(&ctx.db, video_id, &ctx.name).await? else {
+        tracing::info!(video = %video_id, "video no longer waits for a transcode; skipping");
+        return Ok(());
+    };
+    let video = videos::get(&ctx.db, video_id)
+        .await?
+        .ok_or_else(|| JobError::retry("video vanished"))?;
+    let started = Instant::now();
+    tracing::info!(video = %video_id, attempt, "transcode started");
+    let result = run_attempt(ctx, &video, attempt).await;
+    let secs = started.elapsed().as_secs_f64();
+    match result {
+        Ok(published) => {
+            if videos::mark_ready(&ctx.db, video_id, attempt, &published).await? {
+                tracing::info!(video = %video_id, attempt, secs, "transcode ready");
+                metrics::counter!("lectern_transcode_jobs_total", "outcome" => "ready")
+                    .increment(1);
+            } else {
+                // Superseded or deleted meanwhile: this output is nobody's.
+                let _ = ctx.store.delete_prefix(&published.output_prefix).await;
+            }
+            Ok(())
+        }
+        Err(JobError::Abort { code, message }) => {
+            tracing::info!(video = %video_id, attempt, code, "transcode failed for good");
+            metrics::counter!("lectern_transcode_jobs_total", "outcome" => "failed").increment(1);
+            videos::mark_failed(&ctx.db, video_id, attempt, code, &message).await?;
+            Err(JobError::Abort { code, message })
+        }
+        Err(JobError::Retry(why)) if attempt >= MAX_ATTEMPTS as i64 => {
+            tracing::error!(video = %video_id, attempt, %why, "transcode keeps failing; giving up");
+            metrics::counter!("lectern_transcode_jobs_total", "outcome" => "failed").increment(1);
+            let msg = "Transcoding failed repeatedly because of a server-side problem. An admin can retry it.";
+            videos::mark_failed(&ctx.db, video_id, attempt, "transcode-failed", msg).await?;
+            Err(JobError::abort("transcode-failed", msg))
+        }
+        Err(JobError::Retry(why)) => {
+            tracing::warn!(video = %video_id, attempt, %why, "transcode attempt failed; will retry");
+            metrics::counter!("lectern_transcode_jobs_total", "outcome" => "retry").increment(1);
+            videos::requeue(&ctx.db, video_id, attempt).await?;
+            // Back off before the slot takes the job again.
+            tokio::time::sleep(Duration::from_secs(2u64.pow(attempt.clamp(1, 6) as u32))).await;
+            Err(JobError::Retry(why))
+        }
+    }
+}
+
+/// A staged copy of a remote source, removed when dropped.
+struct Staged(Option<PathBuf>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+async fn source_path(
+    ctx: &WorkerContext,
+    v: &Video,
+    attempt: i64,
+) -> Result<(PathBuf, Staged), JobError> {
+    if let Some(p) = ctx.store.local_path(&v.source_key) {
+        if tokio::fs::try_exists(&p).await.unwrap_or(false) {
+            return Ok((p, Staged(None)));
+        }
+    }
+    // Remote store: stream the source to local scratch space (never into memory).
+    tokio::fs::create_dir_all(&ctx.scratch_dir)
+        .await
+        .map_err(|e| JobError::retry(e.to_string()))?;
+    let path = ctx.scratch_dir.join(format!("{}-{attempt}.src", v.id));
+    let staged = Staged(Some(path.clone()));
+    let mut got = ctx
+        .store
+        .get(&v.source_key, None)
+        .await
+        .map_err(|e| JobError::retry(e.to_string()))?;
+    let mut f = tokio::fs::File::create(&path)
+        .await
+        .map_err(|e| JobError::retry(e.to_string()))?;
+    while let Some(chunk) = got.stream.next().await {
+        let chunk = chunk.map_err(|e| JobError::retry(e.to_string()))?;
+        f.write_all(&chunk)
+            .await
+            .map_err(|e| JobError::retry(e.to_string()))?;
+    }
+    f.flush()
+        .await
+        .map_err(|e| JobError::retry(e.to_string()))?;
+    Ok((path, staged))
+}
+
+async fn run_attempt(ctx: &WorkerContext, v: &Video, attempt: i64) -> Result<Published, JobError> {
+    let (input, _staged) = source_path(ctx, v, attempt).await?;
+    let probe_input = input.clone();
+    let probe = tokio::task::spawn_blocking(move || probe::probe(&probe_input))
+        .await
+        .map_err(|e| JobError::retry(e.to_string()))??;
+    let vp = probe
+        .video
+        .clone()
+        .expect("probe guarantees a video stream");
+    let (width, height) = vp.upright_size();
+    let ladder = &ctx.ladder;
+    let src_fps = vp.fps_f64();
+    let fps = if src_fps > 0.0 && src_fps <= 60.0 {
+        vp.fps
+    } else {
+        gst::Fraction::new(ladder.fallback_fps as i32, 1)
+    };
+    let fps_f = fps.numer() as f64 / fps.denom() as f64;
+    let duration_s = probe
+        .duration
+        .map(|d| d.nseconds() as f64 / 1e9)
+        .unwrap_or(0.0);
+    videos::set_source_info(
+        &ctx.db,
+        &v.id,
+        SourceInfo {
+            duration_s,
+            width,
+            height,
+            fps: if src_fps > 0.0 { src_fps } else { fps_f },
+        },
+    )
+    .await?;
+    let renditions = ladder.renditions_for(width, height);
+
+    let mut tracks: Vec<Track> = renditions
+        .iter()
+        .map(|r| Track {
+            name: r.name.clone(),
+            kind: TrackKind::Video {
+                width: r.width,
+                height: r.height,
+                fps: fps_f,
+            },
+            codec: None,
+        })
+        .collect();
+    if probe.audio {
+        tracks.push(Track {
+            name: "audio".into(),
+            kind: TrackKind::Audio {
+                channels: ladder.audio.channels,
+            },
+            codec: None,
+        });
+    }
+    let prefix = format!("videos/{}/{}/", v.id, lectern_core::new_id());
+    let spec = pipeline::Spec {
+        input,
+        fps,
+        interlaced: vp.interlaced,
+        video: renditions
+            .iter()
+            .map(|r| pipeline::VideoOut {
+                width: r.width,
+                height: r.height,
+                bitrate_kbps: r.video_bitrate / 1000,
+                vbv_ms: ((r.bufsize as u64 * 1000) / r.video_bitrate.max(1) as u64) as u32,
+            })
+            .collect(),
+        audio: probe.audio.then_some((
+            ladder.audio.bitrate,
+            ladder.audio.channels,
+            ladder.audio.rate,
+        )),
+        segment_s: ladder.segment_duration_s,
+        gop_frames: ((fps_f * ladder.keyframe_interval_s as f64).round() as u32).max(1),
+        preset: ladder.x264_preset.clone(),
+    };
+    let packager = Packager::new(ctx.store.clone(), prefix.clone(), tracks);
+    let result = encode_and_package(ctx, v, attempt, spec, packager, duration_s).await;
+    if result.is_err() {
+        let _ = ctx.store.delete_prefix(&prefix).await;
+    }
+    result
+}
+
+async fn encode_and_package(
+    ctx: &WorkerContext,
+    v: &Video,
+    attempt: i64,
+    spec: pipeline::Spec,
+    mut packager: Packager,
+    duration_s: f64,
+) -> Result<Published, JobError> {
+    let (tx, mut rx) = mpsc::channel(4);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancel.clone());
+    let (ptx, mut prx) = watch::channel(0.0f64);
+    let cancel2 = cancel.clone();
+    let handle = tokio::task::spawn_blocking(move || {
+        pipeline::run(&spec, tx, cancel2, |pos| {
+            ptx.send_replace(pos);
+        })
+    });
+    let mut produced = 0.0;
+    let mut last_write = Instant::now();
+    let mut pack_err = None;
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                let res = match ev {
+                    pipeline::Event::Init { track, data } => packager.init(track, data).await,
+                    pipeline::Event::Segment { track, data, duration } => {
+                        if track == 0 {
+                            produced += duration;
+                        }
+                        packager.segment(track, data, duration).await
+                    }
+                };
+                if let Err(e) = res {
+                    pack_err = Some(JobError::from(e));
+                    break;
+                }
+            }
+            changed = prx.changed() => {
+                if changed.is_ok() && duration_s > 0.0 && last_write.elapsed() >= Duration::from_secs(1) {
+                    last_write = Instant::now();
+                    let pos = *prx.borrow_and_update();
+                    let _ = videos::set_progress(&ctx.db, &v.id, attempt, (pos / duration_s).min(0.99)).await;
+                }
+            }
+        }
+    }
+    if pack_err.is_some() {
+        cancel.store(true, Ordering::Relaxed);
+    }
+    drop(rx);
+    let outcome = handle
+        .await
+        .map_err(|e| JobError::retry(format!("pipeline thread: {e}")))?;
+    if let Some(e) = pack_err {
+        return Err(e);
+    }
+    let outcome = outcome?;
+    let decoded = outcome.decoded_s;
+    // A faststart MP4 cut short decodes cleanly to an early end; compare with the declared length.
+    if duration_s > 0.0 && decoded < duration_s * 0.9 && duration_s - decoded > 1.0 {
+        return Err(JobError::abort(
+            "corrupt-input",
+            format!(
+                "The file ends after {decoded:.1} s although it declares {duration_s:.1} s; it is truncated. Upload the complete recording again."
+            ),
+        ));
+    }
+    tracing::debug!(video = %v.id, produced, decoded, "pipeline finished");
+    for (i, c) in outcome.codecs.into_iter().enumerate() {
+        if let Some(c) = c {
+            packager.set_codec(i, c)?;
+        }
+    }
+    let output_prefix = packager.prefix().to_string();
+    let renditions = packager.finish().await?;
+    Ok(Published {
+        output_prefix,
+        renditions,
+    })
+}

@@ -1,0 +1,536 @@
+//! The ladder pipeline: decode once, then scale and encode every rung in one GStreamer pipeline,
+//! each rung (and the audio) muxed to CMAF by cmafmux and handed out through an appsink.
+//!
+//! ```text
+//! filesrc ! decodebin
+//!   video: videoconvert [! deinterlace] ! videorate ! I420,framerate=F ! videoflip(auto) ! tee
+//!          tee ! queue ! videoscale ! WxH,par=1/1 ! x264enc ! profile=high ! h264parse ! cmafmux ! appsink  (per rung)
+//!   audio: audioconvert ! audioresample ! 48k stereo ! avenc_aac ! aacparse ! cmafmux ! appsink
+//! ```
+//! GStreamer calls block, so everything here runs on a blocking thread; segments leave through a
+//! bounded channel, which also paces the pipeline to the speed of the object store.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gst::prelude::*;
+use gstreamer as gst;
+use gstreamer_app as gst_app;
+use gstreamer_pbutils as gst_pbutils;
+use tokio::sync::mpsc;
+
+use crate::JobError;
+
+/// Output of the pipeline, in order per track.
+#[derive(Debug)]
+pub enum Event {
+    /// A track's init segment.
+    Init {
+        /// Track index (video rungs first, audio last).
+        track: usize,
+        /// `ftyp` + `moov`.
+        data: Bytes,
+    },
+    /// A complete media segment.
+    Segment {
+        /// Track index.
+        track: usize,
+        /// `moof` + `mdat`.
+        data: Bytes,
+        /// Duration, seconds.
+        duration: f64,
+    },
+}
+
+/// One video rung to encode.
+#[derive(Debug, Clone)]
+pub struct VideoOut {
+    /// Output width, even.
+    pub width: u32,
+    /// Output height, even.
+    pub height: u32,
+    /// Average bitrate, kbit/s.
+    pub bitrate_kbps: u32,
+    /// VBV buffer, milliseconds of the bitrate.
+    pub vbv_ms: u32,
+}
+
+/// Everything the pipeline needs.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Local source file.
+    pub input: PathBuf,
+    /// Output frame rate.
+    pub fps: gst::Fraction,
+    /// Whether to deinterlace.
+    pub interlaced: bool,
+    /// Rungs.
+    pub video: Vec<VideoOut>,
+    /// Audio (bitrate, channels, rate) when the source has sound.
+    pub audio: Option<(u32, u32, u32)>,
+    /// Target segment length, seconds.
+    pub segment_s: u32,
+    /// Keyframe interval, frames.
+    pub gop_frames: u32,
+    /// x264 speed preset.
+    pub preset: String,
+}
+
+/// What a finished pipeline reports.
+#[derive(Debug)]
+pub struct Outcome {
+    /// RFC 6381 codec string per track, read from the stream.
+    pub codecs: Vec<Option<String>>,
+    /// Media time of decoded video, seconds (shorter than declared when the file is cut).
+    pub decoded_s: f64,
+}
+
+static INIT: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Initialises GStreamer and registers the statically linked CMAF muxer, once.
+pub fn init() -> Result<(), JobError> {
+    INIT.get_or_init(|| {
+        gst::init().map_err(|e| e.to_string())?;
+        gstfmp4::plugin_register_static().map_err(|e| e.to_string())?;
+        for el in ["x264enc", "avenc_aac", "decodebin", "videoflip", "h264parse", "aacparse", "cmafmux"] {
+            if gst::ElementFactory::find(el).is_none() {
+                return Err(format!(
+                    "GStreamer element '{el}' is missing; install gstreamer1.0-plugins-{{base,good,bad,ugly}} and gstreamer1.0-libav"
+                ));
+            }
+        }
+        Ok(())
+    })
+    .clone()
+    .map_err(JobError::retry)
+}
+
+/// Sets the pipeline to Null however the job ends, so no streaming thread outlives it.
+struct NullOnDrop(gst::Pipeline);
+
+impl Drop for NullOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}
+
+fn make(name: &str) -> Result<gst::Element, JobError> {
+    gst::ElementFactory::make(name)
+        .build()
+        .map_err(|e| JobError::retry(format!("cannot create {name}: {e}")))
+}
+
+fn capsfilter(caps: gst::Caps) -> Result<gst::Element, JobError> {
+    gst::ElementFactory::make("capsfilter")
+        .property("caps", &caps)
+        .build()
+        .map_err(|e| JobError::retry(e.to_string()))
+}
+
+fn link(elements: &[&gst::Element]) -> Result<(), JobError> {
+    gst::Element::link_many(elements.iter().copied())
+        .map_err(|e| JobError::retry(format!("cannot link pipeline: {e}")))
+}
+
+struct Built {
+    pipeline: gst::Pipeline,
+    parsers: Vec<gst::Element>,
+    position_ns: Arc<AtomicU64>,
+}
+
+fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
+    let pipeline = gst::Pipeline::with_name("ladder");
+    let src = gst::ElementFactory::make("filesrc")
+        .property("location", spec.input.to_string_lossy().as_ref())
+        .build()
+        .map_err(|e| JobError::retry(e.to_string()))?;
+    let dbin = make("decodebin")?;
+    pipeline
+        .add_many([&src, &dbin])
+        .map_err(|e| JobError::retry(e.to_string()))?;
+    src.link(&dbin)
+        .map_err(|e| JobError::retry(e.to_string()))?;
+    let position_ns = Arc::new(AtomicU64::new(0));
+    let fragment = gst::ClockTime::from_seconds(spec.segment_s as u64);
+    let mut parsers = Vec::new();
+
+    // Video: normalise once, then branch per rung.
+    let conv = make("videoconvert")?;
+    let mut chain = vec![conv.clone()];
+    if spec.interlaced {
+        chain.push(make("deinterlace")?);
+    }
+    chain.push(make("videorate")?);
+    chain.push(capsfilter(
+        gst::Caps::builder("video/x-raw")
+            .field("format", "I420")
+            .field("framerate", spec.fps)
+            .build(),
+    )?);
+    // `method=automatic` ignores orientation tags on 1.22; `video-direction=auto` applies them.
+    let flip = gst::ElementFactory::make("videoflip")
+        .property_from_str("video-direction", "auto")
+        .build()
+        .map_err(|e| JobError::retry(e.to_string()))?;
+    chain.push(flip.clone());
+    let tee = make("tee")?;
+    chain.push(tee.clone());
+    pipeline
+        .add_many(chain.iter())
+        .map_err(|e| JobError::retry(e.to_string()))?;
+    link(&chain.iter().collect::<Vec<_>>())?;
+    drop_orientation_tags(&flip.static_pad("src").expect("videoflip has src"));
+    let video_entry = conv.static_pad("sink").expect("videoconvert has sink");
+    // Measured before videorate, which pads a cut-short stream out to its declared end.
+    track_position(&video_entry, position_ns.clone());
+
+    for (i, r) in spec.video.iter().enumerate() {
+        let q = make("queue")?;
+        let scale = gst::ElementFactory::make("videoscale")
+            .property("add-borders", false)
+            .build()
+            .map_err(|e| JobError::retry(e.to_string()))?;
+        let caps = capsfilter(
+            gst::Caps::builder("video/x-raw")
+                .field("format", "I420")
+                .field("width", r.width as i32)
+                .field("height", r.height as i32)
+                .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+                .build(),
+        )?;
+        let enc = gst::ElementFactory::make("x264enc")
+            .property("bitrate", r.bitrate_kbps)
+            .property("vbv-buf-capacity", r.vbv_ms)
+            .property("key-int-max", spec.gop_frames)
+            .property_from_str("speed-preset", &spec.preset)
+            // Scene-cut keyframes would differ between rungs and break switching alignment.
+            .property("option-string", "scenecut=0:open-gop=0")
+            .build()
+            .map_err(|e| JobError::retry(e.to_string()))?;
+        let profile = capsfilter(
+            gst::Caps::builder("video/x-h264")
+                .field("profile", "high")
+                .build(),
+        )?;
+        let parse = make("h264parse")?;
+        let mux = cmafmux(fragment)?;
+        let sink = appsink(i, tx.clone());
+        let els = [
+            &q,
+            &scale,
+            &caps,
+            &enc,
+            &profile,
+            &parse,
+            &mux,
+            sink.upcast_ref(),
+        ];
+        pipeline
+            .add_many(els)
+            .map_err(|e| JobError::retry(e.to_string()))?;
+        link(&[
+            &tee,
+            &q,
+            &scale,
+            &caps,
+            &enc,
+            &profile,
+            &parse,
+            &mux,
+            sink.upcast_ref(),
+        ])?;
+        parsers.push(parse);
+    }
+
+    let mut audio_entry = None;
+    if let Some((bitrate, channels, rate)) = spec.audio {
+        let conv = make("audioconvert")?;
+        let res = make("audioresample")?;
+        let caps = capsfilter(
+            gst::Caps::builder("audio/x-raw")
+                .field("channels", channels as i32)
+                .field("rate", rate as i32)
+                .build(),
+        )?;
+        let enc = gst::ElementFactory::make("avenc_aac")
+            .property("bitrate", bitrate as i32)
+            .build()
+            .map_err(|e| JobError::retry(e.to_string()))?;
+        let parse = make("aacparse")?;
+        let mux = cmafmux(fragment)?;
+        let sink = appsink(spec.video.len(), tx.clone());
+        let els = [&conv, &res, &caps, &enc, &parse, &mux, sink.upcast_ref()];
+        pipeline
+            .add_many(els)
+            .map_err(|e| JobError::retry(e.to_string()))?;
+        link(&els)?;
+        audio_entry = conv.static_pad("sink");
+        parsers.push(parse);
+    }
+
+    let entries = (Some(video_entry), audio_entry);
+    let (v_entry, a_entry) = entries.clone();
+    dbin.connect_pad_added(move |dbin, pad| {
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+        let Some(s) = caps.structure(0) else { return };
+        let target = if s.name().starts_with("video/") {
+            v_entry.as_ref()
+        } else if s.name().starts_with("audio/") {
+            a_entry.as_ref()
+        } else {
+            None
+        };
+        // Only the first stream of each kind is used; extra tracks stay unlinked.
+        let Some(target) = target.filter(|t| !t.is_linked()) else {
+            return;
+        };
+        if let Err(err) = pad.link(target) {
+            gst::element_error!(
+                dbin,
+                gst::CoreError::Negotiation,
+                ("cannot link decoded {}: {:?}", s.name(), err)
+            );
+        }
+    });
+    let (v_entry, a_entry) = entries;
+    dbin.connect_no_more_pads(move |dbin| {
+        for (what, p) in [("video", &v_entry), ("audio", &a_entry)] {
+            if p.as_ref().is_some_and(|p| !p.is_linked()) {
+                gst::element_error!(
+                    dbin,
+                    gst::StreamError::Demux,
+                    ("the source has no decodable {} stream", what)
+                );
+            }
+        }
+    });
+    Ok(Built {
+        pipeline,
+        parsers,
+        position_ns,
+    })
+}
+
+fn cmafmux(fragment: gst::ClockTime) -> Result<gst::Element, JobError> {
+    gst::ElementFactory::make("cmafmux")
+        .property("fragment-duration", fragment)
+        .build()
+        .map_err(|e| JobError::retry(e.to_string()))
+}
+
+/// An appsink that turns each cmafmux buffer list into an init and/or a segment event.
+fn appsink(track: usize, tx: mpsc::Sender<Event>) -> gst_app::AppSink {
+    let sink = gst_app::AppSink::builder()
+        .buffer_list(true)
+        .sync(false)
+        // Several appsinks behind one tee must not wait for each other to preroll.
+        .async_(false)
+        .enable_last_sample(false)
+        .build();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                for ev in fragment_events(track, &sample).map_err(|e| {
+                    gst::element_error!(sink, gst::StreamError::Mux, ("{}", e));
+                    gst::FlowError::Error
+                })? {
+                    // The receiver is gone when the job was canceled or failed: stop the pipeline.
+                    tx.blocking_send(ev).map_err(|_| gst::FlowError::Flushing)?;
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    sink
+}
+
+fn fragment_events(track: usize, sample: &gst::Sample) -> Result<Vec<Event>, String> {
+    let list = sample
+        .buffer_list()
+        .ok_or("cmafmux sample without a buffer list")?;
+    let mut out = Vec::new();
+    let mut idx = 0;
+    let first = list.get(0).ok_or("empty buffer list")?;
+    if first
+        .flags()
+        .contains(gst::BufferFlags::DISCONT | gst::BufferFlags::HEADER)
+    {
+        let map = first.map_readable().map_err(|e| e.to_string())?;
+        out.push(Event::Init {
+            track,
+            data: Bytes::copy_from_slice(&map),
+        });
+        idx = 1;
+        if list.len() == 1 {
+            return Ok(out);
+        }
+    }
+    let header = list.get(idx).ok_or("fragment without a header")?;
+    if !header.flags().contains(gst::BufferFlags::HEADER)
+        || header.flags().contains(gst::BufferFlags::DELTA_UNIT)
+    {
+        return Err(format!(
+            "unexpected cmafmux output flags {:?}",
+            header.flags()
+        ));
+    }
+    let duration = header
+        .duration()
+        .ok_or("fragment header without a duration")?;
+    let mut data = Vec::new();
+    for buf in list.iter().skip(idx) {
+        let map = buf.map_readable().map_err(|e| e.to_string())?;
+        data.extend_from_slice(&map);
+    }
+    out.push(Event::Segment {
+        track,
+        data: data.into(),
+        duration: duration.nseconds() as f64 / 1e9,
+    });
+    Ok(out)
+}
+
+/// videoflip has already turned the pixels; a tag left on the stream would make cmafmux write a
+/// rotation matrix and players turn the picture a second time.
+fn drop_orientation_tags(pad: &gst::Pad) {
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, |_, info| {
+        if let Some(gst::PadProbeData::Event(ev)) = &info.data {
+            if let gst::EventView::Tag(t) = ev.view() {
+                if t.tag().get::<gst::tags::ImageOrientation>().is_some() {
+                    return gst::PadProbeReturn::Drop;
+                }
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// Records how far (running time, end of frame) the decoded video has got, for progress and
+/// for spotting sources that end before their declared duration.
+fn track_position(pad: &gst::Pad, slot: Arc<AtomicU64>) {
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        if let Some(gst::PadProbeData::Buffer(buf)) = &info.data {
+            if let (Some(pts), Some(ev)) = (buf.pts(), pad.sticky_event::<gst::event::Segment>(0)) {
+                if let Some(rt) = ev
+                    .segment()
+                    .downcast_ref::<gst::ClockTime>()
+                    .and_then(|s| s.to_running_time(pts))
+                {
+                    let end = rt.nseconds() + buf.duration().map(|d| d.nseconds()).unwrap_or(0);
+                    slot.fetch_max(end, Ordering::Relaxed);
+                }
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+fn classify(err: &gst::glib::Error, src: &str, debug: Option<String>) -> JobError {
+    let detail = format!("{src}: {} ({})", err.message(), debug.unwrap_or_default());
+    if err.matches(gst::StreamError::TypeNotFound) || err.matches(gst::StreamError::WrongType) {
+        JobError::abort("unsupported-input", "This file is not a video format Lectern can read. Upload an MP4, MOV, MKV or WebM recording.")
+    } else if err.matches(gst::CoreError::MissingPlugin)
+        || err.matches(gst::StreamError::CodecNotFound)
+    {
+        JobError::abort("unsupported-input", "The recording uses a codec Lectern cannot decode. Export it as H.264/AAC MP4 and upload it again.")
+    } else if err.matches(gst::StreamError::Decode)
+        || err.matches(gst::StreamError::Demux)
+        || err.matches(gst::StreamError::Format)
+    {
+        tracing::info!(%detail, "source failed to decode");
+        JobError::abort("corrupt-input", "The file is damaged or incomplete and could not be decoded. Upload the original recording again.")
+    } else {
+        JobError::retry(format!("pipeline error: {detail}"))
+    }
+}
+
+/// Runs the pipeline to the end. Blocking. `cancel` stops it early; `progress` receives the
+/// media time (seconds) that has entered the encoders.
+pub fn run(
+    spec: &Spec,
+    tx: mpsc::Sender<Event>,
+    cancel: Arc<AtomicBool>,
+    mut progress: impl FnMut(f64),
+) -> Result<Outcome, JobError> {
+    init()?;
+    let built = build(spec, &tx)?;
+    drop(tx);
+    let guard = NullOnDrop(built.pipeline.clone());
+    let bus = built.pipeline.bus().expect("a pipeline has a bus");
+    let first_error = |bus: &gst::Bus| {
+        bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(500),
+            &[gst::MessageType::Error],
+        )
+        .and_then(|msg| match msg.view() {
+            gst::MessageView::Error(e) => Some(classify(
+                &e.error(),
+                &msg.src()
+                    .map(|s| s.path_string().to_string())
+                    .unwrap_or_default(),
+                e.debug().map(|d| d.to_string()),
+            )),
+            _ => None,
+        })
+    };
+    if built.pipeline.set_state(gst::State::Playing).is_err() {
+        return Err(
+            first_error(&bus).unwrap_or_else(|| JobError::retry("the pipeline failed to start"))
+        );
+    }
+    let (mut last_pos, mut last_change) = (0u64, Instant::now());
+    loop {
+        let msg = bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(250),
+            &[
+                gst::MessageType::Eos,
+                gst::MessageType::Error,
+                gst::MessageType::Warning,
+            ],
+        );
+        if cancel.load(Ordering::Relaxed) {
+            return Err(JobError::retry("canceled"));
+        }
+        let pos = built.position_ns.load(Ordering::Relaxed);
+        if pos != last_pos {
+            last_pos = pos;
+            last_change = Instant::now();
+            progress(pos as f64 / 1e9);
+        } else if last_change.elapsed() > Duration::from_secs(120) {
+            return Err(JobError::retry("the pipeline stalled for 120 s"));
+        }
+        let Some(msg) = msg else { continue };
+        match msg.view() {
+            gst::MessageView::Eos(..) => break,
+            gst::MessageView::Error(e) => {
+                let src = msg
+                    .src()
+                    .map(|s| s.path_string().to_string())
+                    .unwrap_or_default();
+                return Err(classify(&e.error(), &src, e.debug().map(|d| d.to_string())));
+            }
+            gst::MessageView::Warning(w) => {
+                tracing::warn!(src = ?msg.src().map(|s| s.path_string()), "gstreamer warning: {} ({:?})", w.error(), w.debug());
+            }
+            _ => {}
+        }
+    }
+    // Pads keep their caps until the pipeline leaves PLAYING, so read the codecs now.
+    let codecs = built
+        .parsers
+        .iter()
+        .map(|p| {
+            let caps = p.static_pad("src")?.current_caps()?;
+            gst_pbutils::codec_utils_caps_get_mime_codec(&caps)
+                .ok()
+                .map(|s| s.to_string())
+        })
+        .collect();
+    let decoded_s = built.position_ns.load(Ordering::Relaxed) as f64 / 1e9;
+    drop(guard);
+    Ok(Outcome { codecs, decoded_s })
+}

@@ -1,0 +1,171 @@
+//! Probing the source with GStreamer's Discoverer: duration, picture geometry, frame rate,
+//! rotation and audio presence, with failures classified for the instructor.
+
+use std::path::Path;
+
+use gst_pbutils::prelude::*;
+use gstreamer as gst;
+use gstreamer_pbutils as gst_pbutils;
+
+use crate::JobError;
+
+/// What the transcode needs to know about the source.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// Duration, if the container declares one.
+    pub duration: Option<gst::ClockTime>,
+    /// The first video stream.
+    pub video: Option<VideoProbe>,
+    /// Whether there is an audio stream.
+    pub audio: bool,
+}
+
+/// Facts about the video stream.
+#[derive(Debug, Clone)]
+pub struct VideoProbe {
+    /// Coded width.
+    pub width: u32,
+    /// Coded height.
+    pub height: u32,
+    /// Declared frame rate (0/1 when variable or unknown).
+    pub fps: gst::Fraction,
+    /// Pixel aspect ratio.
+    pub par: gst::Fraction,
+    /// Whether the picture is interlaced.
+    pub interlaced: bool,
+    /// `image-orientation` tag, e.g. `rotate-90`.
+    pub orientation: Option<String>,
+}
+
+impl VideoProbe {
+    /// Display size, upright: PAR applied and sides swapped for 90° rotations.
+    pub fn upright_size(&self) -> (u32, u32) {
+        let (n, d) = (
+            self.par.numer().max(1) as f64,
+            self.par.denom().max(1) as f64,
+        );
+        let w = (self.width as f64 * n / d).round() as u32;
+        let h = self.height;
+        let quarter = matches!(
+            self.orientation.as_deref(),
+            Some("rotate-90" | "rotate-270" | "flip-rotate-90" | "flip-rotate-270")
+        );
+        if quarter {
+            (h, w)
+        } else {
+            (w, h)
+        }
+    }
+
+    /// Frame rate as a number; 0 when unknown.
+    pub fn fps_f64(&self) -> f64 {
+        if self.fps.numer() > 0 && self.fps.denom() > 0 {
+            self.fps.numer() as f64 / self.fps.denom() as f64
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Probes a local file. Blocking: call from a blocking thread.
+pub fn probe(path: &Path) -> Result<Probe, JobError> {
+    crate::pipeline::init()?;
+    if std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) == 0 {
+        return Err(JobError::abort(
+            "corrupt-input",
+            "The uploaded file is empty. Upload the recording again.",
+        ));
+    }
+    let abs = path
+        .canonicalize()
+        .map_err(|e| JobError::retry(format!("cannot open source: {e}")))?;
+    let uri = gst::glib::filename_to_uri(&abs, None).map_err(|e| JobError::retry(e.to_string()))?;
+    let disc = gst_pbutils::Discoverer::new(gst::ClockTime::from_seconds(60))
+        .map_err(|e| JobError::retry(e.to_string()))?;
+    let info = disc
+        .discover_uri(&uri)
+        .map_err(|e| classify_probe_error(&e))?;
+    match info.result() {
+        gst_pbutils::DiscovererResult::Ok => {}
+        gst_pbutils::DiscovererResult::Timeout => return Err(JobError::retry("probing the source timed out")),
+        gst_pbutils::DiscovererResult::MissingPlugins => {
+            return Err(JobError::abort(
+                "unsupported-input",
+                "The recording uses a codec Lectern cannot decode. Export it as H.264/AAC MP4 and upload it again.",
+            ))
+        }
+        r => return Err(JobError::abort("corrupt-input", format!("The file could not be read ({r:?}). Upload the original recording again."))),
+    }
+    let video = info
+        .video_streams()
+        .into_iter()
+        .find(|v| !v.is_image())
+        .map(|v| {
+            // qtdemux sends the rotation as a stream tag of the video stream.
+            let orientation = v.tags().as_ref().and_then(|t| {
+                t.get::<gst::tags::ImageOrientation>()
+                    .map(|o| o.get().to_string())
+            });
+            VideoProbe {
+                width: v.width(),
+                height: v.height(),
+                fps: v.framerate(),
+                par: v.par(),
+                interlaced: v.is_interlaced(),
+                orientation,
+            }
+        });
+    let audio = !info.audio_streams().is_empty();
+    if video.is_none() {
+        return Err(JobError::abort(
+            "no-video-stream",
+            if audio {
+                "The file has sound but no picture. Upload a video recording, not an audio file."
+            } else {
+                "The file has no video stream. Upload a video recording."
+            },
+        ));
+    }
+    Ok(Probe {
+        duration: info.duration(),
+        video,
+        audio,
+    })
+}
+
+fn classify_probe_error(e: &gst::glib::Error) -> JobError {
+    tracing::info!(error = %e, domain = ?e.domain(), "probe failed");
+    if e.matches(gst::StreamError::TypeNotFound) || e.matches(gst::StreamError::WrongType) {
+        JobError::abort(
+            "unsupported-input",
+            "This file is not a video format Lectern can read. Upload an MP4, MOV, MKV or WebM recording.",
+        )
+    } else if e.matches(gst::CoreError::MissingPlugin) || e.matches(gst::StreamError::CodecNotFound)
+    {
+        JobError::abort(
+            "unsupported-input",
+            "The recording uses a codec Lectern cannot decode. Export it as H.264/AAC MP4 and upload it again.",
+        )
+    } else if e.matches(gst::StreamError::Demux)
+        || e.matches(gst::StreamError::Decode)
+        || e.matches(gst::StreamError::Format)
+    {
+        JobError::abort(
+            "corrupt-input",
+            format!(
+                "The file is damaged or incomplete ({}). Upload the original recording again.",
+                e.message()
+            ),
+        )
+    } else if e.matches(gst::ResourceError::NotFound) || e.matches(gst::ResourceError::Read) {
+        JobError::retry(format!("cannot read the source: {}", e.message()))
+    } else {
+        JobError::abort(
+            "corrupt-input",
+            format!(
+                "The file could not be read ({}). Upload the original recording again.",
+                e.message()
+            ),
+        )
+    }
+}
