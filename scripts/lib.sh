@@ -29,7 +29,7 @@ require_cargo() {
     [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
   fi
   if ! command -v cargo >/dev/null 2>&1; then
-    echo "error: cargo not found. Install Rust 1.94 or newer with rustup (https://rustup.rs), then run this again." >&2
+    echo "error: cargo not found. Install Rust 1.95 or newer with rustup (https://rustup.rs), then run this again." >&2
     exit 1
   fi
 }
@@ -51,4 +51,37 @@ ensure_postgres() {
   done
   pg_isready -h 127.0.0.1 -p 5432
   as_root su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\"" || true
+}
+
+# A Python virtualenv for test tools (moto's S3 server, tuspy), in target/testenv.
+ensure_test_venv() {
+  local venv=target/testenv
+  if [ ! -x "$venv/bin/pip" ]; then
+    command -v python3 >/dev/null 2>&1 || apt_install_missing python3
+    rm -rf "$venv"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      apt_install_missing python3-venv
+      rm -rf "$venv"
+      python3 -m venv "$venv"
+    fi
+  fi
+  if ! "$venv/bin/python" -c 'import moto, tusclient' >/dev/null 2>&1; then
+    echo "==> installing test tools (moto S3 server, tuspy) into $venv"
+    "$venv/bin/pip" install -q 'moto[server]<5.2' 'tuspy==1.1.0'
+  fi
+}
+
+# Starts moto's S3-compatible server on 127.0.0.1:$1 unless one answers there already.
+ensure_s3() {
+  local port="$1"
+  if ! curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1; then
+    echo "==> starting moto S3 server on 127.0.0.1:$port"
+    nohup target/testenv/bin/moto_server -H 127.0.0.1 -p "$port" >target/moto.log 2>&1 &
+    MOTO_PID=$!
+    for _ in $(seq 1 50); do
+      curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 && break
+      sleep 0.2
+    done
+    curl -fsS "http://127.0.0.1:$port/" >/dev/null || { cat target/moto.log; exit 1; }
+  fi
 }

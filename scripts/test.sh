@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine (run as root): installs missing packages,
-# starts PostgreSQL if none is running, generates the test clips, then runs fmt, clippy and every
-# test (unit tests and end-to-end tests against the real binary on SQLite and PostgreSQL).
+# starts PostgreSQL and an S3 server (moto) if none is running, generates the test clips, then runs fmt, clippy and every
+# test (unit tests and end-to-end tests against the real binary on SQLite, PostgreSQL and S3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 # ffmpeg is the independent HLS client the end-to-end tests play the output with.
-apt_install_missing "${LECTERN_PACKAGES[@]}" ffmpeg
+apt_install_missing "${LECTERN_PACKAGES[@]}" ffmpeg curl
 require_cargo
 ensure_postgres
+mkdir -p target
+ensure_test_venv
+MOTO_PID=""
+ensure_s3 5055
+trap '[ -n "$MOTO_PID" ] && kill "$MOTO_PID" 2>/dev/null || true' EXIT
 bash testdata/videos/generate.sh
 
 export SQLX_OFFLINE=true
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 # A DATABASE_URL at build time makes apalis's query macros go online; the tests use their own.
 unset DATABASE_URL
+export LECTERN_TEST_S3_ENDPOINT=http://127.0.0.1:5055
+export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}" AWS_REGION="${AWS_REGION:-us-east-1}"
 export LECTERN_TEST_POSTGRES_URL="${LECTERN_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 
 echo "==> cargo fmt --check"

@@ -37,8 +37,10 @@ pub struct Config {
     pub cors_origin: String,
     /// Seconds a playback URL stays valid beyond the video's duration.
     pub playback_grace_s: u64,
-    /// Hours an unfinished upload is kept before it may be swept.
-    pub upload_expiry_h: u64,
+    /// How long an unfinished upload is kept after its last write, e.g. `24h`.
+    pub upload_expiry: String,
+    /// Bytes per stored upload part (8–64 MiB); smaller leftovers live in a tail object.
+    pub upload_part_size: usize,
 }
 
 impl Default for Config {
@@ -60,7 +62,8 @@ impl Default for Config {
             pipeline: None,
             cors_origin: "*".into(),
             playback_grace_s: 2 * 3600,
-            upload_expiry_h: 24,
+            upload_expiry: "24h".into(),
+            upload_part_size: 8 * 1024 * 1024,
         }
     }
 }
@@ -147,8 +150,11 @@ impl Config {
         if let Some(v) = env("LECTERN_PLAYBACK_GRACE_S") {
             self.playback_grace_s = parse("LECTERN_PLAYBACK_GRACE_S", v)?;
         }
-        if let Some(v) = env("LECTERN_UPLOAD_EXPIRY_H") {
-            self.upload_expiry_h = parse("LECTERN_UPLOAD_EXPIRY_H", v)?;
+        if let Some(v) = env("LECTERN_UPLOAD_EXPIRY") {
+            self.upload_expiry = v;
+        }
+        if let Some(v) = env("LECTERN_UPLOAD_PART_SIZE") {
+            self.upload_part_size = parse("LECTERN_UPLOAD_PART_SIZE", v)?;
         }
         Ok(())
     }
@@ -170,6 +176,13 @@ impl Config {
         }
         if self.workers == 0 {
             return Err(ConfigError::Invalid("workers must be at least 1".into()));
+        }
+        crate::auth::parse_ttl(&self.upload_expiry)
+            .map_err(|e| ConfigError::Invalid(format!("upload_expiry: {e}")))?;
+        if !(8 << 20..=64 << 20).contains(&self.upload_part_size) {
+            return Err(ConfigError::Invalid(
+                "upload_part_size must be between 8 MiB and 64 MiB (8388608..67108864)".into(),
+            ));
         }
         if let Some(s) = &self.secret {
             if s.len() < 16 {
@@ -194,6 +207,15 @@ impl Config {
                 self.data_dir.join("lectern.db").display()
             )
         })
+    }
+
+    /// The upload expiry as a duration.
+    pub fn upload_expiry(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            crate::auth::parse_ttl(&self.upload_expiry)
+                .unwrap_or(86400)
+                .max(1) as u64,
+        )
     }
 
     /// The object-store URL, defaulting to `file://<data_dir>/objects`.
@@ -291,7 +313,7 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 13] = [
+    const KEYS: [&str; 14] = [
         "listen",
         "data_dir",
         "database_url",
@@ -304,6 +326,7 @@ mod tests {
         "pipeline",
         "cors_origin",
         "playback_grace_s",
-        "upload_expiry_h",
+        "upload_expiry",
+        "upload_part_size",
     ];
 }

@@ -7,6 +7,7 @@ pub mod db;
 pub mod error;
 pub mod ladder;
 pub mod queue;
+pub mod s3;
 pub mod storage;
 pub mod videos;
 

@@ -160,13 +160,22 @@ pub trait ObjectStore: Send + Sync + Debug {
     /// Starts a multipart upload that will become `key`; returns its upload id.
     async fn create_multipart(&self, key: &str) -> StoreResult<String>;
 
-    /// Stores one part durably. A stream that ends early stores what arrived.
+    /// Stores one part durably (S3 requires at least 5 MiB for every part but the last).
     async fn put_part(
         &self,
         key: &str,
         upload_id: &str,
         number: u32,
-        body: ByteStream,
+        body: Bytes,
+    ) -> StoreResult<Part>;
+
+    /// Stores a whole existing object as one part, copied server-side where the backend can.
+    async fn copy_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        source: &str,
     ) -> StoreResult<Part>;
 
     /// Assembles the parts, in order, into the object.
@@ -186,15 +195,14 @@ pub trait ObjectStore: Send + Sync + Debug {
     }
 }
 
-/// Opens the store named by a URL: `file://DIR` (or a plain path).
-pub async fn open(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+/// Opens the store named by a URL: `file://DIR` (or a plain path), or `s3://BUCKET[/PREFIX]`
+/// with an optional endpoint for S3-compatible servers.
+pub async fn open(url: &str, s3_endpoint: Option<&str>) -> anyhow::Result<Arc<dyn ObjectStore>> {
     if let Some(dir) = url.strip_prefix("file://") {
         return Ok(Arc::new(FileStore::new(dir).await?));
     }
     if url.starts_with("s3://") {
-        anyhow::bail!(
-            "the S3 object store is not built into this version yet; use file://DIR for LECTERN_STORAGE"
-        );
+        return Ok(Arc::new(crate::s3::S3Store::open(url, s3_endpoint).await?));
     }
     if !url.contains("://") {
         return Ok(Arc::new(FileStore::new(url).await?));
@@ -250,6 +258,27 @@ impl FileStore {
             )));
         }
         Ok(self.root.join(".multipart").join(upload_id))
+    }
+
+    /// The folder of a multipart upload that must exist.
+    async fn open_multipart(&self, upload_id: &str) -> StoreResult<PathBuf> {
+        let dir = self.multipart_dir(upload_id)?;
+        if !tokio::fs::try_exists(&dir).await? {
+            return Err(StoreError::NotFound(format!(
+                "multipart upload {upload_id}"
+            )));
+        }
+        Ok(dir)
+    }
+
+    /// Moves a durable temporary file into place as part `number`.
+    async fn place_part(dir: &Path, tmp: &Path, number: u32, size: u64) -> StoreResult<Part> {
+        tokio::fs::rename(tmp, dir.join(format!("part-{number:05}"))).await?;
+        Ok(Part {
+            number,
+            etag: format!("{number}-{size}"),
+            size,
+        })
     }
 
     fn tmp_path(&self) -> PathBuf {
@@ -387,22 +416,29 @@ impl ObjectStore for FileStore {
         _key: &str,
         upload_id: &str,
         number: u32,
-        body: ByteStream,
+        body: Bytes,
     ) -> StoreResult<Part> {
-        let dir = self.multipart_dir(upload_id)?;
-        if !tokio::fs::try_exists(&dir).await? {
-            return Err(StoreError::NotFound(format!(
-                "multipart upload {upload_id}"
-            )));
-        }
+        let dir = self.open_multipart(upload_id).await?;
         let tmp = self.tmp_path();
-        let size = Self::write_stream(&tmp, body).await?;
-        tokio::fs::rename(&tmp, dir.join(format!("part-{number:05}"))).await?;
-        Ok(Part {
-            number,
-            etag: format!("{number}-{size}"),
-            size,
-        })
+        let once = futures::stream::once(async move { Ok(body) });
+        let size = Self::write_stream(&tmp, Box::pin(once)).await?;
+        Self::place_part(&dir, &tmp, number, size).await
+    }
+
+    async fn copy_part(
+        &self,
+        _key: &str,
+        upload_id: &str,
+        number: u32,
+        source: &str,
+    ) -> StoreResult<Part> {
+        let dir = self.open_multipart(upload_id).await?;
+        let tmp = self.tmp_path();
+        let size = tokio::fs::copy(self.path(source)?, &tmp)
+            .await
+            .map_err(not_found(source))?;
+        tokio::fs::File::open(&tmp).await?.sync_all().await?;
+        Self::place_part(&dir, &tmp, number, size).await
     }
 
     async fn complete_multipart(
@@ -561,9 +597,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = FileStore::new(dir.path()).await.unwrap();
         let id = s.create_multipart("up/x").await.unwrap();
-        let p2 = s.put_part("up/x", &id, 2, body(&[b"world"])).await.unwrap();
+        s.put_bytes("src/w", Bytes::from_static(b"world"))
+            .await
+            .unwrap();
+        let p2 = s.copy_part("up/x", &id, 2, "src/w").await.unwrap();
         let p1 = s
-            .put_part("up/x", &id, 1, body(&[b"hello ", b""]))
+            .put_part("up/x", &id, 1, Bytes::from_static(b"hello "))
             .await
             .unwrap();
         assert!(
@@ -572,7 +611,10 @@ mod tests {
         );
         s.complete_multipart("up/x", &id, &[p1, p2]).await.unwrap();
         assert_eq!(&s.get_bytes("up/x").await.unwrap()[..], b"hello world");
-        assert!(s.put_part("up/x", &id, 3, body(&[b"late"])).await.is_err());
+        assert!(s
+            .put_part("up/x", &id, 3, Bytes::from_static(b"late"))
+            .await
+            .is_err());
     }
 
     #[test]

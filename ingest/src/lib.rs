@@ -1,12 +1,19 @@
-//! tus 1.0.0 upload server at `/files/`: core protocol, creation, creation-with-upload and
-//! termination. Each PATCH becomes one durable multipart part in the object store; the offset in
-//! the database only moves after the part is durable, so a crash never overstates it.
+//! tus 1.0.0 upload server at `/files/`: core protocol plus creation, creation-with-upload,
+//! creation-defer-length, termination, expiration, checksum and concatenation.
+//!
+//! Bytes are cut into parts of `part_size` and stored as multipart parts of the upload's
+//! object. What is left over at the end of a request (less than a part) is kept as a *tail
+//! object* in the store, like tusd's S3 store, so any node can continue the upload and any
+//! client chunk size works. The offset in the database moves only after the bytes it counts
+//! are durable, so a crash never overstates it.
 
+mod checksum;
+mod lock;
 mod metadata;
 mod uploads;
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -14,25 +21,32 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, MethodRouter};
 use axum::Router;
-use bytes::Bytes;
+use bytes::BytesMut;
 use futures::StreamExt;
-use lectern_core::auth::{Auth, HasKeys, Keys};
+use lectern_core::auth::{Auth, Claims, HasKeys, Keys};
 use lectern_core::db::Db;
 use lectern_core::error::ApiError;
 use lectern_core::queue::Queue;
-use lectern_core::storage::{object_response, request_range, ByteStream, ObjectStore};
+use lectern_core::storage::{object_response, request_range, ObjectStore, Part};
 use lectern_core::videos::{self, priority, NewVideo};
 use tower_http::set_header::SetResponseHeaderLayer;
 
+pub use checksum::ALGORITHMS as CHECKSUM_ALGORITHMS;
+pub use lock::Locks;
 pub use metadata::parse_metadata;
 pub use uploads::Upload;
 
 /// The tus protocol version served.
 pub const TUS_VERSION: &str = "1.0.0";
 /// Extensions implemented (and advertised).
-pub const TUS_EXTENSIONS: &str = "creation,creation-with-upload,termination";
+pub const TUS_EXTENSIONS: &str =
+    "creation,creation-with-upload,creation-defer-length,termination,expiration,checksum,concatenation";
 /// Largest upload accepted, bytes (2 GiB).
 pub const MAX_SIZE: u64 = 2 * 1024 * 1024 * 1024;
+/// S3's smallest part (all but the last); smaller partials are re-read when concatenated.
+pub const MIN_PART: u64 = 5 * 1024 * 1024;
+/// Allowed part sizes.
+pub const PART_SIZE_RANGE: std::ops::RangeInclusive<usize> = (8 << 20)..=(64 << 20);
 const OCTET_STREAM: &str = "application/offset+octet-stream";
 /// Refused bodies up to this size are read and discarded before answering.
 const DRAIN_LIMIT: u64 = 4 * 1024 * 1024;
@@ -50,9 +64,11 @@ pub struct IngestState {
     pub queue: Queue,
     /// Configured external base URL.
     pub public_url: Option<String>,
-    /// Seconds before an unfinished upload may be swept.
-    pub expiry_s: i64,
-    locks: Arc<Mutex<HashSet<String>>>,
+    /// Lifetime of an unfinished upload since its last write.
+    pub expiry: Duration,
+    /// Bytes per stored part.
+    pub part_size: usize,
+    locks: Locks,
 }
 
 impl HasKeys for IngestState {
@@ -62,24 +78,32 @@ impl HasKeys for IngestState {
 }
 
 impl IngestState {
-    /// Builds the ingest state.
+    /// Builds the ingest state; `part_size` is clamped to 8–64 MiB.
     pub fn new(
         db: Db,
         store: Arc<dyn ObjectStore>,
         keys: Keys,
         queue: Queue,
         public_url: Option<String>,
-        expiry_s: i64,
+        expiry: Duration,
+        part_size: usize,
     ) -> Self {
+        let part_size = part_size.clamp(*PART_SIZE_RANGE.start(), *PART_SIZE_RANGE.end());
+        let locks = Locks::new(db.clone());
         Self {
             db,
             store,
             keys,
             queue,
             public_url,
-            expiry_s,
-            locks: Default::default(),
+            expiry,
+            part_size,
+            locks,
         }
+    }
+
+    fn expires_at(&self) -> i64 {
+        lectern_core::now_ms() + self.expiry.as_millis() as i64
     }
 
     /// Finishes uploads whose last byte was stored but whose completion was interrupted
@@ -92,34 +116,46 @@ impl IngestState {
         }
         Ok(stuck.len())
     }
-}
 
-/// A guard for the in-process upload lock; a second PATCH on the same upload gets 423.
-struct UploadLock {
-    set: Arc<Mutex<HashSet<String>>>,
-    id: String,
-}
-
-impl UploadLock {
-    fn acquire(state: &IngestState, id: &str) -> Result<Self, ApiError> {
-        let mut set = state.locks.lock().expect("lock set poisoned");
-        if !set.insert(id.to_string()) {
-            return Err(ApiError::new(
-                StatusCode::LOCKED,
-                "upload-locked",
-                "another request is writing to this upload; wait for it, then resume from HEAD's offset",
-            ));
+    /// Removes expired unfinished uploads (aborting their multipart uploads) and expired
+    /// partial uploads; returns how many it removed.
+    pub async fn sweep(&self) -> anyhow::Result<usize> {
+        let mut n = 0;
+        for u in uploads::list_expired(&self.db, lectern_core::now_ms()).await? {
+            let Ok(_guard) = self.locks.acquire(&u.id).await else {
+                continue;
+            };
+            if u.state == uploads::UPLOADING {
+                self.store
+                    .abort_multipart(&u.object_key, &u.multipart_id)
+                    .await?;
+                if let Some(t) = &u.tail_key {
+                    self.store.delete(t).await?;
+                }
+                if u.is_video() {
+                    videos::delete(&self.db, &u.id).await?;
+                }
+            } else {
+                self.store.delete(&u.object_key).await?;
+            }
+            uploads::mark_terminated(&self.db, &u.id).await?;
+            tracing::info!(upload = %u.id, "expired upload removed");
+            n += 1;
         }
-        Ok(Self {
-            set: state.locks.clone(),
-            id: id.to_string(),
-        })
+        Ok(n)
     }
-}
 
-impl Drop for UploadLock {
-    fn drop(&mut self) {
-        self.set.lock().expect("lock set poisoned").remove(&self.id);
+    /// Sweeps expired uploads every `every` until the process ends.
+    pub fn spawn_sweeper(self, every: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = self.sweep().await {
+                    tracing::warn!(error = %e, "sweeping expired uploads failed; will retry");
+                }
+            }
+        })
     }
 }
 
@@ -192,6 +228,10 @@ pub fn decorate_options(r: &mut Response) {
     h.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
     h.insert("tus-extension", HeaderValue::from_static(TUS_EXTENSIONS));
     h.insert("tus-max-size", HeaderValue::from(MAX_SIZE));
+    h.insert(
+        "tus-checksum-algorithm",
+        HeaderValue::from_static(checksum::ALGORITHMS),
+    );
 }
 
 fn check_tus_resumable(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -206,16 +246,17 @@ fn check_tus_resumable(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn authorize(
-    st: &IngestState,
-    req: Request,
-) -> Result<(lectern_core::auth::Claims, Request), ApiError> {
+async fn authorize(st: &IngestState, req: Request) -> Result<(Claims, Request), ApiError> {
     let (mut parts, body) = req.into_parts();
     let Auth(claims) =
         <Auth as axum::extract::FromRequestParts<IngestState>>::from_request_parts(&mut parts, st)
             .await?;
     claims.require_manager()?;
     Ok((claims, Request::from_parts(parts, body)))
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 fn header_u64(
@@ -228,7 +269,7 @@ fn header_u64(
         Some(v) => v
             .to_str()
             .ok()
-            .and_then(|s| s.parse::<u64>().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
             .map(Some)
             .ok_or_else(|| {
                 ApiError::bad_request(code, format!("`{name}` must be a non-negative integer"))
@@ -237,40 +278,79 @@ fn header_u64(
 }
 
 fn is_octet_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
+    header_str(headers, header::CONTENT_TYPE.as_str()).is_some_and(|v| {
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .eq_ignore_ascii_case(OCTET_STREAM)
+    })
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "upload-too-large",
+        format!("uploads are limited to {MAX_SIZE} bytes (2 GiB); trim or re-encode the recording"),
+    )
+}
+
+fn gone() -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "upload-gone",
+        "this upload was terminated or expired; start a new upload",
+    )
+}
+
+fn http_date(ms: i64) -> String {
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+}
+
+/// The upload ids named in `Upload-Concat: final;URL URL…`.
+fn parse_final(v: &str) -> Result<Vec<String>, ApiError> {
+    let bad = || {
+        ApiError::bad_request("invalid-concat", "Upload-Concat must be `partial` or `final;<url> <url>…` naming this server's partial uploads")
+    };
+    let list = v.strip_prefix("final;").ok_or_else(bad)?;
+    let ids: Vec<String> = list
+        .split_whitespace()
+        .map(|u| {
+            u.trim_end_matches('/')
+                .rsplit('/')
                 .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case(OCTET_STREAM)
+                .unwrap_or_default()
+                .to_string()
         })
+        .collect();
+    if ids.is_empty()
+        || ids
+            .iter()
+            .any(|i| i.len() != 32 || !i.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(bad());
+    }
+    Ok(ids)
 }
 
 async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
     check_tus_resumable(req.headers())?;
     let (claims, req) = authorize(&st, req).await?;
     let headers = req.headers().clone();
-    if headers.contains_key("upload-concat") {
-        return Err(ApiError::bad_request("concatenation-unsupported", "this server does not support the concatenation extension yet; upload the file as one upload"));
+    let concat = header_str(&headers, "upload-concat")
+        .map(str::trim)
+        .unwrap_or("");
+    let partial_ids = if concat.starts_with("final") {
+        parse_final(concat)?
+    } else {
+        Vec::new()
+    };
+    if !concat.is_empty() && concat != "partial" && partial_ids.is_empty() {
+        return Err(parse_final(concat)
+            .err()
+            .unwrap_or_else(|| ApiError::bad_request("invalid-concat", "bad Upload-Concat")));
     }
-    let length = header_u64(&headers, "upload-length", "invalid-upload-length")?.ok_or_else(|| {
-        ApiError::bad_request("missing-upload-length", "send `Upload-Length` with the file size in bytes; deferred lengths are not supported yet")
-    })?;
-    if length > MAX_SIZE {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "upload-too-large",
-            format!(
-                "uploads are limited to {MAX_SIZE} bytes (2 GiB); trim or re-encode the recording"
-            ),
-        ));
-    }
-    let raw_meta = headers
-        .get("upload-metadata")
-        .and_then(|v| v.to_str().ok())
+    let raw_meta = header_str(&headers, "upload-metadata")
         .unwrap_or("")
         .to_string();
     let meta = parse_metadata(&raw_meta)?;
@@ -284,83 +364,195 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
             ))
         }
     };
+
+    // Length: declared, deferred, or (final) the sum of the partials.
+    let mut partials = Vec::new();
+    let length: i64 = if !partial_ids.is_empty() {
+        for pid in &partial_ids {
+            let p = match uploads::get(&st.db, pid).await? {
+                Some(p) if p.org == claims.org && p.concat == "partial" => p,
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "invalid-concat",
+                        format!("{pid} is not a partial upload of yours"),
+                    ))
+                }
+            };
+            if p.state != uploads::COMPLETE {
+                return Err(ApiError::bad_request(
+                    "partial-incomplete",
+                    format!("partial upload {pid} is not complete; finish every partial before the final upload"),
+                ));
+            }
+            partials.push(p);
+        }
+        let sum: i64 = partials.iter().map(|p| p.length).sum();
+        if sum as u64 > MAX_SIZE {
+            return Err(too_large());
+        }
+        sum
+    } else {
+        match (
+            header_u64(&headers, "upload-length", "invalid-upload-length")?,
+            header_str(&headers, "upload-defer-length"),
+        ) {
+            (Some(len), None) if len > MAX_SIZE => return Err(too_large()),
+            (Some(len), None) => len as i64,
+            (None, Some("1")) => uploads::DEFERRED,
+            (None, Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "invalid-defer-length",
+                    "Upload-Defer-Length must be 1",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "invalid-upload-length",
+                    "send either Upload-Length or Upload-Defer-Length, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(ApiError::bad_request(
+                    "missing-upload-length",
+                    "send `Upload-Length` with the file size in bytes, or `Upload-Defer-Length: 1`",
+                ))
+            }
+        }
+    };
+
     let id = lectern_core::new_id();
     let object_key = format!("sources/{id}");
     let multipart_id = st.store.create_multipart(&object_key).await?;
+    let concat_role = if !partial_ids.is_empty() {
+        "final"
+    } else {
+        concat
+    };
     let upload = uploads::insert(
         &st.db,
-        &id,
-        &claims,
-        length,
-        &raw_meta,
-        &object_key,
-        &multipart_id,
-        st.expiry_s,
+        uploads::NewUpload {
+            id: &id,
+            claims: &claims,
+            length,
+            metadata: &raw_meta,
+            object_key: &object_key,
+            multipart_id: &multipart_id,
+            concat: concat_role,
+            partials: &partial_ids,
+            expires_at: st.expires_at(),
+        },
     )
     .await?;
-    let video = NewVideo {
-        id: &id,
-        org: &claims.org,
-        owner: &claims.sub,
-        title: meta.get("title").map(String::as_str),
-        lesson: meta.get("lesson").map(String::as_str),
-        filename: meta.get("filename").map(String::as_str),
-        priority: prio,
-        source_key: &object_key,
-    };
-    if let Err(e) = videos::insert(&st.db, video).await {
-        let _ = uploads::delete(&st.db, &id).await;
-        let _ = st.store.abort_multipart(&object_key, &multipart_id).await;
-        return Err(e);
+    if upload.is_video() {
+        let video = NewVideo {
+            id: &id,
+            org: &claims.org,
+            owner: &claims.sub,
+            title: meta.get("title").map(String::as_str),
+            lesson: meta.get("lesson").map(String::as_str),
+            filename: meta.get("filename").map(String::as_str),
+            priority: prio,
+            source_key: &object_key,
+        };
+        if let Err(e) = videos::insert(&st.db, video).await {
+            let _ = uploads::delete(&st.db, &id).await;
+            let _ = st.store.abort_multipart(&object_key, &multipart_id).await;
+            return Err(e);
+        }
     }
     metrics::counter!("lectern_uploads_created_total").increment(1);
-    tracing::info!(upload = %id, org = %claims.org, length, "upload created");
+    tracing::info!(upload = %id, org = %claims.org, length, concat = concat_role, "upload created");
 
     let location = format!(
         "{}/files/{id}",
         lectern_core::base_url(st.public_url.as_deref(), &headers)
     );
     let mut offset = 0;
-    let has_body = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v != "0")
-        || headers.contains_key(header::TRANSFER_ENCODING);
-    if has_body && is_octet_stream(&headers) {
-        let _lock = UploadLock::acquire(&st, &id)?;
-        offset = write_chunk(&st, &upload, req.into_body()).await?.offset;
-    } else if length == 0 {
-        finish(&st, &upload).await?;
+    let mut expires = Some(upload.expires_at);
+    if !partials.is_empty() {
+        let _guard = st.locks.acquire(&id).await?;
+        compose(&st, &upload, &partials).await?;
+        offset = length as u64;
+        expires = None;
+    } else {
+        let has_body = header_u64(&headers, "content-length", "invalid-content-length")?
+            .is_some_and(|n| n > 0)
+            || headers.contains_key(header::TRANSFER_ENCODING);
+        if has_body && is_octet_stream(&headers) {
+            let _guard = st.locks.acquire(&id).await?;
+            let w = write_request(&st, upload, &headers, req.into_body()).await?;
+            offset = w.offset;
+            expires = w.expires;
+        } else if length == 0 {
+            finish(&st, &upload).await?;
+            expires = None;
+        }
     }
     let mut r = StatusCode::CREATED.into_response();
-    r.headers_mut().insert(
+    let h = r.headers_mut();
+    h.insert(
         header::LOCATION,
         HeaderValue::from_str(&location).map_err(ApiError::internal)?,
     );
-    r.headers_mut()
-        .insert("upload-offset", HeaderValue::from(offset));
+    h.insert("upload-offset", HeaderValue::from(offset));
+    if let Some(e) = expires {
+        h.insert(
+            "upload-expires",
+            HeaderValue::from_str(&http_date(e)).map_err(ApiError::internal)?,
+        );
+    }
     Ok(r)
 }
 
 async fn load(st: &IngestState, id: &str, org: &str) -> Result<Upload, ApiError> {
     match uploads::get(&st.db, id).await? {
+        Some(u) if u.org == org && u.state == uploads::TERMINATED => Err(gone()),
         Some(u) if u.org == org => Ok(u),
         _ => Err(ApiError::not_found("upload")),
     }
 }
 
+fn concat_header(u: &Upload, base: &str) -> Option<String> {
+    match u.concat.as_str() {
+        "partial" => Some("partial".into()),
+        "final" => {
+            let ids: Vec<String> = serde_json::from_str(&u.partials).unwrap_or_default();
+            Some(format!(
+                "final;{}",
+                ids.iter()
+                    .map(|i| format!("{base}/files/{i}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ))
+        }
+        _ => None,
+    }
+}
+
 async fn head(st: IngestState, id: &str, req: Request) -> Result<Response, ApiError> {
     check_tus_resumable(req.headers())?;
-    let (claims, _) = authorize(&st, req).await?;
+    let (claims, req) = authorize(&st, req).await?;
     let u = load(&st, id, &claims.org).await?;
     let mut r = StatusCode::OK.into_response();
+    let base = lectern_core::base_url(st.public_url.as_deref(), req.headers());
     let h = r.headers_mut();
     h.insert("upload-offset", HeaderValue::from(u.offset_bytes));
-    h.insert("upload-length", HeaderValue::from(u.length));
+    match u.known_length() {
+        Some(len) => h.insert("upload-length", HeaderValue::from(len)),
+        None => h.insert("upload-defer-length", HeaderValue::from_static("1")),
+    };
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if !u.metadata.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&u.metadata) {
             h.insert("upload-metadata", v);
+        }
+    }
+    if let Some(c) = concat_header(&u, &base).and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.insert("upload-concat", c);
+    }
+    if u.state == uploads::UPLOADING {
+        if let Ok(v) = HeaderValue::from_str(&http_date(u.expires_at)) {
+            h.insert("upload-expires", v);
         }
     }
     Ok(r)
@@ -384,33 +576,74 @@ async fn patch(st: IngestState, id: &str, req: Request) -> Result<Response, ApiE
             )
         })?;
     load(&st, id, &claims.org).await?;
-    let _lock = UploadLock::acquire(&st, id)?;
+    let _guard = st.locks.acquire(id).await?;
     // Re-read under the lock: another request may have moved the offset meanwhile.
-    let u = load(&st, id, &claims.org).await?;
+    let mut u = load(&st, id, &claims.org).await?;
+    if u.concat == "final" {
+        return Err(
+            ApiError::forbidden("a final concatenated upload cannot be patched")
+                .with_header("upload-offset", u.offset_bytes.to_string()),
+        );
+    }
     if client_offset != u.offset_bytes as u64 {
         return Err(ApiError::conflict(
             "offset-mismatch",
-            format!("Upload-Offset {client_offset} does not match the stored offset {}; send HEAD and resume from there", u.offset_bytes),
+            format!(
+                "Upload-Offset {client_offset} does not match the stored offset {}; send HEAD and resume from there",
+                u.offset_bytes
+            ),
         )
         .with_header("upload-offset", u.offset_bytes.to_string()));
     }
-    let remaining = (u.length - u.offset_bytes) as u64;
-    if let Some(len) = header_u64(req.headers(), "content-length", "invalid-content-length")? {
+    if let Some(len) = header_u64(req.headers(), "upload-length", "invalid-upload-length")? {
+        match u.known_length() {
+            None if len > MAX_SIZE => return Err(too_large()),
+            None if len < u.offset_bytes as u64 => {
+                return Err(ApiError::bad_request(
+                    "invalid-upload-length",
+                    "Upload-Length is smaller than the bytes already stored",
+                ))
+            }
+            None => {
+                uploads::set_length(&st.db, id, len).await?;
+                u.length = len as i64;
+            }
+            Some(known) if known != len => {
+                return Err(ApiError::bad_request(
+                    "invalid-upload-length",
+                    format!("the upload's length is already {known}"),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let remaining = match u.known_length() {
+        Some(len) => len - u.offset_bytes as u64,
+        None => MAX_SIZE - u.offset_bytes as u64,
+    };
+    let content_length = header_u64(req.headers(), "content-length", "invalid-content-length")?;
+    if let Some(len) = content_length {
         if len > remaining {
-            // Read a small body to its end so the client can see the answer instead of a reset.
+            // Read a small body to its end so the client sees the answer instead of a reset.
             if len <= DRAIN_LIMIT {
                 let _ = axum::body::to_bytes(req.into_body(), DRAIN_LIMIT as usize).await;
             }
             return Err(exceeds(remaining));
         }
     }
-    let written = write_chunk(&st, &u, req.into_body()).await?;
+    let headers = req.headers().clone();
+    let written = write_request(&st, u, &headers, req.into_body()).await?;
     if let Some(e) = written.error {
         return Err(e);
     }
     let mut r = StatusCode::NO_CONTENT.into_response();
     r.headers_mut()
         .insert("upload-offset", HeaderValue::from(written.offset));
+    if let Some(e) = written.expires {
+        if let Ok(v) = HeaderValue::from_str(&http_date(e)) {
+            r.headers_mut().insert("upload-expires", v);
+        }
+    }
     Ok(r)
 }
 
@@ -424,86 +657,240 @@ fn exceeds(remaining: u64) -> ApiError {
 
 struct Written {
     offset: u64,
+    expires: Option<i64>,
     error: Option<ApiError>,
 }
 
-/// Streams one request body into a new part and commits it. A body that runs past the upload's
-/// length is refused whole; a body cut off by the client keeps what arrived, as tus expects.
-async fn write_chunk(st: &IngestState, u: &Upload, body: Body) -> Result<Written, ApiError> {
+/// Writes one request body (PATCH, or POST with creation-with-upload), honouring
+/// `Upload-Checksum`, and finishes the upload when its last byte arrived.
+async fn write_request(
+    st: &IngestState,
+    u: Upload,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Written, ApiError> {
     if u.state != uploads::UPLOADING {
         return Err(ApiError::conflict(
             "upload-complete",
             "this upload is already complete",
         ));
     }
-    let remaining = (u.length - u.offset_bytes) as u64;
-    let cut = Arc::new(Mutex::new(None::<String>));
-    let cut2 = cut.clone();
-    let mut seen = 0u64;
-    let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let over2 = over.clone();
-    let stream = body
-        .into_data_stream()
-        .map(move |chunk| -> std::io::Result<Bytes> {
-            match chunk {
-                Ok(b) => {
-                    seen += b.len() as u64;
-                    if seen > remaining {
-                        over2.store(true, std::sync::atomic::Ordering::SeqCst);
-                        return Err(std::io::Error::other("body exceeds Upload-Length"));
-                    }
-                    Ok(b)
-                }
-                Err(e) => {
-                    *cut2.lock().expect("poisoned") = Some(e.to_string());
-                    Ok(Bytes::new())
-                }
-            }
-        });
-    // Stop at the first transport error: what came before it is kept.
-    let cut3 = cut.clone();
-    let stream: ByteStream = Box::pin(stream.take_while(move |_| {
-        let stop = cut3.lock().expect("poisoned").is_some();
-        futures::future::ready(!stop)
-    }));
-    let number = u.part_list().len() as u32 + 1;
-    let part = match st
-        .store
-        .put_part(&u.object_key, &u.multipart_id, number, stream)
-        .await
-    {
-        Ok(p) => p,
-        Err(_) if over.load(std::sync::atomic::Ordering::SeqCst) => return Err(exceeds(remaining)),
-        Err(e) => return Err(e.into()),
+    let checksum = header_str(headers, "upload-checksum")
+        .map(checksum::Checksum::parse)
+        .transpose()?;
+    let limit = match u.known_length() {
+        Some(len) => len - u.offset_bytes as u64,
+        None => MAX_SIZE - u.offset_bytes as u64,
     };
-    let cut_error = cut.lock().expect("poisoned").take();
-    let mut offset = u.offset_bytes as u64;
-    if part.size > 0 {
-        offset = uploads::commit_part(&st.db, u, part).await?;
-        metrics::counter!("lectern_upload_bytes_total").increment(offset - u.offset_bytes as u64);
-        let _ = videos::set_upload_progress(&st.db, &u.id, offset as f64 / u.length.max(1) as f64)
-            .await;
+    // Without a checksum to verify and with a declared body length (so the body cannot run
+    // past the upload), each part is committed as soon as it is stored: a crash in the middle
+    // of a long PATCH keeps everything up to the last part.
+    let progressive = checksum.is_none() && headers.contains_key(header::CONTENT_LENGTH);
+    let before = u.offset_bytes as u64;
+    let (u, error) = write_body(st, u, body, limit, progressive, checksum).await?;
+    let offset = u.offset_bytes as u64;
+    if offset > before {
+        metrics::counter!("lectern_upload_bytes_total").increment(offset - before);
     }
-    if offset == u.length as u64 {
-        let fresh = uploads::get(&st.db, &u.id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("upload"))?;
-        finish(st, &fresh).await?;
+    let mut expires = Some(u.expires_at);
+    if u.known_length() == Some(offset) {
+        finish(st, &u).await?;
+        expires = None;
+    } else if let Some(len) = u.known_length() {
+        if u.is_video() {
+            let _ =
+                videos::set_upload_progress(&st.db, &u.id, offset as f64 / len.max(1) as f64).await;
+        }
     }
-    let error = cut_error.map(|e| {
-        tracing::info!(upload = %u.id, offset, error = %e, "PATCH body cut off; kept what arrived");
-        ApiError::bad_request("body-interrupted", format!("the request body was cut off ({e}); send HEAD and resume from Upload-Offset {offset}"))
-    });
-    Ok(Written { offset, error })
+    Ok(Written {
+        offset,
+        expires,
+        error,
+    })
 }
 
-/// Assembles the object, marks the upload complete and queues the video. Idempotent.
+/// Streams a body into parts of `part_size` and a tail object. Returns the committed upload
+/// and, when the client cut the body off, the error to answer with (what arrived is kept).
+async fn write_body(
+    st: &IngestState,
+    mut cur: Upload,
+    body: Body,
+    limit: u64,
+    progressive: bool,
+    mut checksum: Option<checksum::Checksum>,
+) -> Result<(Upload, Option<ApiError>), ApiError> {
+    let p = st.part_size;
+    let mut buf = BytesMut::with_capacity(p);
+    let old_tail = cur.tail_key.clone();
+    if let Some(t) = &old_tail {
+        buf.extend_from_slice(&st.store.get_bytes(t).await?);
+        if buf.len() as i64 != cur.tail_size {
+            return Err(ApiError::internal(format!(
+                "tail object {t} has {} bytes, expected {}",
+                buf.len(),
+                cur.tail_size
+            )));
+        }
+    }
+    let mut tail_consumed = false;
+    let mut staged: Vec<Part> = Vec::new();
+    let mut received = 0u64;
+    let mut stream = body.into_data_stream();
+    let mut interrupted = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                interrupted = Some(e.to_string());
+                break;
+            }
+        };
+        received += chunk.len() as u64;
+        if received > limit {
+            return Err(exceeds(limit));
+        }
+        if let Some(c) = checksum.as_mut() {
+            c.update(&chunk);
+        }
+        buf.extend_from_slice(&chunk);
+        while buf.len() >= p {
+            let data = buf.split_to(p).freeze();
+            let number = (cur.part_list().len() + staged.len() + 1) as u32;
+            staged.push(
+                st.store
+                    .put_part(&cur.object_key, &cur.multipart_id, number, data)
+                    .await?,
+            );
+            if progressive {
+                let mut parts = cur.part_list();
+                parts.append(&mut staged);
+                cur = uploads::commit(&st.db, &cur, parts, None, st.expires_at()).await?;
+                if !tail_consumed {
+                    tail_consumed = true;
+                    if let Some(t) = &old_tail {
+                        let _ = st.store.delete(t).await;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(e) = &interrupted {
+        if checksum.is_some() {
+            return Err(ApiError::bad_request(
+                "body-interrupted",
+                format!("the request body was cut off ({e}); its checksum cannot be verified, so nothing was stored"),
+            ));
+        }
+    }
+    if let Some(c) = checksum {
+        if !c.matches() {
+            return Err(checksum::mismatch());
+        }
+    }
+    let mut parts = cur.part_list();
+    parts.append(&mut staged);
+    let stored: u64 = parts.iter().map(|p| p.size).sum::<u64>() + buf.len() as u64;
+    let unchanged = stored == cur.offset_bytes as u64 && parts.len() == cur.part_list().len();
+    if !unchanged {
+        let tail = if cur.known_length() == Some(stored) {
+            // The last part may be smaller than S3's minimum.
+            if !buf.is_empty() {
+                let number = parts.len() as u32 + 1;
+                parts.push(
+                    st.store
+                        .put_part(
+                            &cur.object_key,
+                            &cur.multipart_id,
+                            number,
+                            buf.split().freeze(),
+                        )
+                        .await?,
+                );
+            }
+            None
+        } else if buf.is_empty() {
+            None
+        } else {
+            let key = format!("tails/{}/{stored}", cur.id);
+            let len = buf.len() as u64;
+            st.store.put_bytes(&key, buf.split().freeze()).await?;
+            Some((key, len))
+        };
+        let new_tail = tail.as_ref().map(|t| t.0.clone());
+        cur = uploads::commit(&st.db, &cur, parts, tail, st.expires_at()).await?;
+        if let Some(t) = &old_tail {
+            if new_tail.as_ref() != Some(t) {
+                let _ = st.store.delete(t).await;
+            }
+        }
+    }
+    let error = interrupted.map(|e| {
+        tracing::info!(upload = %cur.id, offset = cur.offset_bytes, error = %e, "body cut off; kept what arrived");
+        ApiError::bad_request(
+            "body-interrupted",
+            format!("the request body was cut off ({e}); send HEAD and resume from Upload-Offset {}", cur.offset_bytes),
+        )
+    });
+    Ok((cur, error))
+}
+
+/// Builds a final upload's object from its partials: server-side part copies where the store
+/// allows them (every part but the last must be at least 5 MiB on S3), re-reading small ones.
+async fn compose(st: &IngestState, u: &Upload, partials: &[Upload]) -> Result<(), ApiError> {
+    let p = st.part_size;
+    let mut parts: Vec<Part> = Vec::new();
+    let mut buf = BytesMut::new();
+    for (i, part) in partials.iter().enumerate() {
+        let last = i + 1 == partials.len();
+        let size = part.length as u64;
+        if size == 0 {
+            continue;
+        }
+        if buf.is_empty() && (size >= MIN_PART || last) {
+            let n = parts.len() as u32 + 1;
+            parts.push(
+                st.store
+                    .copy_part(&u.object_key, &u.multipart_id, n, &part.object_key)
+                    .await?,
+            );
+            continue;
+        }
+        let mut got = st.store.get(&part.object_key, None).await?.stream;
+        while let Some(chunk) = got.next().await {
+            buf.extend_from_slice(&chunk.map_err(ApiError::unavailable)?);
+            while buf.len() >= p {
+                let n = parts.len() as u32 + 1;
+                let data = buf.split_to(p).freeze();
+                parts.push(
+                    st.store
+                        .put_part(&u.object_key, &u.multipart_id, n, data)
+                        .await?,
+                );
+            }
+        }
+    }
+    if !buf.is_empty() {
+        let n = parts.len() as u32 + 1;
+        parts.push(
+            st.store
+                .put_part(&u.object_key, &u.multipart_id, n, buf.freeze())
+                .await?,
+        );
+    }
+    let u = uploads::commit(&st.db, u, parts, None, st.expires_at()).await?;
+    finish(st, &u).await
+}
+
+/// Assembles the object, marks the upload complete and queues its video. Idempotent.
 async fn finish(st: &IngestState, u: &Upload) -> Result<(), ApiError> {
     if u.state == uploads::UPLOADING {
         st.store
             .complete_multipart(&u.object_key, &u.multipart_id, &u.part_list())
             .await?;
         uploads::mark_complete(&st.db, &u.id).await?;
+    }
+    if !u.is_video() {
+        return Ok(());
     }
     let Some(v) = videos::get(&st.db, &u.id).await? else {
         return Ok(());
@@ -526,16 +913,28 @@ async fn terminate(st: IngestState, id: &str, req: Request) -> Result<Response, 
     check_tus_resumable(req.headers())?;
     let (claims, _) = authorize(&st, req).await?;
     load(&st, id, &claims.org).await?;
-    let _lock = UploadLock::acquire(&st, id)?;
+    let _guard = st.locks.acquire(id).await?;
     let u = load(&st, id, &claims.org).await?;
-    if u.state != uploads::UPLOADING {
-        return Err(ApiError::conflict("upload-complete", "this upload is complete and its video is being processed; it can no longer be terminated"));
+    if u.state == uploads::COMPLETE && u.is_video() {
+        return Err(ApiError::conflict(
+            "upload-complete",
+            "this upload is complete and its video is being processed; it can no longer be terminated",
+        ));
     }
-    st.store
-        .abort_multipart(&u.object_key, &u.multipart_id)
-        .await?;
-    videos::delete(&st.db, id).await?;
-    uploads::delete(&st.db, id).await?;
+    if u.state == uploads::UPLOADING {
+        st.store
+            .abort_multipart(&u.object_key, &u.multipart_id)
+            .await?;
+        if let Some(t) = &u.tail_key {
+            st.store.delete(t).await?;
+        }
+    } else {
+        st.store.delete(&u.object_key).await?;
+    }
+    if u.is_video() {
+        videos::delete(&st.db, id).await?;
+    }
+    uploads::mark_terminated(&st.db, id).await?;
     tracing::info!(upload = %id, "upload terminated");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -1,5 +1,5 @@
-//! The `uploads` table: one row per tus upload. `offset_bytes` always equals the sum of the
-//! committed parts, and both change in one conditional UPDATE.
+//! The `uploads` table: one row per tus upload. `offset_bytes` always equals the bytes of the
+//! committed parts plus the tail object, and all of them change in one conditional UPDATE.
 
 use lectern_core::auth::Claims;
 use lectern_core::db::Db;
@@ -11,19 +11,24 @@ use lectern_core::storage::Part;
 pub const UPLOADING: &str = "uploading";
 /// Every byte arrived and the object is assembled.
 pub const COMPLETE: &str = "complete";
+/// Terminated by the client or expired; answers 410.
+pub const TERMINATED: &str = "terminated";
+
+/// `length` of an upload whose length is deferred.
+pub const DEFERRED: i64 = -1;
 
 /// A row of `uploads`.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Upload {
-    /// Upload id (also the video id).
+    /// Upload id (also the video id of plain and final uploads).
     pub id: String,
     /// Owning org.
     pub org: String,
     /// Uploading user.
     pub owner: String,
-    /// Declared total length.
+    /// Declared total length, or [`DEFERRED`].
     pub length: i64,
-    /// Bytes durably stored.
+    /// Bytes durably stored (parts plus tail).
     pub offset_bytes: i64,
     /// Raw `Upload-Metadata` header, echoed on HEAD.
     pub metadata: String,
@@ -33,8 +38,16 @@ pub struct Upload {
     pub multipart_id: String,
     /// JSON list of committed parts.
     pub parts: String,
-    /// `uploading` or `complete`.
+    /// Object holding the bytes short of a whole part.
+    pub tail_key: Option<String>,
+    /// Size of the tail object.
+    pub tail_size: i64,
+    /// `uploading`, `complete` or `terminated`.
     pub state: String,
+    /// `''`, `partial` or `final` (concatenation).
+    pub concat: String,
+    /// For a final upload: JSON list of the partial upload ids.
+    pub partials: String,
     /// After this, an unfinished upload may be swept (epoch ms).
     pub expires_at: i64,
 }
@@ -44,40 +57,67 @@ impl Upload {
     pub fn part_list(&self) -> Vec<Part> {
         serde_json::from_str(&self.parts).unwrap_or_default()
     }
+
+    /// The declared length, if known.
+    pub fn known_length(&self) -> Option<u64> {
+        (self.length >= 0).then_some(self.length as u64)
+    }
+
+    /// Whether this upload becomes a video (plain and final uploads; not partials).
+    pub fn is_video(&self) -> bool {
+        self.concat != "partial"
+    }
 }
 
-const COLS: &str = "id, org, owner, length, offset_bytes, metadata, object_key, multipart_id, parts, state, expires_at";
+const COLS: &str =
+    "id, org, owner, length, offset_bytes, metadata, object_key, multipart_id, parts, \
+    tail_key, tail_size, state, concat, partials, expires_at";
+
+/// Fields of a new upload.
+pub struct NewUpload<'a> {
+    /// Id.
+    pub id: &'a str,
+    /// Creator.
+    pub claims: &'a Claims,
+    /// Length or [`DEFERRED`].
+    pub length: i64,
+    /// Raw metadata header.
+    pub metadata: &'a str,
+    /// Object key.
+    pub object_key: &'a str,
+    /// Multipart upload id.
+    pub multipart_id: &'a str,
+    /// Concatenation role.
+    pub concat: &'a str,
+    /// Partial ids of a final upload.
+    pub partials: &'a [String],
+    /// Expiry, epoch ms.
+    pub expires_at: i64,
+}
 
 /// Inserts a new upload.
-#[allow(clippy::too_many_arguments)]
-pub async fn insert(
-    db: &Db,
-    id: &str,
-    claims: &Claims,
-    length: u64,
-    metadata: &str,
-    object_key: &str,
-    multipart_id: &str,
-    expiry_s: i64,
-) -> Result<Upload, ApiError> {
+pub async fn insert(db: &Db, n: NewUpload<'_>) -> Result<Upload, ApiError> {
     let now = now_ms();
     sqlx::query(
         "INSERT INTO uploads (id, org, owner, length, offset_bytes, metadata, object_key, multipart_id, \
-         parts, state, created_at, updated_at, expires_at) VALUES ($1, $2, $3, $4, 0, $5, $6, $7, '[]', $8, $9, $9, $10)",
+         parts, state, concat, partials, created_at, updated_at, expires_at) \
+         VALUES ($1, $2, $3, $4, 0, $5, $6, $7, '[]', $8, $9, $10, $11, $11, $12)",
     )
-    .bind(id)
-    .bind(&claims.org)
-    .bind(&claims.sub)
-    .bind(length as i64)
-    .bind(metadata)
-    .bind(object_key)
-    .bind(multipart_id)
+    .bind(n.id)
+    .bind(&n.claims.org)
+    .bind(&n.claims.sub)
+    .bind(n.length)
+    .bind(n.metadata)
+    .bind(n.object_key)
+    .bind(n.multipart_id)
     .bind(UPLOADING)
+    .bind(n.concat)
+    .bind(serde_json::to_string(n.partials).expect("ids serialize"))
     .bind(now)
-    .bind(now + expiry_s * 1000)
+    .bind(n.expires_at)
     .execute(&db.pool)
     .await?;
-    get(db, id)
+    get(db, n.id)
         .await?
         .ok_or_else(|| ApiError::internal("upload vanished after insert"))
 }
@@ -92,17 +132,29 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<Upload>, ApiError> {
     .await?)
 }
 
-/// Appends a durable part and moves the offset, only if nobody moved it meanwhile.
-pub async fn commit_part(db: &Db, u: &Upload, part: Part) -> Result<u64, ApiError> {
-    let mut parts = u.part_list();
-    let offset = u.offset_bytes + part.size as i64;
-    parts.push(part);
+/// Records new parts and tail, moving the offset, only if nobody moved it meanwhile.
+/// Returns the updated row.
+pub async fn commit(
+    db: &Db,
+    u: &Upload,
+    parts: Vec<Part>,
+    tail: Option<(String, u64)>,
+    expires_at: i64,
+) -> Result<Upload, ApiError> {
+    let tail_size = tail.as_ref().map(|t| t.1).unwrap_or(0) as i64;
+    let offset = parts.iter().map(|p| p.size as i64).sum::<i64>() + tail_size;
+    let parts_json = serde_json::to_string(&parts).expect("parts serialize");
+    let tail_key = tail.map(|t| t.0);
     let res = sqlx::query(
-        "UPDATE uploads SET parts = $1, offset_bytes = $2, updated_at = $3 WHERE id = $4 AND offset_bytes = $5 AND state = $6",
+        "UPDATE uploads SET parts = $1, offset_bytes = $2, tail_key = $3, tail_size = $4, updated_at = $5, \
+         expires_at = $6 WHERE id = $7 AND offset_bytes = $8 AND state = $9",
     )
-    .bind(serde_json::to_string(&parts).expect("parts serialize"))
+    .bind(&parts_json)
     .bind(offset)
+    .bind(&tail_key)
+    .bind(tail_size)
     .bind(now_ms())
+    .bind(expires_at)
     .bind(&u.id)
     .bind(u.offset_bytes)
     .bind(UPLOADING)
@@ -114,12 +166,31 @@ pub async fn commit_part(db: &Db, u: &Upload, part: Part) -> Result<u64, ApiErro
             "the upload moved while this chunk was written; send HEAD and resume from its offset",
         ));
     }
-    Ok(offset as u64)
+    Ok(Upload {
+        parts: parts_json,
+        offset_bytes: offset,
+        tail_key,
+        tail_size,
+        expires_at,
+        ..u.clone()
+    })
+}
+
+/// Sets the length of a deferred-length upload.
+pub async fn set_length(db: &Db, id: &str, length: u64) -> Result<(), ApiError> {
+    sqlx::query("UPDATE uploads SET length = $1, updated_at = $2 WHERE id = $3 AND length = $4")
+        .bind(length as i64)
+        .bind(now_ms())
+        .bind(id)
+        .bind(DEFERRED)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
 }
 
 /// Marks an upload whose object is assembled.
 pub async fn mark_complete(db: &Db, id: &str) -> Result<(), ApiError> {
-    sqlx::query("UPDATE uploads SET state = $1, updated_at = $2 WHERE id = $3")
+    sqlx::query("UPDATE uploads SET state = $1, tail_key = NULL, tail_size = 0, updated_at = $2 WHERE id = $3")
         .bind(COMPLETE)
         .bind(now_ms())
         .bind(id)
@@ -128,12 +199,26 @@ pub async fn mark_complete(db: &Db, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Uploads whose every byte is stored but that were never finished.
+/// Leaves a tombstone, so later requests get 410.
+pub async fn mark_terminated(db: &Db, id: &str) -> Result<(), ApiError> {
+    sqlx::query("UPDATE uploads SET state = $1, parts = '[]', tail_key = NULL, tail_size = 0, updated_at = $2 WHERE id = $3")
+        .bind(TERMINATED)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+/// Uploads whose every byte is stored but whose completion was interrupted.
 pub async fn list_full_unfinished(db: &Db) -> Result<Vec<Upload>, ApiError> {
-    let cols: Vec<String> = COLS.split(", ").map(|c| format!("u.{c}")).collect();
+    let cols: Vec<String> = COLS
+        .split(", ")
+        .map(|c| format!("u.{}", c.trim()))
+        .collect();
     Ok(sqlx::query_as::<_, Upload>(sqlx::AssertSqlSafe(format!(
-        "SELECT {} FROM uploads u JOIN videos v ON v.id = u.id \
-         WHERE u.offset_bytes = u.length AND (u.state = $1 OR v.state = $1)",
+        "SELECT {} FROM uploads u LEFT JOIN videos v ON v.id = u.id \
+         WHERE u.offset_bytes = u.length AND u.concat <> 'partial' AND (u.state = $1 OR v.state = $1)",
         cols.join(", ")
     )))
     .bind(UPLOADING)
@@ -141,7 +226,20 @@ pub async fn list_full_unfinished(db: &Db) -> Result<Vec<Upload>, ApiError> {
     .await?)
 }
 
-/// Removes an upload row.
+/// Unfinished uploads past their expiry, and partial uploads past theirs (partials are kept
+/// only for concatenation).
+pub async fn list_expired(db: &Db, now: i64) -> Result<Vec<Upload>, ApiError> {
+    Ok(sqlx::query_as::<_, Upload>(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLS} FROM uploads WHERE expires_at < $1 AND (state = $2 OR (state = $3 AND concat = 'partial'))"
+    )))
+    .bind(now)
+    .bind(UPLOADING)
+    .bind(COMPLETE)
+    .fetch_all(&db.pool)
+    .await?)
+}
+
+/// Removes an upload row (only when its creation could not be completed).
 pub async fn delete(db: &Db, id: &str) -> Result<(), ApiError> {
     sqlx::query("DELETE FROM uploads WHERE id = $1")
         .bind(id)

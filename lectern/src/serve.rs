@@ -1,6 +1,7 @@
 //! `lectern serve`: wires the configured roles into one process.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::{header, HeaderName, Method};
 use axum::routing::get;
@@ -78,7 +79,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let keys = Keys::load(cfg.secret.as_deref(), &cfg.data_dir, true)?;
     let db_url = cfg.database_url();
     let db = Db::connect(&db_url).await?;
-    let store = lectern_core::storage::open(&cfg.storage_url()).await?;
+    let store = lectern_core::storage::open(&cfg.storage_url(), cfg.s3_endpoint.as_deref()).await?;
     let queue = Queue::connect(&db_url).await?;
     let ladder = Ladder::load(cfg.pipeline.as_deref())?;
     let signer = Signer::new(keys.clone());
@@ -90,18 +91,22 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             get(move || std::future::ready(metrics.render())),
         );
     if cfg.has_role("ingest") {
+        let expiry = cfg.upload_expiry();
         let st = IngestState::new(
             db.clone(),
             store.clone(),
             keys.clone(),
             queue.clone(),
             cfg.public_url.clone(),
-            cfg.upload_expiry_h as i64 * 3600,
+            expiry,
+            cfg.upload_part_size,
         );
         let n = st.recover().await?;
         if n > 0 {
             tracing::info!(uploads = n, "finished interrupted uploads");
         }
+        st.clone()
+            .spawn_sweeper((expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(600)));
         app = app.merge(lectern_ingest::router(st));
     }
     if cfg.has_role("api") {
@@ -169,7 +174,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         })
         .await?;
     if let Some(w) = workers {
-        w.await??;
+        // Running transcodes get a bounded time to finish; the rest go back to the queue.
+        match tokio::time::timeout(Duration::from_secs(60), w).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "workers stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "worker task failed"),
+            Err(_) => tracing::warn!(
+                "workers did not stop within 60 s; their jobs will be picked up again"
+            ),
+        }
     }
     Ok(())
 }

@@ -288,8 +288,8 @@ async fn upload_transcode_and_play_on_sqlite() {
 }
 
 #[tokio::test]
-async fn cli_upload_on_postgres_makes_no_upscaled_rung() {
-    let app = TestApp::spawn(Db::Postgres);
+async fn cli_upload_on_postgres_and_s3_makes_no_upscaled_rung() {
+    let app = common::Opts::new(Db::Postgres).s3().spawn();
     let token = app.token(Role::Instructor, "org-b");
     let out = tokio::task::spawn_blocking({
         let base = app.base.clone();

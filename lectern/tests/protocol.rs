@@ -265,9 +265,9 @@ async fn tus_core_and_creation_conformance() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(r.status(), 410, "terminated uploads are gone");
     let r = app.patch(&url2, &token, 0, vec![1; 10]).await;
-    assert_eq!(json_error(r).await.0, 404);
+    assert_eq!(json_error(r).await, (410, "upload-gone".into()));
 
     // creation-with-upload: the POST carries the first bytes.
     let r = app

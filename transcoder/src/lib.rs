@@ -109,20 +109,54 @@ pub async fn run_workers(
         }),
         Queue::Postgres(storage) => Monitor::new().register(move |_| {
             WorkerBuilder::new(name.clone())
-                .backend(storage.clone().with_pubsub())
+                .backend(storage.clone().poll_with_strategy(TickStrategy::new(POLL)))
                 .data(ctx.clone())
                 .concurrency(concurrency)
                 .build(handle)
         }),
     };
+    // No `shutdown_timeout`: with one, apalis swallows a worker's start-up error.
     monitor
-        .shutdown_timeout(Duration::from_secs(30))
         .run_with_signal(async move {
             stop.await;
             Ok(())
         })
         .await?;
     Ok(())
+}
+
+/// How often an idle worker looks for jobs.
+const POLL: Duration = Duration::from_millis(500);
+
+/// A poll timer that always stays armed. apalis's `poll_with_interval` can drop its wake-up
+/// after an empty fetch and then only looks again at the next heartbeat.
+struct TickStrategy(tokio::time::Interval);
+
+impl TickStrategy {
+    fn new(period: Duration) -> Self {
+        let mut iv = tokio::time::interval(period);
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self(iv)
+    }
+}
+
+impl PollStrategy for TickStrategy {
+    fn poll_drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        _: &PollSnapshot,
+    ) -> std::task::Poll<Option<()>> {
+        let mut fired = false;
+        // Poll until Pending so the waker for the next tick is always registered.
+        while self.0.poll_tick(cx).is_ready() {
+            fired = true;
+        }
+        if fired {
+            std::task::Poll::Ready(Some(()))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
 }
 
 async fn handle(job: TranscodeJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxDynError> {

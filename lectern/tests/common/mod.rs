@@ -32,8 +32,9 @@ pub struct TestApp {
     pub data: tempfile::TempDir,
     /// HTTP client.
     pub http: reqwest::Client,
-    child: Child,
+    child: Option<Child>,
     pg_db: Option<String>,
+    opts: Opts,
 }
 
 /// Path of a generated test clip, generating the clips on first use.
@@ -93,19 +94,133 @@ fn pg_exec_here(sql: String) {
     });
 }
 
+/// How to start a server under test.
+#[derive(Clone, Default)]
+pub struct Opts {
+    /// Database.
+    pub db: Option<Db>,
+    /// Use a fresh bucket on the test S3 server instead of the local store.
+    pub s3: bool,
+    /// `--roles`, when not all.
+    pub roles: Option<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+impl Opts {
+    /// Options for `db`.
+    pub fn new(db: Db) -> Self {
+        Opts {
+            db: Some(db),
+            ..Default::default()
+        }
+    }
+
+    /// Stores objects in a fresh bucket on the test S3 server.
+    pub fn s3(mut self) -> Self {
+        self.s3 = true;
+        self
+    }
+
+    /// Runs only these roles.
+    pub fn roles(mut self, roles: &str) -> Self {
+        self.roles = Some(roles.into());
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Starts the server.
+    pub fn spawn(self) -> TestApp {
+        TestApp::spawn_opts(self)
+    }
+}
+
+/// The S3-compatible server the test command starts (moto).
+pub fn s3_endpoint() -> String {
+    std::env::var("LECTERN_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5055".into())
+}
+
 impl TestApp {
     /// Starts `lectern serve` with every role.
     pub fn spawn(db: Db) -> Self {
-        Self::spawn_with(db, &[])
+        Opts::new(db).spawn()
     }
 
     /// Starts `lectern serve` with extra environment variables.
     pub fn spawn_with(db: Db, env: &[(&str, &str)]) -> Self {
+        let mut o = Opts::new(db);
+        for (k, v) in env {
+            o = o.env(k, v);
+        }
+        o.spawn()
+    }
+
+    /// Starts a server as `opts` says.
+    pub fn spawn_opts(mut opts: Opts) -> Self {
         let data = tempfile::tempdir().unwrap();
+        let mut pg_db = None;
+        if opts.db == Some(Db::Postgres) {
+            let name = format!("lectern_t_{}", lectern_core::new_id());
+            pg_exec(format!("CREATE DATABASE {name}"));
+            opts.env
+                .push(("LECTERN_DATABASE_URL".into(), pg_url_for(&name)));
+            pg_db = Some(name);
+        }
+        if opts.s3 {
+            let bucket = format!("lectern-t-{}", &lectern_core::new_id()[..20]);
+            opts.env
+                .push(("LECTERN_STORAGE".into(), format!("s3://{bucket}")));
+            opts.env.push(("LECTERN_S3_ENDPOINT".into(), s3_endpoint()));
+            for (k, v) in [
+                ("AWS_ACCESS_KEY_ID", "test"),
+                ("AWS_SECRET_ACCESS_KEY", "test"),
+                ("AWS_REGION", "us-east-1"),
+            ] {
+                if std::env::var(k).is_err() {
+                    opts.env.push((k.into(), v.into()));
+                }
+            }
+        }
+        let mut app = TestApp {
+            base: String::new(),
+            data,
+            http: reqwest::Client::new(),
+            child: None,
+            pg_db,
+            opts,
+        };
+        app.start();
+        app
+    }
+
+    /// Starts another process of the same deployment: same database, store, data folder.
+    pub fn peer(&self) -> TestApp {
+        let mut app = TestApp {
+            base: String::new(),
+            data: tempfile::tempdir().unwrap(),
+            http: reqwest::Client::new(),
+            child: None,
+            pg_db: None,
+            opts: self.opts.clone(),
+        };
+        app.start_in(self.data.path().to_path_buf());
+        app
+    }
+
+    fn start(&mut self) {
+        self.start_in(self.data.path().to_path_buf());
+    }
+
+    fn start_in(&mut self, data: PathBuf) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lectern"));
         cmd.arg("serve")
             .env_remove("DATABASE_URL")
-            .env("LECTERN_DATA_DIR", data.path())
+            .env("LECTERN_DATA_DIR", &data)
             .env("LECTERN_LISTEN", "127.0.0.1:0")
             .env("LECTERN_SECRET", SECRET)
             .env(
@@ -113,35 +228,34 @@ impl TestApp {
                 std::env::var("LECTERN_LOG")
                     .unwrap_or_else(|_| "warn,lectern_transcoder=info".into()),
             )
-            .current_dir(data.path())
+            .current_dir(&data)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let mut pg_db = None;
-        if db == Db::Postgres {
-            let name = format!("lectern_t_{}", lectern_core::new_id());
-            pg_exec(format!("CREATE DATABASE {name}"));
-            cmd.env("LECTERN_DATABASE_URL", pg_url_for(&name));
-            pg_db = Some(name);
+        if let Some(r) = &self.opts.roles {
+            cmd.args(["--roles", r]);
         }
-        for (k, v) in env {
+        for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn lectern");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
-        let base = line
+        self.base = line
             .split_whitespace()
             .find(|w| w.starts_with("http://"))
             .unwrap_or_else(|| panic!("server did not report its address: {line:?}"))
             .to_string();
-        TestApp {
-            base,
-            data,
-            http: reqwest::Client::new(),
-            child,
-            pg_db,
+        self.child = Some(child);
+    }
+
+    /// SIGKILLs the server (no clean shutdown) and starts it again on the same data.
+    pub fn kill9_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
+        self.start();
     }
 
     /// A token for `role` in `org`.
@@ -168,6 +282,31 @@ impl TestApp {
             r.text().await.unwrap()
         );
         r.headers()["location"].to_str().unwrap().to_string()
+    }
+
+    /// HEADs an upload; returns (status, offset).
+    pub async fn head(&self, url: &str, token: &str) -> (u16, Option<u64>) {
+        let r = self
+            .http
+            .head(url)
+            .bearer_auth(token)
+            .header("Tus-Resumable", "1.0.0")
+            .send()
+            .await
+            .unwrap();
+        let off = r
+            .headers()
+            .get("upload-offset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        (r.status().as_u16(), off)
+    }
+
+    /// GETs the stored bytes of a completed upload.
+    pub async fn download(&self, url: &str, token: &str) -> Vec<u8> {
+        let r = self.http.get(url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(r.status(), 200, "download {url}");
+        r.bytes().await.unwrap().to_vec()
     }
 
     /// PATCHes `data` at `offset`; returns the response.
@@ -244,8 +383,10 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         if let Some(db) = self.pg_db.take() {
             pg_exec(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
         }
