@@ -16,6 +16,10 @@ MOTO_PID=""
 ensure_s3 5055
 trap '[ -n "$MOTO_PID" ] && kill "$MOTO_PID" 2>/dev/null || true' EXIT
 bash testdata/videos/generate.sh
+# tus-js-client, pinned by lectern/tests/clients/package-lock.json.
+command -v npm >/dev/null 2>&1 || apt_install_missing nodejs npm
+[ -d lectern/tests/clients/node_modules/tus-js-client ] || (cd lectern/tests/clients && npm ci --no-audit --no-fund)
+export LECTERN_TEST_PYTHON="$PWD/target/testenv/bin/python"
 
 export SQLX_OFFLINE=true
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
