@@ -765,6 +765,10 @@ async fn write_body(
                 let mut parts = cur.part_list();
                 parts.append(&mut staged);
                 cur = uploads::commit(&st.db, &cur, parts, None, st.expires_at()).await?;
+                if let (true, Some(len)) = (cur.is_video(), cur.known_length()) {
+                    let progress = cur.offset_bytes as f64 / len.max(1) as f64;
+                    let _ = videos::set_upload_progress(&st.db, &cur.id, progress).await;
+                }
                 if !tail_consumed {
                     tail_consumed = true;
                     if let Some(t) = &old_tail {

@@ -47,6 +47,9 @@ pub struct UploadArgs {
     /// Return once uploaded, without waiting for the transcode.
     #[arg(long)]
     no_wait: bool,
+    /// Upload this many parts of the file at once (tus concatenation), for fast links.
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
 }
 
 /// Runs the upload; prints the video id, then (unless `--no-wait`) the playback URL.
@@ -68,50 +71,39 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
         .connect_timeout(Duration::from_secs(10))
         .timeout(None)
         .build()?;
-    let mut file = std::fs::File::open(&args.file)
+    let file = std::fs::File::open(&args.file)
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", args.file.display()))?;
     let meta = file.metadata()?;
     let size = meta.len();
-    let fingerprint = fingerprint(&server, &args.file, &meta)?;
-    let mut state = ResumeState::load();
-
-    let resumed = state.urls.get(&fingerprint).cloned().and_then(|url| {
-        let r = client
-            .head(&url)
-            .bearer_auth(&token)
-            .header("Tus-Resumable", "1.0.0")
-            .send()
-            .ok()?;
-        if r.status() != StatusCode::OK {
-            return None;
-        }
-        let off = r
-            .headers()
-            .get("upload-offset")?
-            .to_str()
-            .ok()?
-            .parse::<u64>()
-            .ok()?;
-        Some((url, off))
-    });
-    let (url, mut offset) = match resumed {
-        Some((url, off)) => {
-            eprintln!(
-                "resuming {} at {} of {} bytes",
-                args.file.display(),
-                off,
-                size
-            );
-            (url, off)
-        }
-        None => {
-            let url = create(&client, &server, &token, &args, size)?;
-            state.urls.insert(fingerprint.clone(), url.clone());
-            state.save();
-            (url, 0)
-        }
+    let parallel = if size >= 2 * MIN_SPLIT {
+        args.parallel.clamp(1, 16) as u64
+    } else {
+        1
     };
-    let id = url.rsplit('/').next().unwrap_or_default().to_string();
+    let fingerprint = fingerprint(&server, &args.file, &meta, parallel)?;
+    let mut state = ResumeState::load();
+    let up = Uploader {
+        client: &client,
+        token: &token,
+        path: &args.file,
+        chunk: args.chunk_size.max(1),
+    };
+
+    // One upload per range: the whole file, or `parallel` partial uploads joined at the end.
+    let ranges: Vec<(u64, u64)> = (0..parallel)
+        .map(|i| (size * i / parallel, size * (i + 1) / parallel))
+        .collect();
+    let mut urls = state.urls.get(&fingerprint).cloned().unwrap_or_default();
+    if urls.len() != ranges.len() || urls.iter().any(|u| up.offset(u).is_none()) {
+        urls = ranges
+            .iter()
+            .map(|(a, b)| create(&client, &server, &token, &args, b - a, parallel > 1))
+            .collect::<anyhow::Result<_>>()?;
+        state.urls.insert(fingerprint.clone(), urls.clone());
+        state.save();
+    } else {
+        eprintln!("resuming {}", args.file.display());
+    }
 
     let bar = ProgressBar::new(size);
     bar.set_style(
@@ -122,62 +114,36 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
         .progress_chars("=> "),
     );
     bar.set_message("uploading");
-    bar.set_position(offset);
-    let mut buf = vec![0u8; args.chunk_size.max(1)];
-    let mut failures = 0;
-    while offset < size {
-        let want = (size - offset).min(buf.len() as u64) as usize;
-        file.seek(SeekFrom::Start(offset))?;
-        file.read_exact(&mut buf[..want])?;
-        let res = client
-            .patch(&url)
-            .bearer_auth(&token)
-            .header("Tus-Resumable", "1.0.0")
-            .header("Upload-Offset", offset)
-            .header("Content-Type", "application/offset+octet-stream")
-            .body(buf[..want].to_vec())
-            .send();
-        match res {
-            Ok(r) if r.status() == StatusCode::NO_CONTENT => {
-                offset = header_u64(&r, "upload-offset").unwrap_or(offset + want as u64);
-                failures = 0;
-            }
-            Ok(r)
-                if r.status().is_client_error()
-                    && r.status() != StatusCode::CONFLICT
-                    && r.status() != StatusCode::LOCKED =>
-            {
-                bar.abandon();
-                anyhow::bail!("server refused the upload: {}", error_text(r));
-            }
-            other => {
-                failures += 1;
-                if failures > 8 {
-                    bar.abandon();
-                    anyhow::bail!(
-                        "upload keeps failing ({}); run the same command again to resume",
-                        describe(other)
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(500 * (1 << failures.min(5))));
-                // Re-sync from the server, which knows how much it durably stored.
-                if let Ok(r) = client
-                    .head(&url)
-                    .bearer_auth(&token)
-                    .header("Tus-Resumable", "1.0.0")
-                    .send()
-                {
-                    if let Some(o) = header_u64(&r, "upload-offset") {
-                        offset = o;
-                    }
-                }
-            }
-        }
-        bar.set_position(offset);
+    let results: Vec<anyhow::Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = urls
+            .iter()
+            .zip(&ranges)
+            .map(|(url, range)| {
+                let (up, bar) = (&up, &bar);
+                scope.spawn(move || up.send(url, *range, bar))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("upload thread panicked")))
+            })
+            .collect()
+    });
+    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+        bar.abandon();
+        return Err(e);
     }
+    let url = if parallel > 1 {
+        concat(&client, &server, &token, &args, &urls)?
+    } else {
+        urls[0].clone()
+    };
     bar.finish_with_message("uploaded");
     state.urls.remove(&fingerprint);
     state.save();
+    let id = url.rsplit('/').next().unwrap_or_default().to_string();
     println!("{id}");
     if args.no_wait {
         return Ok(());
@@ -187,13 +153,120 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn create(
+/// Files smaller than twice this are not split into parallel parts.
+const MIN_SPLIT: u64 = 8 * 1024 * 1024;
+
+/// Sends byte ranges of one file to tus uploads.
+struct Uploader<'a> {
+    client: &'a Client,
+    token: &'a str,
+    path: &'a Path,
+    chunk: usize,
+}
+
+impl Uploader<'_> {
+    /// The server's offset for an upload, or `None` when it is gone.
+    fn offset(&self, url: &str) -> Option<u64> {
+        let r = self
+            .client
+            .head(url)
+            .bearer_auth(self.token)
+            .header("Tus-Resumable", "1.0.0")
+            .send()
+            .ok()?;
+        if r.status() != StatusCode::OK {
+            return None;
+        }
+        header_u64(&r, "upload-offset")
+    }
+
+    /// Uploads `range` of the file to `url`, from the server's offset, retrying with backoff.
+    fn send(&self, url: &str, (start, end): (u64, u64), bar: &ProgressBar) -> anyhow::Result<()> {
+        let mut file = std::fs::File::open(self.path)?;
+        let len = end - start;
+        let mut offset = self
+            .offset(url)
+            .ok_or_else(|| anyhow::anyhow!("upload {url} is gone; run the command again"))?;
+        bar.inc(offset);
+        let mut buf = vec![0u8; self.chunk];
+        let mut failures = 0;
+        while offset < len {
+            let want = (len - offset).min(buf.len() as u64) as usize;
+            file.seek(SeekFrom::Start(start + offset))?;
+            file.read_exact(&mut buf[..want])?;
+            let res = self
+                .client
+                .patch(url)
+                .bearer_auth(self.token)
+                .header("Tus-Resumable", "1.0.0")
+                .header("Upload-Offset", offset)
+                .header("Content-Type", "application/offset+octet-stream")
+                .body(buf[..want].to_vec())
+                .send();
+            let before = offset;
+            match res {
+                Ok(r) if r.status() == StatusCode::NO_CONTENT => {
+                    offset = header_u64(&r, "upload-offset").unwrap_or(offset + want as u64);
+                    failures = 0;
+                }
+                Ok(r)
+                    if r.status().is_client_error()
+                        && r.status() != StatusCode::CONFLICT
+                        && r.status() != StatusCode::LOCKED =>
+                {
+                    anyhow::bail!("server refused the upload: {}", error_text(r));
+                }
+                other => {
+                    failures += 1;
+                    if failures > 8 {
+                        anyhow::bail!(
+                            "upload keeps failing ({}); run the same command again to resume",
+                            describe(other)
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(500 * (1 << failures.min(5))));
+                    // Re-sync from the server, which knows how much it durably stored.
+                    if let Some(o) = self.offset(url) {
+                        offset = o;
+                    }
+                }
+            }
+            if offset >= before {
+                bar.inc(offset - before);
+            } else {
+                bar.set_position(bar.position().saturating_sub(before - offset));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn concat(
     client: &Client,
     server: &str,
     token: &str,
     args: &UploadArgs,
-    size: u64,
+    urls: &[String],
 ) -> anyhow::Result<String> {
+    let r = client
+        .post(format!("{server}/files/"))
+        .bearer_auth(token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Concat", format!("final;{}", urls.join(" ")))
+        .header("Upload-Metadata", metadata(args))
+        .send()?;
+    if r.status() != StatusCode::CREATED {
+        anyhow::bail!("joining the parallel parts failed: {}", error_text(r));
+    }
+    let loc = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| anyhow::anyhow!("server sent no Location"))?;
+    Ok(loc.to_string())
+}
+
+fn metadata(args: &UploadArgs) -> String {
     let name = args
         .file
         .file_name()
@@ -212,12 +285,28 @@ fn create(
     if args.bulk {
         meta.push(format!("priority {}", B64.encode("bulk")));
     }
-    let r = client
+    meta.join(",")
+}
+
+fn create(
+    client: &Client,
+    server: &str,
+    token: &str,
+    args: &UploadArgs,
+    size: u64,
+    partial: bool,
+) -> anyhow::Result<String> {
+    let mut rb = client
         .post(format!("{server}/files/"))
         .bearer_auth(token)
         .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", size)
-        .header("Upload-Metadata", meta.join(","))
+        .header("Upload-Length", size);
+    rb = if partial {
+        rb.header("Upload-Concat", "partial")
+    } else {
+        rb.header("Upload-Metadata", metadata(args))
+    };
+    let r = rb
         .send()
         .map_err(|e| anyhow::anyhow!("cannot reach {server}: {e}; is `lectern serve` running?"))?;
     if r.status() != StatusCode::CREATED {
@@ -317,7 +406,12 @@ fn guess_type(name: &str) -> &'static str {
     }
 }
 
-fn fingerprint(server: &str, path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<String> {
+fn fingerprint(
+    server: &str,
+    path: &Path,
+    meta: &std::fs::Metadata,
+    parallel: u64,
+) -> anyhow::Result<String> {
     let canon = std::fs::canonicalize(path)?;
     let mtime = meta
         .modified()
@@ -326,7 +420,7 @@ fn fingerprint(server: &str, path: &Path, meta: &std::fs::Metadata) -> anyhow::R
         .unwrap_or_default();
     let mut h = Sha256::new();
     h.update(format!(
-        "{server}\n{}\n{}\n{}",
+        "{server}\n{}\n{}\n{}\n{parallel}",
         canon.display(),
         meta.len(),
         mtime.as_nanos()
@@ -334,10 +428,11 @@ fn fingerprint(server: &str, path: &Path, meta: &std::fs::Metadata) -> anyhow::R
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Upload URLs of unfinished uploads, keyed by file fingerprint, kept between runs.
+/// Upload URLs of unfinished uploads (one, or one per parallel part), keyed by file
+/// fingerprint, kept between runs.
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 struct ResumeState {
-    urls: HashMap<String, String>,
+    urls: HashMap<String, Vec<String>>,
 }
 
 impl ResumeState {

@@ -447,3 +447,94 @@ async fn racing_patches_across_two_processes() {
         "the bytes stay correct"
     );
 }
+
+fn cli(app: &TestApp, cache: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_lectern"));
+    let token = app.token(Role::Instructor, "org-cli");
+    c.arg("upload")
+        .args(args)
+        .args(["--server", &app.base, "--token", &token, "--no-wait"])
+        .env("XDG_CACHE_HOME", cache);
+    c
+}
+
+#[tokio::test]
+async fn cli_parallel_parts_and_resume_after_crash() {
+    let mut app = Opts::new(Db::Sqlite).roles("api,ingest,origin").spawn();
+    let t = app.token(Role::Instructor, "org-cli");
+    let cache = app.data.path().join("cache");
+    let src = data(24 * MIB + 9, 11);
+    let file = app.data.path().join("lecture.bin");
+    std::fs::write(&file, &src).unwrap();
+    let f = file.to_str().unwrap().to_string();
+
+    // Parallel parts joined by concatenation.
+    let out = cli(&app, &cache, &[&f, "--parallel", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let got = app.download(&format!("{}/files/{id}", app.base), &t).await;
+    assert_eq!(sha256(&got), sha256(&src));
+
+    // Ctrl-C (here: SIGKILL) of the CLI and kill -9 of the server halfway; both start again.
+    let src2 = data(24 * MIB + 1, 12);
+    std::fs::write(&file, &src2).unwrap();
+    let mut child = cli(&app, &cache, &[&f, "--chunk-size", "1048576"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = cache.join("lectern/uploads.json");
+    let mut url = None;
+    for _ in 0..400 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let urls: Option<serde_json::Value> = std::fs::read(&state)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let Some(u) = urls.and_then(|v| {
+            v["urls"]
+                .as_object()
+                .and_then(|m| m.values().next().cloned())
+        }) else {
+            continue;
+        };
+        let u = u[0].as_str().unwrap().to_string();
+        if app.head(&u, &t).await.1.unwrap_or(0) >= 9 * MIB as u64 {
+            url = Some(u);
+            break;
+        }
+    }
+    let url = url.expect("the CLI made progress");
+    child.kill().unwrap();
+    let _ = child.wait();
+    app.kill9_and_restart();
+    let off = app.head(&url, &t).await.1.unwrap();
+    assert!(
+        off >= 8 * MIB as u64 && off < src2.len() as u64,
+        "offset after the crash: {off}"
+    );
+    let out = cli(&app, &cache, &[&f, "--chunk-size", "1048576"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("resuming"),
+        "the second run resumes"
+    );
+    let id2 = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(format!("{}/files/{id2}", app.base), url);
+    assert_eq!(
+        sha256(&app.download(&url, &t).await),
+        sha256(&src2),
+        "byte-identical"
+    );
+}

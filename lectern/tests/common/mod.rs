@@ -216,6 +216,11 @@ impl TestApp {
         self.start_in(self.data.path().to_path_buf());
     }
 
+    /// The `host:port` the server listens on.
+    pub fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+
     fn start_in(&mut self, data: PathBuf) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lectern"));
         cmd.arg("serve")
@@ -249,12 +254,17 @@ impl TestApp {
         self.child = Some(child);
     }
 
-    /// SIGKILLs the server (no clean shutdown) and starts it again on the same data.
+    /// SIGKILLs the server (no clean shutdown) and starts it again on the same data and port.
     pub fn kill9_and_restart(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        let listen = ("LECTERN_LISTEN".to_string(), self.addr());
+        self.opts.env.retain(|(k, _)| k != "LECTERN_LISTEN");
+        self.opts.env.push(listen);
+        // Pooled keep-alive connections went down with the old process.
+        self.http = reqwest::Client::new();
         self.start();
     }
 
