@@ -230,6 +230,14 @@ pub fn validate_key(key: &str) -> StoreResult<()> {
     }
 }
 
+/// Where an appended part's bytes come from.
+enum PartSource<'a> {
+    /// Bytes in memory.
+    Bytes(Bytes),
+    /// Another object in the same store.
+    Object(&'a str),
+}
+
 /// Objects as files under a root folder. Writes go to `.tmp/` and are renamed into place after
 /// fsync, so a reader never sees a partial object and a crash leaves no torn file.
 #[derive(Debug)]
@@ -271,9 +279,70 @@ impl FileStore {
         Ok(dir)
     }
 
-    /// Moves a durable temporary file into place as part `number`.
-    async fn place_part(dir: &Path, tmp: &Path, number: u32, size: u64) -> StoreResult<Part> {
-        tokio::fs::rename(tmp, dir.join(format!("part-{number:05}"))).await?;
+    /// Sizes of the parts appended so far (parts 1..=n, in order).
+    async fn read_index(dir: &Path) -> StoreResult<Vec<u64>> {
+        match tokio::fs::read(dir.join("index")).await {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| StoreError::Backend(format!("corrupt multipart index: {e}"))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn write_index(dir: &Path, index: &[u64]) -> StoreResult<()> {
+        let tmp = dir.join("index.tmp");
+        let mut f = tokio::fs::File::create(&tmp).await?;
+        f.write_all(&serde_json::to_vec(index).expect("sizes serialize"))
+            .await?;
+        f.sync_all().await?;
+        tokio::fs::rename(&tmp, dir.join("index")).await?;
+        Ok(())
+    }
+
+    /// Appends part `number` to the upload's data file, first dropping any part at or after
+    /// it (a part stored again after a crash replaces the stale one). Parts are written once,
+    /// in place, so completing the upload is a rename rather than a copy.
+    async fn append_part(
+        &self,
+        upload_id: &str,
+        number: u32,
+        src: PartSource<'_>,
+    ) -> StoreResult<Part> {
+        let dir = self.open_multipart(upload_id).await?;
+        let mut index = Self::read_index(&dir).await?;
+        let n = number as usize;
+        if n == 0 || n > index.len() + 1 {
+            return Err(StoreError::Backend(format!(
+                "part {number} of {upload_id} arrived before part {}; the file store takes parts in order",
+                index.len() + 1
+            )));
+        }
+        index.truncate(n - 1);
+        let offset: u64 = index.iter().sum();
+        let mut f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(dir.join("data"))
+            .await?;
+        f.set_len(offset).await?;
+        f.seek(io::SeekFrom::Start(offset)).await?;
+        let size = match src {
+            PartSource::Bytes(b) => {
+                f.write_all(&b).await?;
+                b.len() as u64
+            }
+            PartSource::Object(key) => {
+                let mut from = tokio::fs::File::open(self.path(key)?)
+                    .await
+                    .map_err(not_found(key))?;
+                tokio::io::copy(&mut from, &mut f).await?
+            }
+        };
+        f.flush().await?;
+        f.sync_data().await?;
+        index.push(size);
+        Self::write_index(&dir, &index).await?;
         Ok(Part {
             number,
             etag: format!("{number}-{size}"),
@@ -418,11 +487,8 @@ impl ObjectStore for FileStore {
         number: u32,
         body: Bytes,
     ) -> StoreResult<Part> {
-        let dir = self.open_multipart(upload_id).await?;
-        let tmp = self.tmp_path();
-        let once = futures::stream::once(async move { Ok(body) });
-        let size = Self::write_stream(&tmp, Box::pin(once)).await?;
-        Self::place_part(&dir, &tmp, number, size).await
+        self.append_part(upload_id, number, PartSource::Bytes(body))
+            .await
     }
 
     async fn copy_part(
@@ -432,13 +498,8 @@ impl ObjectStore for FileStore {
         number: u32,
         source: &str,
     ) -> StoreResult<Part> {
-        let dir = self.open_multipart(upload_id).await?;
-        let tmp = self.tmp_path();
-        let size = tokio::fs::copy(self.path(source)?, &tmp)
+        self.append_part(upload_id, number, PartSource::Object(source))
             .await
-            .map_err(not_found(source))?;
-        tokio::fs::File::open(&tmp).await?.sync_all().await?;
-        Self::place_part(&dir, &tmp, number, size).await
     }
 
     async fn complete_multipart(
@@ -448,25 +509,30 @@ impl ObjectStore for FileStore {
         parts: &[Part],
     ) -> StoreResult<()> {
         let dest = self.path(key)?;
-        let dir = self.multipart_dir(upload_id)?;
-        let tmp = self.tmp_path();
-        let mut out = tokio::fs::File::create(&tmp).await?;
-        for p in parts {
-            let mut part = tokio::fs::File::open(dir.join(format!("part-{:05}", p.number)))
-                .await
-                .map_err(not_found(upload_id))?;
-            let copied = tokio::io::copy(&mut part, &mut out).await?;
-            if copied != p.size {
-                let _ = tokio::fs::remove_file(&tmp).await;
+        let dir = self.open_multipart(upload_id).await?;
+        let index = Self::read_index(&dir).await?;
+        for (i, p) in parts.iter().enumerate() {
+            if p.number as usize != i + 1 || index.get(i) != Some(&p.size) {
                 return Err(StoreError::Backend(format!(
-                    "part {} of {upload_id} holds {copied} bytes, expected {}",
-                    p.number, p.size
+                    "part {} of {upload_id} does not match what was stored ({:?} bytes)",
+                    p.number,
+                    index.get(i)
                 )));
             }
         }
-        out.sync_all().await?;
-        drop(out);
-        self.publish(&tmp, &dest).await?;
+        let total: u64 = parts.iter().map(|p| p.size).sum();
+        let data = dir.join("data");
+        let f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&data)
+            .await?;
+        // Drop stale bytes of parts stored after the last committed one.
+        f.set_len(total).await?;
+        f.sync_all().await?;
+        drop(f);
+        self.publish(&data, &dest).await?;
         let _ = tokio::fs::remove_dir_all(&dir).await;
         Ok(())
     }
@@ -600,14 +666,33 @@ mod tests {
         s.put_bytes("src/w", Bytes::from_static(b"world"))
             .await
             .unwrap();
-        let p2 = s.copy_part("up/x", &id, 2, "src/w").await.unwrap();
         let p1 = s
             .put_part("up/x", &id, 1, Bytes::from_static(b"hello "))
             .await
             .unwrap();
+        // A part stored but never committed (crash), then stored again with other bytes.
+        s.put_part("up/x", &id, 2, Bytes::from_static(b"stale bytes"))
+            .await
+            .unwrap();
+        s.put_part("up/x", &id, 3, Bytes::from_static(b"!"))
+            .await
+            .unwrap();
+        let p2 = s.copy_part("up/x", &id, 2, "src/w").await.unwrap();
+        assert!(
+            s.put_part("up/x", &id, 5, Bytes::from_static(b"gap"))
+                .await
+                .is_err(),
+            "parts come in order"
+        );
         assert!(
             s.head("up/x").await.is_err(),
             "not visible before completion"
+        );
+        assert!(
+            s.complete_multipart("up/x", &id, std::slice::from_ref(&p2))
+                .await
+                .is_err(),
+            "numbering is checked"
         );
         s.complete_multipart("up/x", &id, &[p1, p2]).await.unwrap();
         assert_eq!(&s.get_bytes("up/x").await.unwrap()[..], b"hello world");
