@@ -55,6 +55,21 @@ impl Db {
         }
         let opts = AnyConnectOptions::from_str(url)?;
         let pool = AnyPoolOptions::new()
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL without a sync per commit: a power cut can only lose the newest
+                        // commits, which makes an upload's offset smaller, never larger than
+                        // the bytes the store holds durably (those are fsynced first).
+                        sqlx::Executor::execute(
+                            &mut *conn,
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
             .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect_with(opts)

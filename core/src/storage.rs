@@ -340,9 +340,12 @@ impl FileStore {
             }
         };
         f.flush().await?;
-        f.sync_data().await?;
         index.push(size);
-        Self::write_index(&dir, &index).await?;
+        // Both syncs at once: an index entry that outlives its bytes in a crash is harmless,
+        // since the part is not committed upstream and is stored again at the same number.
+        let (data, idx) = tokio::join!(f.sync_data(), Self::write_index(&dir, &index));
+        data?;
+        idx?;
         Ok(Part {
             number,
             etag: format!("{number}-{size}"),

@@ -198,18 +198,6 @@ pub async fn get_in_org(db: &Db, id: &str, org: &str) -> Result<Video, ApiError>
     }
 }
 
-/// Records upload progress while bytes arrive.
-pub async fn set_upload_progress(db: &Db, id: &str, progress: f64) -> Result<(), ApiError> {
-    sqlx::query("UPDATE videos SET progress = $1, updated_at = $2 WHERE id = $3 AND state = $4")
-        .bind(progress)
-        .bind(now_ms())
-        .bind(id)
-        .bind(state::UPLOADING)
-        .execute(&db.pool)
-        .await?;
-    Ok(())
-}
-
 /// Moves an uploaded video into the queue (unless a worker already took it).
 pub async fn mark_queued(db: &Db, id: &str) -> Result<(), ApiError> {
     let now = now_ms();

@@ -1,23 +1,27 @@
 //! The checksum extension: `Upload-Checksum: <sha1|sha256> <base64 digest>` over a PATCH body.
+//! Digests run on their own thread (ring, with SHA extensions where the CPU has them), so
+//! hashing overlaps receiving and storing the body.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use bytes::Bytes;
 use lectern_core::error::ApiError;
-use sha2::Digest;
+use ring::digest;
+use tokio::sync::{mpsc, oneshot};
 
 /// Algorithms advertised in `Tus-Checksum-Algorithm`.
 pub const ALGORITHMS: &str = "sha1,sha256";
 
-/// A running digest and the value it must reach.
-pub enum Checksum {
-    /// SHA-1.
-    Sha1(sha1::Sha1, Vec<u8>),
-    /// SHA-256.
-    Sha256(sha2::Sha256, Vec<u8>),
+/// A digest being computed on a helper thread, and the value it must reach.
+pub struct Checksum {
+    tx: Option<mpsc::Sender<Bytes>>,
+    done: oneshot::Receiver<Vec<u8>>,
+    want: Vec<u8>,
 }
 
 impl Checksum {
-    /// Parses the header; 400 for an unknown algorithm or a malformed digest.
+    /// Parses the header (400 for an unknown algorithm or a malformed digest) and starts the
+    /// hashing thread.
     pub fn parse(header: &str) -> Result<Self, ApiError> {
         let (algo, digest) = header.trim().split_once(' ').ok_or_else(|| {
             ApiError::bad_request(
@@ -25,35 +29,58 @@ impl Checksum {
                 "Upload-Checksum must be `<algorithm> <base64 digest>`",
             )
         })?;
-        let digest = STANDARD.decode(digest.trim()).map_err(|_| {
+        let want = STANDARD.decode(digest.trim()).map_err(|_| {
             ApiError::bad_request(
                 "invalid-checksum",
                 "the Upload-Checksum digest is not base64",
             )
         })?;
-        match algo {
-            "sha1" => Ok(Checksum::Sha1(sha1::Sha1::new(), digest)),
-            "sha256" => Ok(Checksum::Sha256(sha2::Sha256::new(), digest)),
-            other => Err(ApiError::bad_request(
-                "unsupported-checksum-algorithm",
-                format!("checksum algorithm '{other}' is not supported; use one of {ALGORITHMS}"),
-            )),
-        }
+        let algorithm =
+            match algo {
+                "sha1" => &digest::SHA1_FOR_LEGACY_USE_ONLY,
+                "sha256" => &digest::SHA256,
+                other => return Err(ApiError::bad_request(
+                    "unsupported-checksum-algorithm",
+                    format!(
+                        "checksum algorithm '{other}' is not supported; use one of {ALGORITHMS}"
+                    ),
+                )),
+            };
+        // A few chunks of slack; the request waits when hashing falls behind.
+        let (tx, mut rx) = mpsc::channel::<Bytes>(64);
+        let (done_tx, done) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("upload-checksum".into())
+            .spawn(move || {
+                let mut ctx = digest::Context::new(algorithm);
+                while let Some(chunk) = rx.blocking_recv() {
+                    ctx.update(&chunk);
+                }
+                let _ = done_tx.send(ctx.finish().as_ref().to_vec());
+            })
+            .map_err(ApiError::internal)?;
+        Ok(Checksum {
+            tx: Some(tx),
+            done,
+            want,
+        })
     }
 
     /// Feeds body bytes.
-    pub fn update(&mut self, data: &[u8]) {
-        match self {
-            Checksum::Sha1(h, _) => h.update(data),
-            Checksum::Sha256(h, _) => h.update(data),
+    pub async fn update(&mut self, data: Bytes) {
+        if let Some(tx) = &self.tx {
+            if tx.send(data).await.is_err() {
+                self.tx = None;
+            }
         }
     }
 
     /// True when the body matched the declared digest.
-    pub fn matches(self) -> bool {
-        match self {
-            Checksum::Sha1(h, want) => h.finalize().as_slice() == want.as_slice(),
-            Checksum::Sha256(h, want) => h.finalize().as_slice() == want.as_slice(),
+    pub async fn matches(mut self) -> bool {
+        self.tx = None;
+        match self.done.await {
+            Ok(got) => got == self.want,
+            Err(_) => false,
         }
     }
 }
@@ -71,15 +98,19 @@ pub fn mismatch() -> ApiError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn verifies_and_refuses() {
+    #[tokio::test]
+    async fn verifies_and_refuses() {
         // sha1("abc") and sha256("abc")
         let mut c = Checksum::parse("sha1 qZk+NkcGgWq6PiVxeFDCbJzQ2J0=").unwrap();
-        c.update(b"abc");
-        assert!(c.matches());
+        c.update(Bytes::from_static(b"ab")).await;
+        c.update(Bytes::from_static(b"c")).await;
+        assert!(c.matches().await);
         let mut c = Checksum::parse("sha256 ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=").unwrap();
-        c.update(b"abd");
-        assert!(!c.matches());
+        c.update(Bytes::from_static(b"abd")).await;
+        assert!(!c.matches().await);
+        let mut c = Checksum::parse("sha256 ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=").unwrap();
+        c.update(Bytes::from_static(b"abc")).await;
+        assert!(c.matches().await);
         assert_eq!(
             Checksum::parse("md5 AAAA").err().unwrap().code,
             "unsupported-checksum-algorithm"

@@ -36,6 +36,19 @@ pub use lock::Locks;
 pub use metadata::parse_metadata;
 pub use uploads::Upload;
 
+/// The fraction of an upload received so far (for the status API), if the length is known.
+pub async fn upload_progress(db: &Db, id: &str) -> Result<Option<f64>, ApiError> {
+    Ok(uploads::get(db, id).await?.and_then(|u| {
+        u.known_length().map(|len| {
+            if len == 0 {
+                1.0
+            } else {
+                u.offset_bytes as f64 / len as f64
+            }
+        })
+    }))
+}
+
 /// The tus protocol version served.
 pub const TUS_VERSION: &str = "1.0.0";
 /// Extensions implemented (and advertised).
@@ -696,11 +709,6 @@ async fn write_request(
     if u.known_length() == Some(offset) {
         finish(st, &u).await?;
         expires = None;
-    } else if let Some(len) = u.known_length() {
-        if u.is_video() {
-            let _ =
-                videos::set_upload_progress(&st.db, &u.id, offset as f64 / len.max(1) as f64).await;
-        }
     }
     Ok(Written {
         offset,
@@ -750,7 +758,7 @@ async fn write_body(
             return Err(exceeds(limit));
         }
         if let Some(c) = checksum.as_mut() {
-            c.update(&chunk);
+            c.update(chunk.clone()).await;
         }
         buf.extend_from_slice(&chunk);
         while buf.len() >= p {
@@ -765,10 +773,6 @@ async fn write_body(
                 let mut parts = cur.part_list();
                 parts.append(&mut staged);
                 cur = uploads::commit(&st.db, &cur, parts, None, st.expires_at()).await?;
-                if let (true, Some(len)) = (cur.is_video(), cur.known_length()) {
-                    let progress = cur.offset_bytes as f64 / len.max(1) as f64;
-                    let _ = videos::set_upload_progress(&st.db, &cur.id, progress).await;
-                }
                 if !tail_consumed {
                     tail_consumed = true;
                     if let Some(t) = &old_tail {
@@ -787,7 +791,7 @@ async fn write_body(
         }
     }
     if let Some(c) = checksum {
-        if !c.matches() {
+        if !c.matches().await {
             return Err(checksum::mismatch());
         }
     }

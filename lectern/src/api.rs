@@ -58,10 +58,18 @@ async fn status(
         }
         _ => Value::Null,
     };
+    let progress = match v.state.as_str() {
+        state::READY => 1.0,
+        // Read from the upload itself, so ingest writes no extra row per chunk.
+        state::UPLOADING => lectern_ingest::upload_progress(&st.db, &v.id)
+            .await?
+            .unwrap_or(0.0),
+        _ => v.progress,
+    };
     Ok(Json(json!({
         "id": v.id,
         "state": v.state,
-        "progress": if v.state == state::READY { 1.0 } else { v.progress },
+        "progress": progress,
         "queue_position": queue_position,
         "eta_s": Value::Null,
         "title": v.title,

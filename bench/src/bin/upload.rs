@@ -331,7 +331,16 @@ async fn main() -> anyhow::Result<()> {
                             "--data-dir",
                         ])
                         .arg(&dir)
-                        .args(["--force-fsync", "--url", "/files"]);
+                        .args([
+                            "--force-fsync",
+                            "true",
+                            "--url",
+                            "/files",
+                            "--max-body-size",
+                            "2147483648",
+                            "--log-level",
+                            "ERROR",
+                        ]);
                         let s = Server::spawn_on_port(cmd, port, "/files/")?;
                         tus_upload(&http, &format!("{}/files/", s.base), None, &src, size, mode)
                             .await?
