@@ -319,32 +319,40 @@ impl FileStore {
         }
         index.truncate(n - 1);
         let offset: u64 = index.iter().sum();
-        let mut f = tokio::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(dir.join("data"))
-            .await?;
-        f.set_len(offset).await?;
-        f.seek(io::SeekFrom::Start(offset)).await?;
-        let size = match src {
-            PartSource::Bytes(b) => {
-                f.write_all(&b).await?;
-                b.len() as u64
-            }
-            PartSource::Object(key) => {
-                let mut from = tokio::fs::File::open(self.path(key)?)
-                    .await
-                    .map_err(not_found(key))?;
-                tokio::io::copy(&mut from, &mut f).await?
-            }
+        let data_path = dir.join("data");
+        let source = match src {
+            PartSource::Bytes(b) => Ok(b),
+            PartSource::Object(key) => Err(self.path(key)?),
         };
-        f.flush().await?;
+        // One blocking hop for the whole part: no copies through tokio's file buffer.
+        let (size, f) = tokio::task::spawn_blocking(move || -> io::Result<(u64, std::fs::File)> {
+            use std::io::{Seek, Write};
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&data_path)?;
+            if f.metadata()?.len() != offset {
+                f.set_len(offset)?;
+            }
+            f.seek(io::SeekFrom::Start(offset))?;
+            let size = match source {
+                Ok(bytes) => {
+                    f.write_all(&bytes)?;
+                    bytes.len() as u64
+                }
+                Err(path) => std::io::copy(&mut std::fs::File::open(path)?, &mut f)?,
+            };
+            Ok((size, f))
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))??;
         index.push(size);
         // Both syncs at once: an index entry that outlives its bytes in a crash is harmless,
         // since the part is not committed upstream and is stored again at the same number.
-        let (data, idx) = tokio::join!(f.sync_data(), Self::write_index(&dir, &index));
-        data?;
+        let sync = tokio::task::spawn_blocking(move || f.sync_data());
+        let (data, idx) = tokio::join!(sync, Self::write_index(&dir, &index));
+        data.map_err(|e| StoreError::Backend(e.to_string()))??;
         idx?;
         Ok(Part {
             number,

@@ -14,10 +14,17 @@ pub const ALGORITHMS: &str = "sha1,sha256";
 
 /// A digest being computed on a helper thread, and the value it must reach.
 pub struct Checksum {
-    tx: Option<mpsc::Sender<Bytes>>,
+    tx: Option<mpsc::Sender<Vec<Bytes>>>,
     done: oneshot::Receiver<Vec<u8>>,
     want: Vec<u8>,
+    // Body frames are small (kilobytes); handing them over in batches keeps the cost of
+    // waking the hashing thread negligible.
+    batch: Vec<Bytes>,
+    batch_len: usize,
 }
+
+/// Bytes handed to the hashing thread at once.
+const BATCH: usize = 1 << 20;
 
 impl Checksum {
     /// Parses the header (400 for an unknown algorithm or a malformed digest) and starts the
@@ -35,26 +42,29 @@ impl Checksum {
                 "the Upload-Checksum digest is not base64",
             )
         })?;
-        let algorithm =
-            match algo {
-                "sha1" => &digest::SHA1_FOR_LEGACY_USE_ONLY,
-                "sha256" => &digest::SHA256,
-                other => return Err(ApiError::bad_request(
+        let algorithm = match algo {
+            "sha1" => &digest::SHA1_FOR_LEGACY_USE_ONLY,
+            "sha256" => &digest::SHA256,
+            other => {
+                return Err(ApiError::bad_request(
                     "unsupported-checksum-algorithm",
                     format!(
                         "checksum algorithm '{other}' is not supported; use one of {ALGORITHMS}"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         // A few chunks of slack; the request waits when hashing falls behind.
-        let (tx, mut rx) = mpsc::channel::<Bytes>(64);
+        let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(8);
         let (done_tx, done) = oneshot::channel();
         std::thread::Builder::new()
             .name("upload-checksum".into())
             .spawn(move || {
                 let mut ctx = digest::Context::new(algorithm);
-                while let Some(chunk) = rx.blocking_recv() {
-                    ctx.update(&chunk);
+                while let Some(batch) = rx.blocking_recv() {
+                    for chunk in batch {
+                        ctx.update(&chunk);
+                    }
                 }
                 let _ = done_tx.send(ctx.finish().as_ref().to_vec());
             })
@@ -63,13 +73,25 @@ impl Checksum {
             tx: Some(tx),
             done,
             want,
+            batch: Vec::new(),
+            batch_len: 0,
         })
     }
 
     /// Feeds body bytes.
     pub async fn update(&mut self, data: Bytes) {
+        self.batch_len += data.len();
+        self.batch.push(data);
+        if self.batch_len >= BATCH {
+            self.flush().await;
+        }
+    }
+
+    async fn flush(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_len = 0;
         if let Some(tx) = &self.tx {
-            if tx.send(data).await.is_err() {
+            if tx.send(batch).await.is_err() {
                 self.tx = None;
             }
         }
@@ -77,6 +99,7 @@ impl Checksum {
 
     /// True when the body matched the declared digest.
     pub async fn matches(mut self) -> bool {
+        self.flush().await;
         self.tx = None;
         match self.done.await {
             Ok(got) => got == self.want,

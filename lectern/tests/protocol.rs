@@ -420,3 +420,68 @@ fn token_command_mints_contract_tokens() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[tokio::test]
+async fn browsers_may_use_tus_through_cors() {
+    let app = TestApp::spawn(Db::Sqlite);
+    let files = format!("{}/files/", app.base);
+    let r = app
+        .http
+        .request(reqwest::Method::OPTIONS, &files)
+        .header("Origin", "https://lms.example")
+        .header("Access-Control-Request-Method", "PATCH")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization,tus-resumable,upload-offset,upload-checksum,content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let allowed = r.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for h in [
+        "authorization",
+        "tus-resumable",
+        "upload-offset",
+        "upload-checksum",
+    ] {
+        assert!(allowed.contains(h), "{h} not allowed: {allowed}");
+    }
+    assert!(r.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("PATCH"));
+    assert_eq!(
+        r.headers()["tus-version"],
+        "1.0.0",
+        "the preflight answer still carries tus discovery headers"
+    );
+    let t = app.token(Role::Instructor, "org-a");
+    let r = app
+        .http
+        .post(&files)
+        .bearer_auth(&t)
+        .header("Origin", "https://lms.example")
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", 5)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for h in [
+        "location",
+        "upload-offset",
+        "tus-resumable",
+        "upload-expires",
+    ] {
+        assert!(exposed.contains(h), "{h} not exposed: {exposed}");
+    }
+}

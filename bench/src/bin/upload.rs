@@ -36,6 +36,9 @@ struct Args {
     /// Interleaved runs; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Only targets whose name contains this (e.g. `lectern`, `rustus`).
+    #[arg(long)]
+    only: Option<String>,
     /// Scratch folder (on the disk under test).
     #[arg(long, default_value = "target/bench-work")]
     work: PathBuf,
@@ -252,6 +255,9 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("rustus not found: skipping it (cargo install rustus --features hashers)");
     }
 
+    if let Some(only) = &args.only {
+        targets.retain(|t| t.name.contains(only.as_str()));
+    }
     let mut results: std::collections::BTreeMap<(String, &'static str), Vec<f64>> =
         Default::default();
     let mut rss: std::collections::BTreeMap<String, f64> = Default::default();
