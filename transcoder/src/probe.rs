@@ -101,11 +101,19 @@ pub fn probe(path: &Path) -> Result<Probe, JobError> {
         .into_iter()
         .find(|v| !v.is_image())
         .map(|v| {
-            // qtdemux sends the rotation as a stream tag of the video stream.
-            let orientation = v.tags().as_ref().and_then(|t| {
-                t.get::<gst::tags::ImageOrientation>()
-                    .map(|o| o.get().to_string())
-            });
+            // qtdemux sends the rotation as a stream tag; depending on the demuxer path it
+            // lands on the video stream or only in the merged tags.
+            let orientation_of = |t: Option<gst::TagList>| {
+                t.and_then(|t| {
+                    t.get::<gst::tags::ImageOrientation>()
+                        .map(|o| o.get().to_string())
+                })
+            };
+            #[allow(deprecated)]
+            let orientation = orientation_of(v.tags())
+                .or_else(|| orientation_of(info.tags()))
+                .or_else(|| preroll_orientation(&abs));
+            tracing::debug!(?orientation, "probed orientation");
             VideoProbe {
                 width: v.width(),
                 height: v.height(),
@@ -168,4 +176,71 @@ fn classify_probe_error(e: &gst::glib::Error) -> JobError {
             ),
         )
     }
+}
+
+/// Reads the `image-orientation` tag by prerolling the file: the Discoverer of GStreamer 1.22
+/// does not report qtdemux's rotation tag, which the sinks do see.
+fn preroll_orientation(path: &Path) -> Option<String> {
+    use gst::prelude::*;
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("filesrc")
+        .property("location", path.to_string_lossy().as_ref())
+        .build()
+        .ok()?;
+    let dbin = gst::ElementFactory::make("decodebin").build().ok()?;
+    pipeline.add_many([&src, &dbin]).ok()?;
+    src.link(&dbin).ok()?;
+    let weak = pipeline.downgrade();
+    dbin.connect_pad_added(move |_, pad| {
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
+        let Ok(sink) = gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .build()
+        else {
+            return;
+        };
+        if pipeline.add(&sink).is_ok() {
+            let _ = sink.sync_state_with_parent();
+            if let Some(sinkpad) = sink.static_pad("sink") {
+                let _ = pad.link(&sinkpad);
+            }
+        }
+    });
+    struct Null(gst::Pipeline);
+    impl Drop for Null {
+        fn drop(&mut self) {
+            let _ = self.0.set_state(gst::State::Null);
+        }
+    }
+    let guard = Null(pipeline.clone());
+    pipeline.set_state(gst::State::Paused).ok()?;
+    let bus = pipeline.bus()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let msg = bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(200),
+            &[
+                gst::MessageType::Tag,
+                gst::MessageType::AsyncDone,
+                gst::MessageType::Error,
+                gst::MessageType::Eos,
+            ],
+        );
+        let Some(msg) = msg else { continue };
+        match msg.view() {
+            gst::MessageView::Tag(t) => {
+                if let Some(o) = t.tags().get::<gst::tags::ImageOrientation>() {
+                    return Some(o.get().to_string());
+                }
+            }
+            gst::MessageView::AsyncDone(_)
+            | gst::MessageView::Error(_)
+            | gst::MessageView::Eos(_) => break,
+            _ => {}
+        }
+    }
+    drop(guard);
+    None
 }

@@ -1,0 +1,250 @@
+//! The contract's output ladder over a matrix of tricky sources, each a couple of seconds long,
+//! generated with ffmpeg: every source gets exactly the contract's rungs, or a clean failure code.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Db, TestApp};
+use gstreamer as gst;
+use gstreamer_pbutils as gst_pbutils;
+use lectern_core::auth::Role;
+use serde_json::Value;
+
+/// Generates a source with ffmpeg (lavfi test patterns).
+fn make(dir: &Path, name: &str, args: &str) -> PathBuf {
+    let out = dir.join(name);
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-v", "error", "-y"]);
+    cmd.args(args.split_whitespace());
+    cmd.arg(&out);
+    let o = cmd
+        .output()
+        .expect("ffmpeg is installed by scripts/test.sh");
+    assert!(
+        o.status.success(),
+        "ffmpeg {args}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    if name.starts_with("rotated") {
+        // A phone recording: landscape pixels with a 90° display matrix.
+        let rotated = dir.join(format!("rot-{name}"));
+        let o = Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-i"])
+            .arg(&out)
+            .args(["-c", "copy", "-metadata:s:v:0", "rotate=90"])
+            .arg(&rotated)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        return rotated;
+    }
+    out
+}
+
+const V: &str = "-f lavfi -i testsrc2=duration=2";
+const A: &str = "-f lavfi -i sine=frequency=440:duration=2";
+
+struct Case {
+    name: &'static str,
+    file: &'static str,
+    args: String,
+    expect: Result<Vec<(u64, u64)>, &'static str>,
+}
+
+fn cases() -> Vec<Case> {
+    let c = |name, file, args: String, expect| Case {
+        name,
+        file,
+        args,
+        expect,
+    };
+    vec![
+        c("portrait", "portrait.mp4", format!("{V}:size=720x1280:rate=30 {A} -c:v libx264 -pix_fmt yuv420p -c:a aac -shortest"), Ok(vec![(480, 854), (720, 1280)])),
+        c(
+            "rotated phone video",
+            "rotated.mp4",
+            // ffmpeg 5.1 writes the display matrix only when remuxing (see `make`).
+            format!("{V}:size=1280x720:rate=30 {A} -c:v libx264 -pix_fmt yuv420p -c:a aac -shortest"),
+            Ok(vec![(480, 854), (720, 1280)]),
+        ),
+        c("4:3", "four-three.mp4", format!("{V}:size=1440x1080:rate=25 -c:v libx264 -pix_fmt yuv420p"), Ok(vec![(640, 480), (960, 720), (1440, 1080)])),
+        c("odd size", "odd.mkv", format!("{V}:size=853x479:rate=30 -c:v ffv1"), Ok(vec![(852, 478)])),
+        c("60 fps", "sixty.mp4", format!("{V}:size=1280x720:rate=60 -c:v libx264 -pix_fmt yuv420p"), Ok(vec![(854, 480), (1280, 720)])),
+        c("HEVC 10-bit", "hevc10.mp4", format!("{V}:size=1280x720:rate=30 -c:v libx265 -pix_fmt yuv420p10le -x265-params log-level=error"), Ok(vec![(854, 480), (1280, 720)])),
+        c("4:4:4", "444.mp4", format!("{V}:size=1280x720:rate=30 -c:v libx264 -pix_fmt yuv444p"), Ok(vec![(854, 480), (1280, 720)])),
+        c(
+            "interlaced",
+            "interlaced.mp4",
+            format!("{V}:size=1920x1080:rate=30 -vf tinterlace=interleave_top,fieldorder=tff -c:v libx264 -pix_fmt yuv420p -flags +ilme+ildct -x264-params tff=1"),
+            Ok(vec![(854, 480), (1280, 720), (1920, 1080)]),
+        ),
+        c("VP9 + Opus", "vp9.webm", format!("{V}:size=640x360:rate=30 {A} -c:v libvpx-vp9 -deadline realtime -c:a libopus -shortest"), Ok(vec![(640, 360)])),
+        c("5.1 audio", "surround.mp4", format!("{V}:size=640x360:rate=30 -f lavfi -i sine=duration=2 -c:v libx264 -pix_fmt yuv420p -c:a aac -ac 6 -shortest"), Ok(vec![(640, 360)])),
+        c("audio only", "audio.m4a", format!("{A} -c:a aac"), Err("no-video-stream")),
+    ]
+}
+
+fn discover(path: &Path) -> (u32, u32, bool, u32) {
+    gst::init().unwrap();
+    let d = gst_pbutils::Discoverer::new(gst::ClockTime::from_seconds(30)).unwrap();
+    let info = d
+        .discover_uri(&gst::glib::filename_to_uri(path, None).unwrap())
+        .unwrap();
+    let v = info
+        .video_streams()
+        .into_iter()
+        .next()
+        .expect("a video stream");
+    (v.width(), v.height(), v.is_interlaced(), v.depth())
+}
+
+#[tokio::test]
+async fn tricky_sources_get_the_contract_ladder() {
+    let app = TestApp::spawn(Db::Sqlite);
+    let t = app.token(Role::Instructor, "org-m");
+    let dir = app.data.path().join("sources");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ids = Vec::new();
+    for case in cases() {
+        let f = make(&dir, case.file, &case.args);
+        ids.push((app.upload(&t, &f, 1).await, case));
+    }
+    // An empty upload completes at creation and fails cleanly.
+    let empty = app.create_upload(&t, 0, "").await;
+    let empty_id = empty.rsplit('/').next().unwrap().to_string();
+
+    for (id, case) in &ids {
+        let (st, _) = app.wait_done(&t, id).await;
+        match &case.expect {
+            Err(code) => {
+                assert_eq!(st["state"], "failed", "{}: {st}", case.name);
+                assert_eq!(st["error"]["code"], *code, "{}", case.name);
+            }
+            Ok(sizes) => {
+                assert_eq!(st["state"], "ready", "{}: {st}", case.name);
+                let got: Vec<(u64, u64)> = st["renditions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r["width"].as_u64().unwrap(), r["height"].as_u64().unwrap()))
+                    .collect();
+                assert_eq!(&got, sizes, "{}", case.name);
+                check_output(&app, &t, id, case).await;
+            }
+        }
+    }
+    let (st, _) = app.wait_done(&t, &empty_id).await;
+    assert_eq!(st["state"], "failed");
+    assert_eq!(st["error"]["code"], "corrupt-input");
+}
+
+/// Fetches the master and the lowest rendition and checks what the contract promises.
+async fn check_output(app: &TestApp, t: &str, id: &str, case: &Case) {
+    let pb: Value = app
+        .http
+        .get(format!("{}/api/v1/videos/{id}/playback", app.base))
+        .bearer_auth(t)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = pb["url"].as_str().unwrap().to_string();
+    let body = app
+        .http
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let master = m3u8_rs::parse_master_playlist_res(&body).unwrap();
+    for v in &master.variants {
+        let codecs = v.codecs.clone().unwrap();
+        assert!(
+            codecs.starts_with("avc1.64")
+                || codecs.starts_with("avc1.4d")
+                || codecs.starts_with("avc1.42"),
+            "{}: {codecs}",
+            case.name
+        );
+        let level = u8::from_str_radix(&codecs[9..11], 16).unwrap();
+        assert!(level <= 42, "{}: level {level} above 4.2", case.name);
+    }
+    if case.name == "60 fps" {
+        assert_eq!(master.variants[0].frame_rate, Some(60.0));
+    }
+    if case.name == "5.1 audio" {
+        assert_eq!(
+            master.alternatives[0].channels.as_deref(),
+            Some("2"),
+            "audio is stereo AAC"
+        );
+    }
+    if case.name == "VP9 + Opus" {
+        assert!(master.variants[0]
+            .codecs
+            .as_deref()
+            .unwrap()
+            .ends_with("mp4a.40.2"));
+    }
+    // The lowest rendition: size, progressive, 8-bit 4:2:0, upright (no rotation left).
+    let base = &url[..url.split('?').next().unwrap().rfind('/').unwrap() + 1];
+    let media_url = format!("{base}{}", master.variants[0].uri);
+    let media = app
+        .http
+        .get(&media_url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let pl = m3u8_rs::parse_media_playlist_res(&media).unwrap();
+    let dir = &media_url[..media_url.split('?').next().unwrap().rfind('/').unwrap() + 1];
+    let mut bytes = app
+        .http
+        .get(format!("{dir}{}", pl.segments[0].map.as_ref().unwrap().uri))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    for s in &pl.segments {
+        bytes.extend_from_slice(
+            &app.http
+                .get(format!("{dir}{}", s.uri))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap(),
+        );
+    }
+    let f = app.data.path().join(format!("{id}.mp4"));
+    std::fs::write(&f, &bytes).unwrap();
+    let (w, h, interlaced, depth) = discover(&f);
+    let (ew, eh) = match &case.expect {
+        Ok(sizes) => sizes[0],
+        Err(_) => unreachable!(),
+    };
+    assert_eq!(
+        (w as u64, h as u64),
+        (ew, eh),
+        "{}: stored picture is upright at the rung's size",
+        case.name
+    );
+    assert!(!interlaced, "{}: progressive output", case.name);
+    assert!(
+        depth == 0 || depth == 24 || depth == 8,
+        "{}: 8-bit output (depth {depth})",
+        case.name
+    );
+}
