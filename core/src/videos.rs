@@ -353,3 +353,88 @@ pub async fn delete(db: &Db, id: &str) -> Result<(), ApiError> {
         .await?;
     Ok(())
 }
+
+/// Filters and paging for the admin job list.
+#[derive(Debug, Default)]
+pub struct JobQuery<'a> {
+    /// Only this org (admins: always their own).
+    pub org: Option<&'a str>,
+    /// Only this state.
+    pub state: Option<&'a str>,
+    /// Page size (1–100).
+    pub limit: i64,
+    /// Continue after this (created_at, id).
+    pub after: Option<(i64, &'a str)>,
+}
+
+/// Videos that are or were transcode jobs (every state but `uploading`), newest first.
+pub async fn list_jobs(db: &Db, q: &JobQuery<'_>) -> Result<Vec<Video>, ApiError> {
+    let (after_ts, after_id) = q
+        .after
+        .map(|(t, i)| (t, i.to_string()))
+        .unwrap_or((i64::MAX, String::new()));
+    Ok(sqlx::query_as::<_, Video>(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLS} FROM videos WHERE state <> $1 AND ($2 = '' OR org = $2) AND ($3 = '' OR state = $3) \
+         AND (created_at < $4 OR (created_at = $4 AND id < $5) OR $5 = '') ORDER BY created_at DESC, id DESC LIMIT $6"
+    )))
+    .bind(state::UPLOADING)
+    .bind(q.org.unwrap_or(""))
+    .bind(q.state.unwrap_or(""))
+    .bind(after_ts)
+    .bind(after_id)
+    .bind(q.limit)
+    .fetch_all(&db.pool)
+    .await?)
+}
+
+/// Cancels a queued or running transcode; false when it was in no such state.
+pub async fn cancel(db: &Db, id: &str) -> Result<bool, ApiError> {
+    let now = now_ms();
+    let res = sqlx::query(
+        "UPDATE videos SET state = $1, finished_at = $2, updated_at = $2 WHERE id = $3 AND state IN ($4, $5)",
+    )
+    .bind(state::CANCELED)
+    .bind(now)
+    .bind(id)
+    .bind(state::QUEUED)
+    .bind(state::PROCESSING)
+    .execute(&db.pool)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// Puts a failed or canceled video back in the queue; false when it was in neither state.
+pub async fn retry(db: &Db, id: &str) -> Result<bool, ApiError> {
+    let now = now_ms();
+    let res = sqlx::query(
+        "UPDATE videos SET state = $1, progress = 0.0, error_code = NULL, error_message = NULL, worker = NULL, \
+         queued_at = $2, started_at = NULL, finished_at = NULL, updated_at = $2 WHERE id = $3 AND state IN ($4, $5)",
+    )
+    .bind(state::QUEUED)
+    .bind(now)
+    .bind(id)
+    .bind(state::FAILED)
+    .bind(state::CANCELED)
+    .execute(&db.pool)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// The current state of a video (for workers checking for cancellation).
+pub async fn current_state(db: &Db, id: &str) -> Result<Option<String>, ApiError> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT state FROM videos WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(row.map(|r| r.0))
+}
+
+/// Seconds left for a running attempt, from its pace so far; `None` when unknown.
+pub fn eta_s(v: &Video, now_ms: i64) -> Option<f64> {
+    let started = v.started_at?;
+    if v.state != state::PROCESSING || v.progress < 0.02 {
+        return None;
+    }
+    let elapsed = (now_ms - started).max(0) as f64 / 1000.0;
+    Some((elapsed / v.progress - elapsed).max(0.0))
+}

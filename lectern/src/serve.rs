@@ -116,6 +116,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             signer: signer.clone(),
             public_url: cfg.public_url.clone(),
             grace_s: cfg.playback_grace_s as i64,
+            queue: queue.clone(),
         }));
     }
     if cfg.has_role("origin") {

@@ -41,6 +41,9 @@ pub enum JobError {
     /// A transient fault (storage, database, resources).
     #[error("transient failure: {0}")]
     Retry(String),
+    /// An admin canceled the job while it ran.
+    #[error("canceled")]
+    Canceled,
 }
 
 impl JobError {
@@ -200,6 +203,11 @@ pub async fn transcode(ctx: &WorkerContext, video_id: &str) -> Result<(), JobErr
                 // Superseded or deleted meanwhile: this output is nobody's.
                 let _ = ctx.store.delete_prefix(&published.output_prefix).await;
             }
+            Ok(())
+        }
+        Err(JobError::Canceled) => {
+            tracing::info!(video = %video_id, attempt, "transcode canceled");
+            metrics::counter!("lectern_transcode_jobs_total", "outcome" => "canceled").increment(1);
             Ok(())
         }
         Err(JobError::Abort { code, message }) => {
@@ -401,10 +409,17 @@ async fn encode_and_package(
                 }
             }
             changed = prx.changed() => {
-                if changed.is_ok() && duration_s > 0.0 && last_write.elapsed() >= Duration::from_secs(1) {
+                if changed.is_ok() && last_write.elapsed() >= Duration::from_secs(1) {
                     last_write = Instant::now();
                     let pos = *prx.borrow_and_update();
-                    let _ = videos::set_progress(&ctx.db, &v.id, attempt, (pos / duration_s).min(0.99)).await;
+                    if duration_s > 0.0 {
+                        let _ = videos::set_progress(&ctx.db, &v.id, attempt, (pos / duration_s).min(0.99)).await;
+                    }
+                    // An admin may cancel while we encode: stop the pipeline, publish nothing.
+                    if videos::current_state(&ctx.db, &v.id).await.ok().flatten().as_deref() != Some(videos::state::PROCESSING) {
+                        pack_err = Some(JobError::Canceled);
+                        break;
+                    }
                 }
             }
         }
