@@ -197,7 +197,11 @@ async fn a_running_job_stops_when_canceled() {
     let next = app.upload(&t, &common::clip("clip-360p.mp4"), 1).await;
     let (done, _) = app.wait_done(&t, &next).await;
     assert_eq!(done["state"], "ready");
-    assert!(started.elapsed().as_secs_f64() < 12.0, "the canceled pipeline kept the worker for {:?}", started.elapsed());
+    assert!(
+        started.elapsed().as_secs_f64() < 12.0,
+        "the canceled pipeline kept the worker for {:?}",
+        started.elapsed()
+    );
     let st = app.status(&t, &id).await;
     assert_eq!(st["state"], "canceled", "{st}");
     let videos = app.data.path().join(format!("objects/videos/{id}"));
