@@ -230,6 +230,54 @@ async fn upload_transcode_and_play_on_sqlite() {
         "rendition duration {dur}"
     );
 
+    // HTTP semantics a CDN relies on: validators, 304, HEAD and ranges.
+    let media_url = join(&master_url, &master.variants[0].uri);
+    let (_, h, body) = fetch(&app, &media_url).await;
+    let pl = m3u8_rs::parse_media_playlist_res(&body).unwrap();
+    let etag = h["etag"].to_str().unwrap().to_string();
+    let r = app
+        .http
+        .get(&media_url)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304, "an unchanged playlist is not sent again");
+    let seg_url = join(&media_url, &pl.segments[0].uri);
+    let r = app.http.get(&seg_url).send().await.unwrap();
+    let seg_etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert!(r.headers().contains_key("last-modified"));
+    let full = r.bytes().await.unwrap();
+    let r = app
+        .http
+        .get(&seg_url)
+        .header("If-None-Match", &seg_etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    assert_eq!(
+        r.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = app.http.head(&seg_url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], full.len().to_string());
+    let r = app
+        .http
+        .get(&seg_url)
+        .header("Range", "bytes=0-99")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 0-99/{}", full.len())
+    );
+    assert_eq!(r.bytes().await.unwrap(), full.slice(0..100));
+
     // A plain HLS client plays it from the one URL.
     let out = std::process::Command::new("ffmpeg")
         .args([

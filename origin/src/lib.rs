@@ -75,6 +75,7 @@ async fn master(
     Path(video): Path<String>,
     Query(q): Query<SignedQuery>,
     method: Method,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if !valid_id(&video) {
         return Err(ApiError::not_found("video"));
@@ -90,7 +91,7 @@ async fn master(
         .to_string();
     let body = rewrite_master(&raw, &token, &q.to_query_string())?;
     metrics::counter!("lectern_origin_requests_total", "kind" => "master").increment(1);
-    Ok(playlist_response(body, &method))
+    Ok(playlist_response(body, &method, &headers))
 }
 
 /// Points every URI of the stored master at the attempt's folder and carries the signature, so
@@ -112,7 +113,49 @@ fn rewrite_master(raw: &[u8], token: &str, query: &str) -> Result<Vec<u8>, ApiEr
     Ok(out)
 }
 
-fn playlist_response(body: Vec<u8>, method: &Method) -> Response {
+/// True when `If-None-Match` names `etag` (or `*`), so the answer is 304.
+fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
+    let strip = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim() == "*" || strip(t) == strip(etag))
+}
+
+fn not_modified_response(etag: &str, cache_control: &'static str) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = axum::http::StatusCode::NOT_MODIFIED;
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
+    r
+}
+
+/// Playlists are signed per viewer, so shared caches must not serve one viewer's copy to
+/// another; players may reuse theirs for a minute.
+const PLAYLIST_CACHE: &str = "private, max-age=60";
+/// Segments never change under their unguessable per-attempt paths.
+const SEGMENT_CACHE: &str = "public, max-age=31536000, immutable";
+
+fn playlist_response(body: Vec<u8>, method: &Method, headers: &HeaderMap) -> Response {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(&body);
+    let etag = format!(
+        "\"{}\"",
+        digest[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    if not_modified(headers, &etag) {
+        return not_modified_response(&etag, PLAYLIST_CACHE);
+    }
     let len = body.len();
     let body = if method == Method::HEAD {
         Body::empty()
@@ -126,11 +169,13 @@ fn playlist_response(body: Vec<u8>, method: &Method) -> Response {
         HeaderValue::from_static(PLAYLIST_TYPE),
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    // Signed per viewer, so shared caches must not serve one viewer's playlist to another.
     h.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=60"),
+        HeaderValue::from_static(PLAYLIST_CACHE),
     );
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
     r
 }
 
@@ -161,7 +206,7 @@ async fn rendition_file(
         st.signer.verify(&p.video, &q)?;
         let body = st.store.get_bytes(&key).await?;
         metrics::counter!("lectern_origin_requests_total", "kind" => "media_playlist").increment(1);
-        return Ok(playlist_response(body.to_vec(), &method));
+        return Ok(playlist_response(body.to_vec(), &method, &headers));
     }
     let ctype = if p.file.ends_with(".m4s") || p.file.ends_with(".mp4") {
         "video/mp4"
@@ -171,10 +216,13 @@ async fn rendition_file(
     let range = request_range(&headers)?;
     let got = st.store.get(&key, range).await?;
     metrics::counter!("lectern_origin_requests_total", "kind" => "segment").increment(1);
+    if not_modified(&headers, &got.meta.etag) {
+        return Ok(not_modified_response(&got.meta.etag, SEGMENT_CACHE));
+    }
     let mut r = object_response(got, range.is_some(), ctype, method == Method::HEAD)?;
     r.headers_mut().insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
+        HeaderValue::from_static(SEGMENT_CACHE),
     );
     Ok(r)
 }
@@ -197,6 +245,20 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("AVERAGE-BANDWIDTH=1400000"), "{out}");
+    }
+
+    #[test]
+    fn conditional_requests() {
+        let mut h = HeaderMap::new();
+        assert!(!not_modified(&h, "\"a\""));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"x\", W/\"a\""),
+        );
+        assert!(not_modified(&h, "\"a\""));
+        assert!(!not_modified(&h, "\"b\""));
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert!(not_modified(&h, "\"b\""));
     }
 
     #[test]
