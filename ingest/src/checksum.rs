@@ -1,5 +1,5 @@
 //! The checksum extension: `Upload-Checksum: <sha1|sha256> <base64 digest>` over a PATCH body.
-//! Digests run on their own thread (ring, with SHA extensions where the CPU has them), so
+//! Digests run on a blocking-pool thread (ring, with SHA extensions where the CPU has them), so
 //! hashing overlaps receiving and storing the body.
 
 use base64::engine::general_purpose::STANDARD;
@@ -57,18 +57,15 @@ impl Checksum {
         // A few chunks of slack; the request waits when hashing falls behind.
         let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(8);
         let (done_tx, done) = oneshot::channel();
-        std::thread::Builder::new()
-            .name("upload-checksum".into())
-            .spawn(move || {
-                let mut ctx = digest::Context::new(algorithm);
-                while let Some(batch) = rx.blocking_recv() {
-                    for chunk in batch {
-                        ctx.update(&chunk);
-                    }
+        tokio::task::spawn_blocking(move || {
+            let mut ctx = digest::Context::new(algorithm);
+            while let Some(batch) = rx.blocking_recv() {
+                for chunk in batch {
+                    ctx.update(&chunk);
                 }
-                let _ = done_tx.send(ctx.finish().as_ref().to_vec());
-            })
-            .map_err(ApiError::internal)?;
+            }
+            let _ = done_tx.send(ctx.finish().as_ref().to_vec());
+        });
         Ok(Checksum {
             tx: Some(tx),
             done,

@@ -353,16 +353,10 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
     let concat = header_str(&headers, "upload-concat")
         .map(str::trim)
         .unwrap_or("");
-    let partial_ids = if concat.starts_with("final") {
-        parse_final(concat)?
-    } else {
-        Vec::new()
+    let partial_ids = match concat {
+        "" | "partial" => Vec::new(),
+        other => parse_final(other)?,
     };
-    if !concat.is_empty() && concat != "partial" && partial_ids.is_empty() {
-        return Err(parse_final(concat)
-            .err()
-            .unwrap_or_else(|| ApiError::bad_request("invalid-concat", "bad Upload-Concat")));
-    }
     let raw_meta = header_str(&headers, "upload-metadata")
         .unwrap_or("")
         .to_string();
@@ -741,7 +735,9 @@ async fn write_body(
         }
     }
     let mut tail_consumed = false;
-    let mut staged: Vec<Part> = Vec::new();
+    // Committed parts followed by those stored during this request; `committed` counts the first.
+    let mut parts = cur.part_list();
+    let mut committed = parts.len();
     let mut received = 0u64;
     let mut stream = body.into_data_stream();
     let mut interrupted = None;
@@ -763,16 +759,15 @@ async fn write_body(
         buf.extend_from_slice(&chunk);
         while buf.len() >= p {
             let data = buf.split_to(p).freeze();
-            let number = (cur.part_list().len() + staged.len() + 1) as u32;
-            staged.push(
+            let number = parts.len() as u32 + 1;
+            parts.push(
                 st.store
                     .put_part(&cur.object_key, &cur.multipart_id, number, data)
                     .await?,
             );
             if progressive {
-                let mut parts = cur.part_list();
-                parts.append(&mut staged);
-                cur = uploads::commit(&st.db, &cur, parts, None, st.expires_at()).await?;
+                cur = uploads::commit(&st.db, &cur, parts.clone(), None, st.expires_at()).await?;
+                committed = parts.len();
                 if !tail_consumed {
                     tail_consumed = true;
                     if let Some(t) = &old_tail {
@@ -795,10 +790,8 @@ async fn write_body(
             return Err(checksum::mismatch());
         }
     }
-    let mut parts = cur.part_list();
-    parts.append(&mut staged);
     let stored: u64 = parts.iter().map(|p| p.size).sum::<u64>() + buf.len() as u64;
-    let unchanged = stored == cur.offset_bytes as u64 && parts.len() == cur.part_list().len();
+    let unchanged = stored == cur.offset_bytes as u64 && parts.len() == committed;
     if !unchanged {
         let tail = if cur.known_length() == Some(stored) {
             // The last part may be smaller than S3's minimum.

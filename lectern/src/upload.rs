@@ -258,12 +258,16 @@ fn concat(
     if r.status() != StatusCode::CREATED {
         anyhow::bail!("joining the parallel parts failed: {}", error_text(r));
     }
-    let loc = r
-        .headers()
+    location(&r)
+}
+
+/// The `Location` of a 201 answer.
+fn location(r: &reqwest::blocking::Response) -> anyhow::Result<String> {
+    r.headers()
         .get("location")
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| anyhow::anyhow!("server sent no Location"))?;
-    Ok(loc.to_string())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("server sent no Location"))
 }
 
 fn metadata(args: &UploadArgs) -> String {
@@ -312,12 +316,7 @@ fn create(
     if r.status() != StatusCode::CREATED {
         anyhow::bail!("creating the upload failed: {}", error_text(r));
     }
-    let loc = r
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| anyhow::anyhow!("server sent no Location"))?;
-    Ok(loc.to_string())
+    location(&r)
 }
 
 fn wait_ready(client: &Client, server: &str, token: &str, id: &str) -> anyhow::Result<String> {

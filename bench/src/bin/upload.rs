@@ -192,6 +192,12 @@ fn write_source(path: &Path, size: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Keeps the highest peak RSS seen for a target.
+fn note_rss(rss: &mut std::collections::BTreeMap<String, f64>, target: &str, s: &Server) {
+    let e = rss.entry(target.into()).or_default();
+    *e = e.max(s.peak_rss_mib());
+}
+
 fn lectern_server(args: &Args, dir: &Path, s3: Option<&str>) -> anyhow::Result<Server> {
     let mut cmd = Command::new(&args.lectern);
     cmd.args([
@@ -287,8 +293,7 @@ async fn main() -> anyhow::Result<()> {
                             mode,
                         )
                         .await?;
-                        let e = rss.entry(t.name.into()).or_default();
-                        *e = e.max(s.peak_rss_mib());
+                        note_rss(&mut rss, t.name, &s);
                         secs
                     }
                     "lectern (S3: s3s-fs)" => {
@@ -322,8 +327,7 @@ async fn main() -> anyhow::Result<()> {
                             mode,
                         )
                         .await?;
-                        let e = rss.entry(t.name.into()).or_default();
-                        *e = e.max(s.peak_rss_mib());
+                        note_rss(&mut rss, t.name, &s);
                         secs
                     }
                     _ => {
