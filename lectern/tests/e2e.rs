@@ -5,113 +5,9 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{clip, Db, TestApp};
-use gstreamer as gst;
-use gstreamer_pbutils as gst_pbutils;
+use common::{clip, discover, fetch, join, walk_media, Db, TestApp};
 use lectern_core::auth::Role;
 use serde_json::Value;
-
-/// Fetches a URL and returns status, headers and body.
-async fn fetch(app: &TestApp, url: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
-    let r = app
-        .http
-        .get(url)
-        .header("Origin", "https://lms.example")
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    (status, headers, r.bytes().await.unwrap().to_vec())
-}
-
-fn join(base: &str, rel: &str) -> String {
-    let dir = &base[..base.split('?').next().unwrap().rfind('/').unwrap() + 1];
-    format!("{dir}{rel}")
-}
-
-struct Rendition {
-    bytes: Vec<u8>,
-    peak_bps: f64,
-    avg_bps: f64,
-    segments: usize,
-}
-
-/// Walks a media playlist: checks it and downloads init + segments.
-async fn walk_media(app: &TestApp, url: &str) -> Rendition {
-    let (status, headers, body) = fetch(app, url).await;
-    assert_eq!(status, 200, "{url}: {}", String::from_utf8_lossy(&body));
-    assert_eq!(headers["content-type"], "application/vnd.apple.mpegurl");
-    assert_eq!(headers["access-control-allow-origin"], "*");
-    let text = String::from_utf8(body.clone()).unwrap();
-    for needle in [
-        "#EXT-X-VERSION:7",
-        "#EXT-X-PLAYLIST-TYPE:VOD",
-        "#EXT-X-ENDLIST",
-        "#EXT-X-INDEPENDENT-SEGMENTS",
-    ] {
-        assert!(text.contains(needle), "{needle} missing in {text}");
-    }
-    let pl = m3u8_rs::parse_media_playlist_res(&body).unwrap();
-    let map = pl.segments[0]
-        .map
-        .as_ref()
-        .expect("EXT-X-MAP on the first segment");
-    let (s, h, init) = fetch(app, &join(url, &map.uri)).await;
-    assert_eq!(s, 200);
-    assert_eq!(h["content-type"], "video/mp4");
-    assert!(h["cache-control"].to_str().unwrap().contains("immutable"));
-    assert_eq!(&init[4..8], b"ftyp");
-    let mut all = init;
-    let (mut peak, mut bits, mut secs) = (0f64, 0f64, 0f64);
-    for seg in &pl.segments {
-        assert!(
-            seg.uri.ends_with(".m4s") && !seg.uri.contains('?'),
-            "segments are unsigned: {}",
-            seg.uri
-        );
-        assert!(seg.duration as u64 <= pl.target_duration);
-        let (s, _, data) = fetch(app, &join(url, &seg.uri)).await;
-        assert_eq!(s, 200);
-        assert!(
-            data.windows(4)
-                .take(16)
-                .any(|w| w == b"moof" || w == b"styp"),
-            "segment is CMAF"
-        );
-        let b = data.len() as f64 * 8.0;
-        peak = peak.max(b / seg.duration as f64);
-        bits += b;
-        secs += seg.duration as f64;
-        all.extend_from_slice(&data);
-    }
-    Rendition {
-        bytes: all,
-        peak_bps: peak,
-        avg_bps: bits / secs,
-        segments: pl.segments.len(),
-    }
-}
-
-/// Discovers a local media file with GStreamer: (width, height, video caps name, duration s).
-fn discover(path: &std::path::Path) -> (u32, u32, String, f64) {
-    gst::init().unwrap();
-    let d = gst_pbutils::Discoverer::new(gst::ClockTime::from_seconds(30)).unwrap();
-    let uri = gst::glib::filename_to_uri(path, None).unwrap();
-    let info = d.discover_uri(&uri).unwrap();
-    let v = info
-        .video_streams()
-        .into_iter()
-        .next()
-        .expect("a video stream");
-    use gst_pbutils::prelude::*;
-    let caps = v.caps().unwrap().structure(0).unwrap().name().to_string();
-    let dur = info
-        .duration()
-        .map(|d| d.nseconds() as f64 / 1e9)
-        .unwrap_or(0.0);
-    (v.width(), v.height(), caps, dur)
-}
 
 #[tokio::test]
 async fn upload_transcode_and_play_on_sqlite() {
@@ -223,8 +119,12 @@ async fn upload_transcode_and_play_on_sqlite() {
     // The 480p rendition is a real H.264 stream of the right size and length.
     let f = app.data.path().join("480p.mp4");
     std::fs::write(&f, &renditions[&(854, 480)].bytes).unwrap();
-    let (w, h, caps, dur) = discover(&f);
-    assert_eq!((w, h, caps.as_str()), (854, 480, "video/x-h264"));
+    let d = discover(&f);
+    let dur = d.duration_s;
+    assert_eq!(
+        (d.width, d.height, d.caps.as_str()),
+        (854, 480, "video/x-h264")
+    );
     assert!(
         dur == 0.0 || (2.5..3.6).contains(&dur),
         "rendition duration {dur}"

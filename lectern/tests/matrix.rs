@@ -6,9 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Db, TestApp};
-use gstreamer as gst;
-use gstreamer_pbutils as gst_pbutils;
+use common::{discover, join, walk_media, Db, TestApp};
 use lectern_core::auth::Role;
 use serde_json::Value;
 
@@ -84,20 +82,6 @@ fn cases() -> Vec<Case> {
         c("5.1 audio", "surround.mp4", format!("{V}:size=640x360:rate=30 -f lavfi -i sine=duration=2 -c:v libx264 -pix_fmt yuv420p -c:a aac -ac 6 -shortest"), Ok(vec![(640, 360)])),
         c("audio only", "audio.m4a", format!("{A} -c:a aac"), Err("no-video-stream")),
     ]
-}
-
-fn discover(path: &Path) -> (u32, u32, bool, u32) {
-    gst::init().unwrap();
-    let d = gst_pbutils::Discoverer::new(gst::ClockTime::from_seconds(30)).unwrap();
-    let info = d
-        .discover_uri(&gst::glib::filename_to_uri(path, None).unwrap())
-        .unwrap();
-    let v = info
-        .video_streams()
-        .into_iter()
-        .next()
-        .expect("a video stream");
-    (v.width(), v.height(), v.is_interlaced(), v.depth())
 }
 
 #[tokio::test]
@@ -193,44 +177,11 @@ async fn check_output(app: &TestApp, t: &str, id: &str, case: &Case) {
             .ends_with("mp4a.40.2"));
     }
     // The lowest rendition: size, progressive, 8-bit 4:2:0, upright (no rotation left).
-    let base = &url[..url.split('?').next().unwrap().rfind('/').unwrap() + 1];
-    let media_url = format!("{base}{}", master.variants[0].uri);
-    let media = app
-        .http
-        .get(&media_url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let pl = m3u8_rs::parse_media_playlist_res(&media).unwrap();
-    let dir = &media_url[..media_url.split('?').next().unwrap().rfind('/').unwrap() + 1];
-    let mut bytes = app
-        .http
-        .get(format!("{dir}{}", pl.segments[0].map.as_ref().unwrap().uri))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec();
-    for s in &pl.segments {
-        bytes.extend_from_slice(
-            &app.http
-                .get(format!("{dir}{}", s.uri))
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap(),
-        );
-    }
+    let r = walk_media(app, &join(&url, &master.variants[0].uri)).await;
     let f = app.data.path().join(format!("{id}.mp4"));
-    std::fs::write(&f, &bytes).unwrap();
-    let (w, h, interlaced, depth) = discover(&f);
+    std::fs::write(&f, &r.bytes).unwrap();
+    let d = discover(&f);
+    let (w, h, interlaced, depth) = (d.width, d.height, d.interlaced, d.depth);
     let (ew, eh) = match &case.expect {
         Ok(sizes) => sizes[0],
         Err(_) => unreachable!(),

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use gstreamer as gst;
+use gstreamer_pbutils as gst_pbutils;
 use lectern_core::auth::{Keys, Role};
 use serde_json::Value;
 
@@ -400,5 +402,134 @@ impl Drop for TestApp {
         if let Some(db) = self.pg_db.take() {
             pg_exec(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
         }
+    }
+}
+
+/// Fetches a URL and returns status, headers and body.
+pub async fn fetch(app: &TestApp, url: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let r = app
+        .http
+        .get(url)
+        .header("Origin", "https://lms.example")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.bytes().await.unwrap().to_vec())
+}
+
+/// Resolves a relative URI against a (possibly signed) URL.
+pub fn join(base: &str, rel: &str) -> String {
+    let dir = &base[..base.split('?').next().unwrap().rfind('/').unwrap() + 1];
+    format!("{dir}{rel}")
+}
+
+pub struct Rendition {
+    /// Init segment followed by every media segment.
+    pub bytes: Vec<u8>,
+    /// Highest segment bitrate.
+    pub peak_bps: f64,
+    /// Average bitrate.
+    pub avg_bps: f64,
+    /// Segment count.
+    pub segments: usize,
+}
+
+/// Walks a media playlist: checks it and downloads init + segments.
+pub async fn walk_media(app: &TestApp, url: &str) -> Rendition {
+    let (status, headers, body) = fetch(app, url).await;
+    assert_eq!(status, 200, "{url}: {}", String::from_utf8_lossy(&body));
+    assert_eq!(headers["content-type"], "application/vnd.apple.mpegurl");
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    let text = String::from_utf8(body.clone()).unwrap();
+    for needle in [
+        "#EXT-X-VERSION:7",
+        "#EXT-X-PLAYLIST-TYPE:VOD",
+        "#EXT-X-ENDLIST",
+        "#EXT-X-INDEPENDENT-SEGMENTS",
+    ] {
+        assert!(text.contains(needle), "{needle} missing in {text}");
+    }
+    let pl = m3u8_rs::parse_media_playlist_res(&body).unwrap();
+    let map = pl.segments[0]
+        .map
+        .as_ref()
+        .expect("EXT-X-MAP on the first segment");
+    let (s, h, init) = fetch(app, &join(url, &map.uri)).await;
+    assert_eq!(s, 200);
+    assert_eq!(h["content-type"], "video/mp4");
+    assert!(h["cache-control"].to_str().unwrap().contains("immutable"));
+    assert_eq!(&init[4..8], b"ftyp");
+    let mut all = init;
+    let (mut peak, mut bits, mut secs) = (0f64, 0f64, 0f64);
+    for seg in &pl.segments {
+        assert!(
+            seg.uri.ends_with(".m4s") && !seg.uri.contains('?'),
+            "segments are unsigned: {}",
+            seg.uri
+        );
+        assert!(seg.duration as u64 <= pl.target_duration);
+        let (s, _, data) = fetch(app, &join(url, &seg.uri)).await;
+        assert_eq!(s, 200);
+        assert!(
+            data.windows(4)
+                .take(16)
+                .any(|w| w == b"moof" || w == b"styp"),
+            "segment is CMAF"
+        );
+        let b = data.len() as f64 * 8.0;
+        peak = peak.max(b / seg.duration as f64);
+        bits += b;
+        secs += seg.duration as f64;
+        all.extend_from_slice(&data);
+    }
+    Rendition {
+        bytes: all,
+        peak_bps: peak,
+        avg_bps: bits / secs,
+        segments: pl.segments.len(),
+    }
+}
+
+/// What GStreamer's Discoverer finds in a local media file's first video stream.
+pub struct Discovered {
+    /// Width, pixels.
+    pub width: u32,
+    /// Height, pixels.
+    pub height: u32,
+    /// Caps name, e.g. `video/x-h264`.
+    pub caps: String,
+    /// Duration, seconds (0 when unknown).
+    pub duration_s: f64,
+    /// Whether the picture is interlaced.
+    pub interlaced: bool,
+    /// Bits per pixel over all components (24 for 8-bit 4:2:0, 0 when unknown).
+    pub depth: u32,
+}
+
+/// Discovers a local media file with GStreamer.
+pub fn discover(path: &std::path::Path) -> Discovered {
+    use gst_pbutils::prelude::*;
+    gst::init().unwrap();
+    let d = gst_pbutils::Discoverer::new(gst::ClockTime::from_seconds(30)).unwrap();
+    let info = d
+        .discover_uri(&gst::glib::filename_to_uri(path, None).unwrap())
+        .unwrap();
+    let v = info
+        .video_streams()
+        .into_iter()
+        .next()
+        .expect("a video stream");
+    Discovered {
+        width: v.width(),
+        height: v.height(),
+        caps: v.caps().unwrap().structure(0).unwrap().name().to_string(),
+        duration_s: info
+            .duration()
+            .map(|d| d.nseconds() as f64 / 1e9)
+            .unwrap_or(0.0),
+        interlaced: v.is_interlaced(),
+        depth: v.depth(),
     }
 }
