@@ -41,6 +41,12 @@ pub struct Config {
     pub upload_expiry: String,
     /// Bytes per stored upload part (8–64 MiB); smaller leftovers live in a tail object.
     pub upload_part_size: usize,
+    /// Fraction of a lesson's video a learner must have watched for it to count as complete.
+    pub complete_ratio: f64,
+    /// Connections in the database pool of this process.
+    pub db_max_connections: u32,
+    /// Accept plain `http://` webhook URLs (development and tests; production wants https).
+    pub webhook_allow_http: bool,
 }
 
 impl Default for Config {
@@ -64,6 +70,9 @@ impl Default for Config {
             playback_grace_s: 2 * 3600,
             upload_expiry: "24h".into(),
             upload_part_size: 8 * 1024 * 1024,
+            complete_ratio: 0.9,
+            db_max_connections: 16,
+            webhook_allow_http: false,
         }
     }
 }
@@ -156,6 +165,15 @@ impl Config {
         if let Some(v) = env("LECTERN_UPLOAD_PART_SIZE") {
             self.upload_part_size = parse("LECTERN_UPLOAD_PART_SIZE", v)?;
         }
+        if let Some(v) = env("LECTERN_COMPLETE_RATIO") {
+            self.complete_ratio = parse("LECTERN_COMPLETE_RATIO", v)?;
+        }
+        if let Some(v) = env("LECTERN_WEBHOOK_ALLOW_HTTP") {
+            self.webhook_allow_http = parse("LECTERN_WEBHOOK_ALLOW_HTTP", v)?;
+        }
+        if let Some(v) = env("LECTERN_DB_MAX_CONNECTIONS") {
+            self.db_max_connections = parse("LECTERN_DB_MAX_CONNECTIONS", v)?;
+        }
         Ok(())
     }
 
@@ -182,6 +200,16 @@ impl Config {
         if !(8 << 20..=64 << 20).contains(&self.upload_part_size) {
             return Err(ConfigError::Invalid(
                 "upload_part_size must be between 8 MiB and 64 MiB (8388608..67108864)".into(),
+            ));
+        }
+        if !(0.5..=1.0).contains(&self.complete_ratio) {
+            return Err(ConfigError::Invalid(
+                "complete_ratio must be between 0.5 and 1.0".into(),
+            ));
+        }
+        if !(1..=1000).contains(&self.db_max_connections) {
+            return Err(ConfigError::Invalid(
+                "db_max_connections must be between 1 and 1000".into(),
             ));
         }
         if let Some(s) = &self.secret {
@@ -313,7 +341,7 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 14] = [
+    const KEYS: [&str; 17] = [
         "listen",
         "data_dir",
         "database_url",
@@ -328,5 +356,8 @@ mod tests {
         "playback_grace_s",
         "upload_expiry",
         "upload_part_size",
+        "complete_ratio",
+        "db_max_connections",
+        "webhook_allow_http",
     ];
 }

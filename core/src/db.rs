@@ -35,14 +35,23 @@ pub struct Db {
     pub pool: AnyPool,
     /// The engine behind it.
     pub backend: Backend,
+    /// A typed PostgreSQL pool for statements the `Any` driver cannot express (array binds
+    /// for `UNNEST` batch upserts); `None` on SQLite.
+    pub pg: Option<sqlx::PgPool>,
 }
 
 /// Migration history table; apalis keeps `_sqlx_migrations` for its own tables.
 pub const MIGRATIONS_TABLE: &str = "lectern_migrations";
 
 impl Db {
-    /// Connects and brings the schema up to date.
+    /// Connects with the default pool size and brings the schema up to date.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        Self::connect_with(url, 16).await
+    }
+
+    /// Connects with a pool of up to `max_connections` (SQLite: at most 4, since writers
+    /// serialize anyway) and brings the schema up to date.
+    pub async fn connect_with(url: &str, max_connections: u32) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of_url(url)?;
         if backend == Backend::Sqlite {
@@ -70,14 +79,27 @@ impl Db {
                     Ok(())
                 })
             })
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .max_connections(if backend == Backend::Sqlite { max_connections.min(4) } else { max_connections })
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect_with(opts)
             .await
             .map_err(|e| {
                 anyhow::anyhow!("cannot connect to the database at {}: {e}", redact(url))
             })?;
-        let db = Db { pool, backend };
+        let pg = match backend {
+            Backend::Postgres => Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(std::time::Duration::from_secs(10))
+                    .connect(url)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot connect to the database at {}: {e}", redact(url))
+                    })?,
+            ),
+            Backend::Sqlite => None,
+        };
+        let db = Db { pool, backend, pg };
         db.migrate().await?;
         Ok(db)
     }

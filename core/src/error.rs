@@ -164,3 +164,35 @@ pub async fn method_not_allowed_fallback() -> ApiError {
         "this method is not supported on this path",
     )
 }
+
+/// `axum::Json` whose rejections (bad syntax, wrong fields, wrong content type) are the
+/// contract's JSON `{code, message}` with code `invalid-body`.
+#[derive(Debug, Clone)]
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(e) => Err(ApiError::new(
+                e.status(),
+                "invalid-body",
+                format!(
+                    "{}; send a JSON body with the documented fields",
+                    e.body_text()
+                ),
+            )),
+        }
+    }
+}
+
+/// 422 with the given code: the request is well-formed but its content is refused.
+pub fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+}

@@ -21,10 +21,32 @@ pub struct Ladder {
     pub bufsize_factor: f64,
     /// Output frame rate when the source has none.
     pub fallback_fps: u32,
+    /// Fixed part of an attempt's time limit, seconds.
+    #[serde(default = "default_timeout_base_s")]
+    pub timeout_base_s: f64,
+    /// Seconds of time limit per second of source.
+    #[serde(default = "default_timeout_per_media_s")]
+    pub timeout_per_media_s: f64,
     /// Audio encoding.
     pub audio: AudioSpec,
     /// Rungs, any order.
     pub rungs: Vec<Rung>,
+}
+
+fn default_timeout_base_s() -> f64 {
+    600.0
+}
+
+fn default_timeout_per_media_s() -> f64 {
+    4.0
+}
+
+impl Ladder {
+    /// How long one attempt on a source of `duration_s` may run before it counts as stuck.
+    pub fn attempt_timeout(&self, duration_s: f64) -> std::time::Duration {
+        let s = self.timeout_base_s + self.timeout_per_media_s * duration_s.max(0.0);
+        std::time::Duration::from_secs_f64(s.clamp(0.1, 7.0 * 86_400.0))
+    }
 }
 
 /// Audio encoding settings.
@@ -97,6 +119,11 @@ impl Ladder {
             .any(|r| r.short_side < 2 || !r.short_side.is_multiple_of(2))
         {
             return Err(LadderError::Invalid("every short_side must be even".into()));
+        }
+        if !(l.timeout_base_s >= 0.0 && l.timeout_per_media_s >= 0.0) {
+            return Err(LadderError::Invalid(
+                "timeout_base_s and timeout_per_media_s must not be negative".into(),
+            ));
         }
         if l.fallback_fps == 0 {
             return Err(LadderError::Invalid("fallback_fps must be positive".into()));

@@ -10,6 +10,7 @@ pub mod queue;
 pub mod s3;
 pub mod storage;
 pub mod videos;
+pub mod webhooks;
 
 /// Milliseconds since the Unix epoch, the one time unit stored in the database.
 pub fn now_ms() -> i64 {
@@ -25,7 +26,7 @@ pub fn new_id() -> String {
 pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The external base URL (scheme and authority, no trailing slash) for URLs handed to clients:

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
-use crate::db::{redact, Backend};
+use crate::db::{redact, Backend, Db};
+use crate::error::ApiError;
+use crate::videos::state;
 
 /// Explicit queue name (apalis would default to the Rust type name).
 pub const QUEUE_NAME: &str = "lectern.transcode";
@@ -89,19 +91,90 @@ impl Queue {
         }
     }
 
-    /// Queues a transcode of `video_id`; higher `priority` runs first.
-    pub async fn enqueue(&self, video_id: &str, priority: i64) -> anyhow::Result<()> {
+    /// Queues a transcode of `video_id` in priority class `class` and returns the apalis task
+    /// id. The task starts at the back of its class; [`rebalance`] gives it its fair place.
+    pub async fn enqueue(&self, video_id: &str, class: i64) -> anyhow::Result<String> {
+        let id = ulid::Ulid::generate();
         let task = TaskBuilder::new(TranscodeJob {
             video_id: video_id.to_string(),
         })
-        .task_id(TaskId::from_ulid(ulid::Ulid::generate()))
-        .priority(priority.max(0) as usize)
+        .task_id(TaskId::from_ulid(id))
+        .priority(effective_priority(class, ROUND_MAX) as usize)
         .max_attempts(MAX_ATTEMPTS)
         .build();
         match self {
             Queue::Sqlite(s) => s.clone().push_task(task).await?,
             Queue::Postgres(s) => s.clone().push_task(task).await?,
         }
-        Ok(())
+        Ok(id.to_string())
+    }
+}
+
+/// Rounds beyond this share the last place in their class.
+const ROUND_MAX: i64 = 999_999;
+
+/// The apalis priority of a job in priority class `class` and fairness round `round`: the
+/// class always wins; within a class a lower round goes first.
+pub fn effective_priority(class: i64, round: i64) -> i64 {
+    class.clamp(0, 1000) * (ROUND_MAX + 1) + ROUND_MAX - round.clamp(0, ROUND_MAX)
+}
+
+/// Recomputes the effective priority of `org`'s queued jobs, in Lectern's table and in
+/// apalis's, so that orgs take turns within a priority class.
+///
+/// An org's k-th queued job (0-based, oldest first within its class) gets round
+/// `k + running`, where `running` counts the org's attempts in progress. apalis takes the
+/// highest priority, then the oldest, so a job of an org with nothing running and nothing
+/// ahead (round 0) passes every job of an org that already holds a worker. Called when a job
+/// is queued, when one starts and when an admin changes a class; not when one finishes, so
+/// an org that just had its turn stays behind the others until its next job starts.
+pub async fn rebalance(db: &Db, org: &str) -> Result<(), ApiError> {
+    let mut tx = db.pool.begin().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE videos SET queue_priority = r.qp FROM ( \
+           SELECT id, priority * {scale} + {max} - (CASE WHEN rn + running > {max} THEN {max} ELSE rn + running END) AS qp \
+           FROM (SELECT id, priority, ROW_NUMBER() OVER (PARTITION BY priority ORDER BY queued_at, id) - 1 AS rn, \
+                        (SELECT COUNT(*) FROM videos WHERE org = $1 AND state = $3) AS running \
+                 FROM videos WHERE org = $1 AND state = $2) q \
+         ) r WHERE videos.id = r.id",
+        scale = ROUND_MAX + 1,
+        max = ROUND_MAX,
+    )))
+    .bind(org)
+    .bind(state::QUEUED)
+    .bind(state::PROCESSING)
+    .execute(&mut *tx)
+    .await?;
+    let jobs = match db.backend {
+        Backend::Sqlite => "Jobs",
+        Backend::Postgres => "apalis.jobs",
+    };
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {jobs} SET priority = v.queue_priority FROM videos AS v \
+         WHERE {jobs}.id = v.task_id AND v.org = $1 AND v.state = $2 AND {jobs}.status IN ('Pending', 'Failed')"
+    )))
+    .bind(org)
+    .bind(state::QUEUED)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_beats_round_and_lower_round_goes_first() {
+        assert!(effective_priority(20, ROUND_MAX) > effective_priority(10, 0));
+        assert!(effective_priority(10, 0) > effective_priority(10, 1));
+        assert!(effective_priority(0, 0) < effective_priority(10, 5_000_000));
+        assert_eq!(
+            effective_priority(10, 5_000_000),
+            effective_priority(10, ROUND_MAX)
+        );
+        // apalis stores the priority as a 32-bit integer on PostgreSQL.
+        assert!(effective_priority(1000, 0) < i32::MAX as i64);
     }
 }

@@ -85,6 +85,12 @@ pub struct Video {
     pub created_at: i64,
     /// Last change.
     pub updated_at: i64,
+    /// The apalis task that owns the current queue entry.
+    pub task_id: Option<String>,
+    /// Effective apalis priority: class first, then the org's round (see [`crate::queue::rebalance`]).
+    pub queue_priority: i64,
+    /// Frames per second of the running attempt.
+    pub encode_fps: Option<f64>,
 }
 
 /// A published rendition, as the status API lists it.
@@ -145,7 +151,8 @@ pub struct SourceInfo {
 
 const COLS: &str = "id, org, owner, title, lesson, filename, state, progress, priority, attempts, \
     worker, source_key, duration_s, source_width, source_height, source_fps, renditions, \
-    output_prefix, error_code, error_message, queued_at, started_at, finished_at, created_at, updated_at";
+    output_prefix, error_code, error_message, queued_at, started_at, finished_at, created_at, updated_at, \
+    task_id, queue_priority, encode_fps";
 
 impl Video {
     /// Parsed renditions, empty before any are published.
@@ -198,29 +205,38 @@ pub async fn get_in_org(db: &Db, id: &str, org: &str) -> Result<Video, ApiError>
     }
 }
 
-/// Moves an uploaded video into the queue (unless a worker already took it).
-pub async fn mark_queued(db: &Db, id: &str) -> Result<(), ApiError> {
+/// Moves an uploaded video into the queue as owned by apalis task `task_id` (unless a worker
+/// already took it).
+pub async fn mark_queued(db: &Db, id: &str, task_id: &str) -> Result<(), ApiError> {
     let now = now_ms();
     sqlx::query(
-        "UPDATE videos SET state = $1, progress = 0.0, queued_at = $2, updated_at = $2 WHERE id = $3 AND state = $4",
+        "UPDATE videos SET state = $1, progress = 0.0, queued_at = $2, updated_at = $2, task_id = $5 \
+         WHERE id = $3 AND state = $4",
     )
     .bind(state::QUEUED)
     .bind(now)
     .bind(id)
     .bind(state::UPLOADING)
+    .bind(task_id)
     .execute(&db.pool)
     .await?;
     Ok(())
 }
 
 /// Starts an attempt: returns the attempt number, or `None` when the video is no longer
-/// waiting for one (deleted, canceled or already published).
-pub async fn start_attempt(db: &Db, id: &str, worker: &str) -> Result<Option<i64>, ApiError> {
+/// waiting for one (deleted, canceled, already published) or `task` is a stale queue entry
+/// (the video was canceled and retried, which queued a newer task).
+pub async fn start_attempt(
+    db: &Db,
+    id: &str,
+    worker: &str,
+    task: &str,
+) -> Result<Option<i64>, ApiError> {
     let now = now_ms();
     let row: Option<(i64,)> = sqlx::query_as(
-        "UPDATE videos SET state = $1, progress = 0.0, attempts = attempts + 1, worker = $2, \
+        "UPDATE videos SET state = $1, progress = 0.0, encode_fps = NULL, attempts = attempts + 1, worker = $2, \
          started_at = $3, finished_at = NULL, error_code = NULL, error_message = NULL, updated_at = $3 \
-         WHERE id = $4 AND state IN ($5, $6, $1) RETURNING attempts",
+         WHERE id = $4 AND state IN ($5, $6, $1) AND (task_id IS NULL OR task_id = $7) RETURNING attempts",
     )
     .bind(state::PROCESSING)
     .bind(worker)
@@ -228,6 +244,7 @@ pub async fn start_attempt(db: &Db, id: &str, worker: &str) -> Result<Option<i64
     .bind(id)
     .bind(state::QUEUED)
     .bind(state::UPLOADING)
+    .bind(task)
     .fetch_optional(&db.pool)
     .await?;
     Ok(row.map(|r| r.0))
@@ -250,16 +267,23 @@ pub async fn set_source_info(db: &Db, id: &str, s: SourceInfo) -> Result<(), Api
     Ok(())
 }
 
-/// Records transcode progress of a running attempt.
-pub async fn set_progress(db: &Db, id: &str, attempt: i64, progress: f64) -> Result<(), ApiError> {
+/// Records transcode progress (fraction of media time) and speed of a running attempt.
+pub async fn set_progress(
+    db: &Db,
+    id: &str,
+    attempt: i64,
+    progress: f64,
+    fps: f64,
+) -> Result<(), ApiError> {
     sqlx::query(
-        "UPDATE videos SET progress = $1, updated_at = $2 WHERE id = $3 AND attempts = $4 AND state = $5",
+        "UPDATE videos SET progress = $1, updated_at = $2, encode_fps = $6 WHERE id = $3 AND attempts = $4 AND state = $5",
     )
     .bind(progress.clamp(0.0, 1.0))
     .bind(now_ms())
     .bind(id)
     .bind(attempt)
     .bind(state::PROCESSING)
+    .bind(fps)
     .execute(&db.pool)
     .await?;
     Ok(())
@@ -326,7 +350,8 @@ pub async fn requeue(db: &Db, id: &str, attempt: i64) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// 1-based position among queued videos (higher priority first, then oldest), or `None`.
+/// 1-based position among queued videos in the order workers take them (effective priority,
+/// then oldest), or `None`.
 pub async fn queue_position(db: &Db, v: &Video) -> Result<Option<i64>, ApiError> {
     if v.state != state::QUEUED {
         return Ok(None);
@@ -334,11 +359,11 @@ pub async fn queue_position(db: &Db, v: &Video) -> Result<Option<i64>, ApiError>
     let queued_at = v.queued_at.unwrap_or(v.created_at);
     let (ahead,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM videos WHERE state = $1 AND id <> $2 AND \
-         (priority > $3 OR (priority = $3 AND (queued_at < $4 OR (queued_at = $4 AND id < $2))))",
+         (queue_priority > $3 OR (queue_priority = $3 AND (queued_at < $4 OR (queued_at = $4 AND id < $2))))",
     )
     .bind(state::QUEUED)
     .bind(&v.id)
-    .bind(v.priority)
+    .bind(v.queue_priority)
     .bind(queued_at)
     .fetch_one(&db.pool)
     .await?;
@@ -403,21 +428,144 @@ pub async fn cancel(db: &Db, id: &str) -> Result<bool, ApiError> {
     Ok(res.rows_affected() == 1)
 }
 
-/// Puts a failed or canceled video back in the queue; false when it was in neither state.
-pub async fn retry(db: &Db, id: &str) -> Result<bool, ApiError> {
+/// Puts a failed or canceled video back in the queue under apalis task `task_id`; false when
+/// it was in neither state.
+pub async fn retry(db: &Db, id: &str, task_id: &str) -> Result<bool, ApiError> {
     let now = now_ms();
     let res = sqlx::query(
         "UPDATE videos SET state = $1, progress = 0.0, error_code = NULL, error_message = NULL, worker = NULL, \
-         queued_at = $2, started_at = NULL, finished_at = NULL, updated_at = $2 WHERE id = $3 AND state IN ($4, $5)",
+         queued_at = $2, started_at = NULL, finished_at = NULL, updated_at = $2, task_id = $6 \
+         WHERE id = $3 AND state IN ($4, $5)",
     )
     .bind(state::QUEUED)
     .bind(now)
     .bind(id)
     .bind(state::FAILED)
     .bind(state::CANCELED)
+    .bind(task_id)
     .execute(&db.pool)
     .await?;
     Ok(res.rows_affected() == 1)
+}
+
+/// Sets the priority class of a queued video; false when it is not queued.
+pub async fn set_priority(db: &Db, id: &str, priority: i64) -> Result<bool, ApiError> {
+    let res = sqlx::query(
+        "UPDATE videos SET priority = $1, updated_at = $2 WHERE id = $3 AND state = $4",
+    )
+    .bind(priority)
+    .bind(now_ms())
+    .bind(id)
+    .bind(state::QUEUED)
+    .execute(&db.pool)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// Seconds a queued video at 1-based `position` waits and then takes, estimated from the
+/// last 20 finished jobs and the number of attempts running now; `None` without history.
+pub async fn queued_eta_s(db: &Db, position: i64) -> Result<Option<f64>, ApiError> {
+    let (avg_ms, running): (Option<f64>, i64) = sqlx::query_as(
+        "SELECT (SELECT AVG(CAST(finished_at - started_at AS DOUBLE PRECISION)) FROM \
+           (SELECT finished_at, started_at FROM videos WHERE state = $1 AND started_at IS NOT NULL \
+            AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 20) recent), \
+         (SELECT COUNT(*) FROM videos WHERE state = $2)",
+    )
+    .bind(state::READY)
+    .bind(state::PROCESSING)
+    .fetch_one(&db.pool)
+    .await?;
+    Ok(avg_ms.map(|ms| {
+        let job_s = ms / 1000.0;
+        // Jobs ahead drain over the slots busy now; then this one runs.
+        let slots = running.max(1) as f64;
+        ((position - 1) as f64 / slots).ceil() * job_s + job_s
+    }))
+}
+
+/// A page of an org's videos, newest first, optionally in one state, after `(created_at, id)`.
+pub async fn list_in_org(
+    db: &Db,
+    org: &str,
+    state: Option<&str>,
+    limit: i64,
+    after: Option<(i64, String)>,
+) -> Result<Vec<Video>, ApiError> {
+    let (ts, id) = after.unwrap_or((i64::MAX, String::new()));
+    Ok(sqlx::query_as::<_, Video>(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLS} FROM videos WHERE org = $1 AND ($2 = '' OR state = $2) \
+         AND (created_at < $3 OR (created_at = $3 AND id < $4)) ORDER BY created_at DESC, id DESC LIMIT $5"
+    )))
+    .bind(org)
+    .bind(state.unwrap_or(""))
+    .bind(ts)
+    .bind(id)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?)
+}
+
+/// Renames a video.
+pub async fn set_title(db: &Db, id: &str, title: &str) -> Result<(), ApiError> {
+    sqlx::query("UPDATE videos SET title = $1, updated_at = $2 WHERE id = $3")
+        .bind(title)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+/// Removes a video's row, its upload row and every lesson's link to it, in one transaction
+/// (its objects are removed by the caller first).
+pub async fn forget(db: &Db, id: &str) -> Result<(), ApiError> {
+    let mut tx = db.pool.begin().await?;
+    sqlx::query("UPDATE lessons SET video_id = NULL WHERE video_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM uploads WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM videos WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Points the lesson a video was uploaded for (`lesson` metadata) at it once it is ready;
+/// the lesson's previous video stays until then, so learners never see a gap.
+pub async fn attach_to_lesson(db: &Db, v: &Video) -> Result<(), ApiError> {
+    if let Some(lesson) = &v.lesson {
+        sqlx::query("UPDATE lessons SET video_id = $1, updated_at = $2 WHERE id = $3 AND org = $4")
+            .bind(&v.id)
+            .bind(now_ms())
+            .bind(lesson)
+            .bind(&v.org)
+            .execute(&db.pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// For an upload naming `lesson`: `None` when the org has no such lesson, else whether the
+/// lesson already shows a ready video (then the upload is a replacement).
+pub async fn lesson_has_ready_video(
+    db: &Db,
+    org: &str,
+    lesson: &str,
+) -> Result<Option<bool>, ApiError> {
+    let row: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT v.state FROM lessons l LEFT JOIN videos v ON v.id = l.video_id WHERE l.id = $1 AND l.org = $2",
+    )
+    .bind(lesson)
+    .bind(org)
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(row.map(|(st,)| st.as_deref() == Some(state::READY)))
 }
 
 /// The current state of a video (for workers checking for cancellation).

@@ -361,7 +361,7 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
         .unwrap_or("")
         .to_string();
     let meta = parse_metadata(&raw_meta)?;
-    let prio = match meta.get("priority").map(String::as_str) {
+    let mut prio = match meta.get("priority").map(String::as_str) {
         None | Some("") => priority::NORMAL,
         Some("bulk") => priority::BULK,
         Some(other) => {
@@ -371,6 +371,21 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
             ))
         }
     };
+    if let Some(lesson) = meta.get("lesson").filter(|l| !l.is_empty()) {
+        // Checked before a byte is stored; replacing a published lesson's video jumps the queue.
+        match videos::lesson_has_ready_video(&st.db, &claims.org, lesson).await? {
+            None => {
+                return Err(lectern_core::error::unprocessable(
+                    "unknown-lesson",
+                    format!(
+                    "no lesson {lesson} in your org; create it first or drop the `lesson` metadata"
+                ),
+                ))
+            }
+            Some(true) if prio != priority::BULK => prio = priority::REPLACEMENT,
+            Some(_) => {}
+        }
+    }
 
     // Length: declared, deferred, or (final) the sum of the partials.
     let mut partials = Vec::new();
@@ -899,11 +914,13 @@ async fn finish(st: &IngestState, u: &Upload) -> Result<(), ApiError> {
     if v.state == videos::state::UPLOADING {
         // Enqueue first: a crash in between leaves the video `uploading` with a full upload,
         // which `recover` finishes again; the worker accepts it in either state.
-        st.queue
+        let task = st
+            .queue
             .enqueue(&u.id, v.priority)
             .await
             .map_err(ApiError::unavailable)?;
-        videos::mark_queued(&st.db, &u.id).await?;
+        videos::mark_queued(&st.db, &u.id, &task).await?;
+        lectern_core::queue::rebalance(&st.db, &v.org).await?;
         metrics::counter!("lectern_uploads_completed_total").increment(1);
         tracing::info!(upload = %u.id, "upload complete; queued for transcoding");
     }

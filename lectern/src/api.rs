@@ -1,12 +1,12 @@
 //! `/api/v1`: video status and playback URLs.
 
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lectern_core::auth::{Auth, HasKeys, Keys, Role};
 use lectern_core::db::Db;
-use lectern_core::error::ApiError;
+use lectern_core::error::{ApiError, ApiJson};
 use lectern_core::videos::{self, state};
 use lectern_origin::Signer;
 use serde_json::{json, Value};
@@ -48,7 +48,31 @@ fn job_json(v: &videos::Video) -> Value {
         "started_at": v.started_at.map(lectern_core::rfc3339),
         "finished_at": v.finished_at.map(lectern_core::rfc3339),
         "error": error,
+        "fps": if v.state == state::PROCESSING { v.encode_fps } else { None },
     })
+}
+
+/// A job with its queue position and ETA (one extra query per queued or running job).
+async fn job_view(st: &ApiState, v: &videos::Video) -> Result<Value, ApiError> {
+    let mut j = job_json(v);
+    let (pos, eta) = queue_facts(st, v).await?;
+    j["queue_position"] = json!(pos);
+    j["eta_s"] = json!(eta);
+    Ok(j)
+}
+
+/// `queue_position` and `eta_s` for a video: the queued wait plus run time, or what is left
+/// of the running attempt.
+async fn queue_facts(
+    st: &ApiState,
+    v: &videos::Video,
+) -> Result<(Option<i64>, Option<f64>), ApiError> {
+    let pos = videos::queue_position(&st.db, v).await?;
+    let eta = match pos {
+        Some(p) => videos::queued_eta_s(&st.db, p).await?,
+        None => videos::eta_s(v, lectern_core::now_ms()),
+    };
+    Ok((pos, eta))
 }
 
 /// Admins act on their own org's jobs; operators on every org's.
@@ -124,8 +148,12 @@ async fn jobs(
         rows.truncate(limit as usize);
         rows.last().map(|v| format!("{}.{}", v.created_at, v.id))
     });
+    let mut jobs = Vec::with_capacity(rows.len());
+    for v in &rows {
+        jobs.push(job_view(&st, v).await?);
+    }
     Ok(Json(json!({
-        "jobs": rows.iter().map(job_json).collect::<Vec<_>>(),
+        "jobs": jobs,
         "next_cursor": next.flatten(),
     })))
 }
@@ -161,7 +189,7 @@ async fn cancel_job(
     }
     tracing::info!(video = %v.id, by = %c.sub, "job canceled");
     let v = job_of(&st, &c, &id).await?;
-    Ok(Json(job_json(&v)))
+    Ok(Json(job_view(&st, &v).await?))
 }
 
 async fn retry_job(
@@ -170,22 +198,73 @@ async fn retry_job(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let v = job_of(&st, &c, &id).await?;
-    if !videos::retry(&st.db, &v.id).await? {
+    if v.state != state::FAILED && v.state != state::CANCELED {
+        return Err(not_retryable(&v.state));
+    }
+    // The new task owns the queue entry; a task left from before the cancel is stale and skips.
+    let task = st
+        .queue
+        .enqueue(&v.id, v.priority)
+        .await
+        .map_err(ApiError::unavailable)?;
+    if !videos::retry(&st.db, &v.id, &task).await? {
+        return Err(not_retryable(&v.state));
+    }
+    lectern_core::queue::rebalance(&st.db, &v.org).await?;
+    tracing::info!(video = %v.id, by = %c.sub, "job retried");
+    let v = job_of(&st, &c, &id).await?;
+    Ok(Json(job_view(&st, &v).await?))
+}
+
+fn not_retryable(state: &str) -> ApiError {
+    ApiError::conflict(
+        "not-retryable",
+        format!("the job is {state}; only failed or canceled jobs can be retried"),
+    )
+}
+
+/// Body of `PATCH /api/v1/admin/jobs/{id}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobPatch {
+    priority: i64,
+}
+
+/// Highest priority class an admin may set (replacements are 20, uploads 10, bulk 0).
+const MAX_PRIORITY: i64 = 100;
+
+async fn patch_job(
+    State(st): State<ApiState>,
+    Auth(c): Auth,
+    Path(id): Path<String>,
+    body: Result<Json<JobPatch>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let v = job_of(&st, &c, &id).await?;
+    let Json(p) = body.map_err(|e| {
+        ApiError::bad_request(
+            "invalid-body",
+            format!("expected {{\"priority\": 0..{MAX_PRIORITY}}}: {e}"),
+        )
+    })?;
+    if !(0..=MAX_PRIORITY).contains(&p.priority) {
+        return Err(ApiError::bad_request(
+            "invalid-priority",
+            format!("priority must be a whole number from 0 to {MAX_PRIORITY} (bulk 0, upload 10, replacement 20)"),
+        ));
+    }
+    if !videos::set_priority(&st.db, &v.id, p.priority).await? {
         return Err(ApiError::conflict(
-            "not-retryable",
+            "not-queued",
             format!(
-                "the job is {}; only failed or canceled jobs can be retried",
+                "the job is {}; only a queued job's priority can change",
                 v.state
             ),
         ));
     }
-    st.queue
-        .enqueue(&v.id, v.priority)
-        .await
-        .map_err(ApiError::unavailable)?;
-    tracing::info!(video = %v.id, by = %c.sub, "job retried");
+    lectern_core::queue::rebalance(&st.db, &v.org).await?;
+    tracing::info!(video = %v.id, by = %c.sub, priority = p.priority, "job priority changed");
     let v = job_of(&st, &c, &id).await?;
-    Ok(Json(job_json(&v)))
+    Ok(Json(job_view(&st, &v).await?))
 }
 
 /// What the API routes need.
@@ -203,6 +282,8 @@ pub struct ApiState {
     pub grace_s: i64,
     /// The transcode queue (for retries).
     pub queue: lectern_core::queue::Queue,
+    /// The object store (to delete a video's objects).
+    pub store: std::sync::Arc<dyn lectern_core::storage::ObjectStore>,
 }
 
 impl HasKeys for ApiState {
@@ -214,9 +295,14 @@ impl HasKeys for ApiState {
 /// The `/api/v1` routes.
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/api/v1/videos/{id}", get(status))
+        .route("/api/v1/videos", get(list_videos))
+        .route(
+            "/api/v1/videos/{id}",
+            get(status).patch(rename_video).delete(delete_video),
+        )
         .route("/api/v1/videos/{id}/playback", get(playback))
         .route("/api/v1/admin/jobs", get(jobs))
+        .route("/api/v1/admin/jobs/{id}", axum::routing::patch(patch_job))
         .route("/api/v1/admin/jobs/{id}/cancel", post(cancel_job))
         .route("/api/v1/admin/jobs/{id}/retry", post(retry_job))
         .with_state(state)
@@ -229,7 +315,7 @@ async fn status(
 ) -> Result<Json<Value>, ApiError> {
     let v = videos::get_in_org(&st.db, &id, &c.org).await?;
     c.require_manager()?;
-    let queue_position = videos::queue_position(&st.db, &v).await?;
+    let (queue_position, eta_s) = queue_facts(&st, &v).await?;
     let source = match (v.source_width, v.source_height, v.source_fps) {
         (Some(w), Some(h), Some(fps)) => json!({"width": w, "height": h, "fps": fps}),
         _ => Value::Null,
@@ -253,7 +339,7 @@ async fn status(
         "state": v.state,
         "progress": progress,
         "queue_position": queue_position,
-        "eta_s": videos::eta_s(&v, lectern_core::now_ms()),
+        "eta_s": eta_s,
         "title": v.title,
         "duration_s": v.duration_s,
         "source": source,
@@ -272,26 +358,121 @@ async fn playback(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let v = videos::get_in_org(&st.db, &id, &c.org).await?;
-    // Until the LMS module decides enrollment, any member of the video's org may watch it.
-    if c.role == Role::Operator {
-        return Err(ApiError::forbidden(
-            "operators run the platform; watch with a token of the video's org",
-        ));
+    match c.role {
+        Role::Operator => {
+            return Err(ApiError::forbidden(
+                "operators run the platform; watch with a token of the video's org",
+            ))
+        }
+        // Learners watch the videos of lessons in courses they are enrolled in.
+        Role::Learner => {
+            if !lectern_lms::learner_may_watch(&st.db, &c.org, &c.sub, &v.id).await? {
+                return Err(ApiError::forbidden(
+                    "you are not enrolled in a course with this video; ask an instructor to enroll you",
+                ));
+            }
+        }
+        Role::Instructor | Role::Admin => {}
     }
-    if v.state != state::READY {
-        return Err(ApiError::conflict(
-            "not-ready",
-            format!(
-                "the video is {}; poll GET /api/v1/videos/{id} until it is ready",
-                v.state
-            ),
-        ));
+    Ok(Json(lectern_lms::playback_json(
+        &st.signer,
+        st.public_url.as_deref(),
+        &headers,
+        &v,
+        st.grace_s,
+    )?))
+}
+
+const VIDEO_STATES: [&str; 6] = [
+    state::UPLOADING,
+    state::QUEUED,
+    state::PROCESSING,
+    state::READY,
+    state::FAILED,
+    state::CANCELED,
+];
+
+async fn list_videos(
+    State(st): State<ApiState>,
+    Auth(c): Auth,
+    Query(q): Query<lectern_lms::page::PageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    c.require_manager()?;
+    if let Some(s) = q.state.as_deref() {
+        if !VIDEO_STATES.contains(&s) {
+            return Err(ApiError::bad_request(
+                "invalid-state",
+                format!("state must be one of {}", VIDEO_STATES.join(", ")),
+            ));
+        }
     }
-    let duration = v.duration_s.unwrap_or(0.0).ceil() as i64;
-    let exp = chrono::Utc::now().timestamp() + duration + st.grace_s;
-    let base = lectern_core::base_url(st.public_url.as_deref(), &headers);
+    let page = q.page(2)?;
+    let after = match page.after {
+        Some(_) => Some((page.int_key(0, 0)?, page.str_key(1)?)),
+        None => None,
+    };
+    let mut rows =
+        videos::list_in_org(&st.db, &c.org, q.state.as_deref(), page.limit + 1, after).await?;
+    let next = page.finish(&mut rows, |v| vec![json!(v.created_at), json!(v.id)]);
     Ok(Json(json!({
-        "url": st.signer.master_url(&base, &v.id, exp),
-        "expires_at": lectern_core::rfc3339(exp * 1000),
+        "videos": rows.iter().map(|v| json!({
+            "id": v.id, "title": v.title, "state": v.state, "filename": v.filename,
+            "duration_s": v.duration_s, "lesson": v.lesson,
+            "progress": if v.state == state::READY { 1.0 } else { v.progress },
+            "created_at": lectern_core::rfc3339(v.created_at),
+        })).collect::<Vec<_>>(),
+        "next_cursor": next,
     })))
+}
+
+/// Body of `PATCH /api/v1/videos/{id}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VideoPatch {
+    title: String,
+}
+
+async fn rename_video(
+    State(st): State<ApiState>,
+    Auth(c): Auth,
+    Path(id): Path<String>,
+    ApiJson(b): ApiJson<VideoPatch>,
+) -> Result<Json<Value>, ApiError> {
+    let v = videos::get_in_org(&st.db, &id, &c.org).await?;
+    c.require_manager()?;
+    let title = b.title.trim();
+    if title.is_empty() || title.len() > 300 {
+        return Err(lectern_core::error::unprocessable(
+            "invalid-title",
+            "title must be 1 to 300 characters",
+        ));
+    }
+    videos::set_title(&st.db, &v.id, title).await?;
+    Ok(Json(json!({"id": v.id, "title": title})))
+}
+
+/// Deletes a video: cancels its job, removes the source, every rendition and the captions,
+/// and unlinks it from lessons. Playlists answer 404 at once; a CDN may keep serving cached
+/// segments until it is purged for `/v/{id}/` (see deploy/README.md).
+async fn delete_video(
+    State(st): State<ApiState>,
+    Auth(c): Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let v = videos::get_in_org(&st.db, &id, &c.org).await?;
+    c.require_manager()?;
+    if v.state == state::UPLOADING {
+        return Err(ApiError::conflict(
+            "still-uploading",
+            "the upload is still in progress; terminate it with DELETE /files/{id} instead",
+        ));
+    }
+    // A running attempt sees the cancel within a second and removes its own prefix.
+    videos::cancel(&st.db, &v.id).await?;
+    st.store.delete(&v.source_key).await?;
+    st.store.delete_prefix(&format!("videos/{}/", v.id)).await?;
+    videos::forget(&st.db, &v.id).await?;
+    tracing::info!(video = %v.id, by = %c.sub, purge = %format!("/v/{}/", v.id), "video deleted; purge the CDN for this prefix");
+    metrics::counter!("lectern_videos_deleted_total").increment(1);
+    Ok(StatusCode::NO_CONTENT)
 }

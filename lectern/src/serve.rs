@@ -78,7 +78,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let keys = Keys::load(cfg.secret.as_deref(), &cfg.data_dir, true)?;
     let db_url = cfg.database_url();
-    let db = Db::connect(&db_url).await?;
+    let db = Db::connect_with(&db_url, cfg.db_max_connections).await?;
     let store = lectern_core::storage::open(&cfg.storage_url(), cfg.s3_endpoint.as_deref()).await?;
     let queue = Queue::connect(&db_url).await?;
     let ladder = Ladder::load(cfg.pipeline.as_deref())?;
@@ -109,7 +109,32 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             .spawn_sweeper((expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(600)));
         app = app.merge(lectern_ingest::router(st));
     }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut flusher = None;
     if cfg.has_role("api") {
+        let progress = Arc::new(lectern_lms::progress::Buffer::new(
+            db.clone(),
+            cfg.complete_ratio,
+        ));
+        flusher = Some(tokio::spawn({
+            let progress = progress.clone();
+            let stop = stop_rx.clone();
+            async move { progress.run(stop).await }
+        }));
+        app = app.merge(lectern_lms::router(lectern_lms::LmsState {
+            db: db.clone(),
+            keys: keys.clone(),
+            signer: signer.clone(),
+            public_url: cfg.public_url.clone(),
+            grace_s: cfg.playback_grace_s as i64,
+            progress,
+            access: Arc::new(lectern_lms::AccessCache::new(Duration::from_secs(30))),
+            webhook_allow_http: cfg.webhook_allow_http,
+        }));
+        tokio::spawn(lectern_lms::webhooks::run_sender(
+            db.clone(),
+            stop_rx.clone(),
+        ));
         app = app.merge(api::router(ApiState {
             db: db.clone(),
             keys: keys.clone(),
@@ -117,6 +142,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             public_url: cfg.public_url.clone(),
             grace_s: cfg.playback_grace_s as i64,
             queue: queue.clone(),
+            store: store.clone(),
         }));
     }
     if cfg.has_role("origin") {
@@ -133,7 +159,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .layer(axum::middleware::from_fn(tus_options))
         .layer(tower_http::trace::TraceLayer::new_for_http());
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let workers = if cfg.has_role("worker") {
         let ctx = lectern_transcoder::WorkerContext {
             db: db.clone(),
@@ -141,6 +166,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             ladder: Arc::new(ladder),
             scratch_dir: cfg.data_dir.join("scratch"),
             name: format!("{}/{}", hostname(), std::process::id()),
+            stopping: Default::default(),
         };
         Some(tokio::spawn(lectern_transcoder::run_workers(
             ctx,
@@ -174,6 +200,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
         })
         .await?;
+    if let Some(f) = flusher {
+        // Heartbeats still in memory are written before the process exits.
+        if let Err(e) = f.await {
+            tracing::warn!(error = %e, "progress flusher failed");
+        }
+    }
     if let Some(w) = workers {
         // Running transcodes get a bounded time to finish; the rest go back to the queue.
         match tokio::time::timeout(Duration::from_secs(60), w).await {

@@ -312,16 +312,7 @@ async fn video_without_audio_is_video_only() {
     let id = app.upload(&token, &clip("clip-noaudio-720p.mp4"), 1).await;
     let (st, _) = app.wait_done(&token, &id).await;
     assert_eq!(st["state"], "ready", "{st}");
-    let pb: Value = app
-        .http
-        .get(format!("{}/api/v1/videos/{id}/playback", app.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pb = app.playback(&token, &id).await;
     let (_, _, body) = fetch(&app, pb["url"].as_str().unwrap()).await;
     let master = m3u8_rs::parse_master_playlist_res(&body).unwrap();
     assert!(master.alternatives.is_empty(), "no audio group");

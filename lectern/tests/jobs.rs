@@ -4,7 +4,7 @@ mod common;
 
 use common::{Db, Opts, TestApp};
 use lectern_core::auth::Role;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 async fn get(app: &TestApp, token: &str, path: &str) -> (u16, Value) {
     let r = app
@@ -161,27 +161,7 @@ async fn admins_list_cancel_and_retry_their_orgs_jobs() {
 async fn a_running_job_stops_when_canceled() {
     let app = TestApp::spawn(Db::Sqlite);
     let t = app.token(Role::Admin, "org-c");
-    let src = app.data.path().join("long.mp4");
-    let out = std::process::Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=duration=20:size=1920x1080:rate=30",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-        ])
-        .arg(&src)
-        .output()
-        .expect("ffmpeg");
-    assert!(out.status.success());
+    let src = common::long_clip(app.data.path(), "long.mp4", 20, "1920x1080");
     let id = app.upload(&t, &src, 1).await;
     for _ in 0..200 {
         if app.status(&t, &id).await["state"] == "processing" {
@@ -207,4 +187,264 @@ async fn a_running_job_stops_when_canceled() {
     let videos = app.data.path().join(format!("objects/videos/{id}"));
     let files = std::fs::read_dir(&videos).map(|d| d.count()).unwrap_or(0);
     assert_eq!(files, 0, "the canceled attempt's output is removed");
+}
+
+async fn patch_priority(app: &TestApp, token: &str, id: &str, body: Value) -> (u16, Value) {
+    let r = app
+        .http
+        .patch(format!("{}/api/v1/admin/jobs/{id}", app.base))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// Uploads `path` with extra `Upload-Metadata`; returns the video id.
+async fn upload_meta(app: &TestApp, token: &str, path: &std::path::Path, meta: &str) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    let url = app.create_upload(token, bytes.len() as u64, meta).await;
+    assert_eq!(app.patch(&url, token, 0, bytes).await.status(), 204);
+    url.rsplit('/').next().unwrap().to_string()
+}
+
+/// Every job of the deployment, in the order workers started them.
+async fn start_order(app: &TestApp) -> Vec<String> {
+    let op = app.token(Role::Operator, "platform");
+    let (s, page) = get(app, &op, "/api/v1/admin/jobs?limit=100").await;
+    assert_eq!(s, 200);
+    let mut jobs: Vec<(String, String)> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["started_at"].as_str().expect("started").to_string(),
+                j["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    jobs.sort();
+    jobs.into_iter().map(|(_, id)| id).collect()
+}
+
+#[tokio::test]
+async fn orgs_take_turns_classes_order_the_queue_and_admins_change_priority() {
+    // Jobs pile up on an API-only process; one single-slot worker process starts later.
+    let api = Opts::new(Db::Sqlite).roles("api,ingest,origin").spawn();
+    let clip = common::clip("clip-360p.mp4");
+    let a = api.token(Role::Instructor, "org-a");
+    let b = api.token(Role::Instructor, "org-b");
+    let name = "filename Y2xpcC5tcDQ=";
+    let mut a_ids = Vec::new();
+    for _ in 0..4 {
+        a_ids.push(upload_meta(&api, &a, &clip, name).await);
+    }
+    let b1 = upload_meta(&api, &b, &clip, name).await;
+    // `priority=bulk` waits behind interactive uploads, whoever queued first.
+    let bulk = upload_meta(&api, &a, &clip, &format!("{name},priority YnVsaw==")).await;
+    let late = upload_meta(&api, &a, &clip, name).await;
+
+    let admin_a = api.token(Role::Admin, "org-a");
+    let admin_b = api.token(Role::Admin, "org-b");
+    assert_eq!(
+        patch_priority(&api, &a, &late, json!({"priority": 20}))
+            .await
+            .0,
+        403,
+        "instructors cannot reorder the queue"
+    );
+    assert_eq!(
+        patch_priority(&api, &admin_b, &late, json!({"priority": 20}))
+            .await
+            .0,
+        404,
+        "another org's job is invisible"
+    );
+    for bad in [
+        json!({"priority": 101}),
+        json!({"priority": -1}),
+        json!({"priority": "high"}),
+        json!({}),
+    ] {
+        let (s, e) = patch_priority(&api, &admin_a, &late, bad.clone()).await;
+        assert_eq!(s, 400, "{bad} -> {e}");
+        assert!(e["code"].is_string(), "{e}");
+    }
+    // The admin makes the last upload a replacement: it jumps the whole queue.
+    let (s, j) = patch_priority(&api, &admin_a, &late, json!({"priority": 20})).await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(
+        (j["priority"].as_i64(), j["queue_position"].as_i64()),
+        (Some(20), Some(1)),
+        "{j}"
+    );
+    let st = api.status(&b, &b1).await;
+    assert!(st["queue_position"].as_i64().is_some(), "{st}");
+    let (_, j) = get(&api, &admin_a, "/api/v1/admin/jobs?state=queued").await;
+    let bulk_job = j["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == bulk.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            bulk_job["priority"].as_i64(),
+            bulk_job["queue_position"].as_i64()
+        ),
+        (Some(0), Some(7)),
+        "{bulk_job}"
+    );
+
+    let worker = api.peer_with("worker", &[("LECTERN_WORKERS", "1")]);
+    let mut all = a_ids.clone();
+    all.extend([b1.clone(), bulk.clone(), late.clone()]);
+    for id in &all {
+        let t = if *id == b1 { &b } else { &a };
+        let (st, _) = api.wait_done(t, id).await;
+        assert_eq!(st["state"], "ready", "{st}");
+    }
+    // The replacement first; then org B's only lecture, before org A's second; bulk last.
+    let mut want = vec![late.clone(), b1.clone()];
+    want.extend(a_ids.iter().cloned());
+    want.push(bulk.clone());
+    assert_eq!(start_order(&api).await, want);
+    let (s, e) = patch_priority(&api, &admin_a, &late, json!({"priority": 10})).await;
+    assert_eq!((s, e["code"].as_str()), (409, Some("not-queued")));
+    drop(worker);
+}
+
+#[tokio::test]
+async fn a_killed_worker_process_loses_no_job_on_postgres() {
+    let api = Opts::new(Db::Postgres).roles("api,ingest,origin").spawn();
+    let t = api.token(Role::Instructor, "org-k");
+    let dir = api.data.path().join("src");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = common::long_clip(&dir, "eight.mp4", 8, "1280x720");
+    let mut w1 = api.peer_with("worker", &[("LECTERN_WORKERS", "1")]);
+    let w2 = api.peer_with("worker", &[("LECTERN_WORKERS", "1")]);
+    let name1 = format!("/{}", w1.pid());
+    let name2 = format!("/{}", w2.pid());
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(api.upload(&t, &src, 1).await);
+    }
+    // Wait until each worker process holds a job, then kill -9 the first one.
+    let admin = api.token(Role::Admin, "org-k");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let victim = loop {
+        let (_, page) = get(&api, &admin, "/api/v1/admin/jobs?state=processing").await;
+        let running: Vec<(String, String)> = page["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| {
+                (
+                    j["id"].as_str().unwrap().into(),
+                    j["worker"].as_str().unwrap_or("").into(),
+                )
+            })
+            .collect();
+        let on1 = running.iter().find(|(_, w)| w.ends_with(&name1));
+        if let Some((id, _)) = on1.filter(|_| running.iter().any(|(_, w)| w.ends_with(&name2))) {
+            break id.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both workers never ran at once: {page}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    w1.kill9();
+    let killed_at = std::time::Instant::now();
+    for id in &ids {
+        let (st, _) = api.wait_done(&t, id).await;
+        assert_eq!(st["state"], "ready", "{st}");
+        let renditions = st["renditions"].as_array().unwrap().len();
+        assert_eq!(renditions, 2, "{st}");
+    }
+    let (_, j) = get(&api, &admin, "/api/v1/admin/jobs?state=ready").await;
+    let v = j["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == victim.as_str())
+        .unwrap()
+        .clone();
+    assert!(
+        v["worker"].as_str().unwrap().ends_with(&name2),
+        "the survivor finished it: {v}"
+    );
+    assert!(v["attempts"].as_i64().unwrap() >= 2, "{v}");
+    // Three missed 10 s heartbeats hand the job over; the contract allows 60 s.
+    let started = chrono::DateTime::parse_from_rfc3339(v["started_at"].as_str().unwrap()).unwrap();
+    let waited = started.timestamp_millis()
+        - (chrono::Utc::now().timestamp_millis() - killed_at.elapsed().as_millis() as i64);
+    assert!(waited < 60_000, "picked up {waited} ms after the kill");
+    // Only the published attempt's output remains (the dead attempt's prefix is never listed).
+    let pb = api.playback(&t, &victim).await;
+    let (s, _, _) = common::fetch(&api, pb["url"].as_str().unwrap()).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn sigterm_hands_a_running_job_back() {
+    let mut app = Opts::new(Db::Sqlite).env("LECTERN_WORKERS", "1").spawn();
+    let t = app.token(Role::Admin, "org-s");
+    let src = common::long_clip(app.data.path(), "twenty.mp4", 20, "1920x1080");
+    let id = app.upload(&t, &src, 1).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let st = app.status(&t, &id).await;
+        if st["state"] == "processing" && st["progress"].as_f64().unwrap() > 0.0 {
+            let (_, jobs) = get(&app, &t, "/api/v1/admin/jobs?state=processing").await;
+            let fps = jobs["jobs"][0]["fps"].as_f64();
+            assert!(
+                fps.is_some_and(|f| f > 0.0),
+                "encoding speed is reported: {jobs}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // A 20 s 1080p ladder takes far longer than this on 2 cores: the job was handed back,
+    // not finished.
+    let took = app.sigterm_and_wait();
+    assert!(took.as_secs_f64() < 8.0, "SIGTERM took {took:?}");
+    app.restart();
+    let (st, _) = app.wait_done(&t, &id).await;
+    assert_eq!(st["state"], "ready", "{st}");
+    assert_eq!(st["attempts"], 2, "{st}");
+    let prefixes = std::fs::read_dir(app.data.path().join(format!("objects/videos/{id}")))
+        .unwrap()
+        .count();
+    assert_eq!(prefixes, 1, "the handed-back attempt left no output");
+}
+
+#[tokio::test]
+async fn an_attempt_past_its_time_limit_is_retried_then_fails_with_a_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let ladder = lectern_core::ladder::DEFAULT_LADDER
+        .replace("timeout_base_s = 600.0", "timeout_base_s = 0.0")
+        .replace("timeout_per_media_s = 4.0", "timeout_per_media_s = 0.01");
+    assert_ne!(ladder, lectern_core::ladder::DEFAULT_LADDER);
+    let file = dir.path().join("tight.toml");
+    std::fs::write(&file, ladder).unwrap();
+    let app = Opts::new(Db::Sqlite)
+        .env("LECTERN_PIPELINE", file.to_str().unwrap())
+        .spawn();
+    let t = app.token(Role::Admin, "org-t");
+    let id = app.upload(&t, &common::clip("clip-720p.mp4"), 1).await;
+    let (st, seen) = app.wait_done(&t, &id).await;
+    assert_eq!(st["state"], "failed", "{st}");
+    assert_eq!(st["error"]["code"], "transcode-timeout", "{st}");
+    assert!(st["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("timeout_base_s"));
+    assert_eq!(st["attempts"], 5, "timeouts are retried: {st} {seen:?}");
 }

@@ -8,7 +8,6 @@ use std::process::Command;
 
 use common::{discover, join, walk_media, Db, TestApp};
 use lectern_core::auth::Role;
-use serde_json::Value;
 
 /// Generates a source with ffmpeg (lavfi test patterns).
 fn make(dir: &Path, name: &str, args: &str) -> PathBuf {
@@ -80,6 +79,13 @@ fn cases() -> Vec<Case> {
         ),
         c("VP9 + Opus", "vp9.webm", format!("{V}:size=640x360:rate=30 {A} -c:v libvpx-vp9 -deadline realtime -c:a libopus -shortest"), Ok(vec![(640, 360)])),
         c("5.1 audio", "surround.mp4", format!("{V}:size=640x360:rate=30 -f lavfi -i sine=duration=2 -c:v libx264 -pix_fmt yuv420p -c:a aac -ac 6 -shortest"), Ok(vec![(640, 360)])),
+        c(
+            "variable frame rate",
+            "vfr.mp4",
+            // The first 20 frames at 30 fps, then every third: irregular timestamps.
+            format!("{V}:size=640x360:rate=30 -vf select=lt(n\\,20)+not(mod(n\\,3)) -vsync vfr -c:v libx264 -pix_fmt yuv420p"),
+            Ok(vec![(640, 360)]),
+        ),
         c("audio only", "audio.m4a", format!("{A} -c:a aac"), Err("no-video-stream")),
     ]
 }
@@ -124,18 +130,30 @@ async fn tricky_sources_get_the_contract_ladder() {
     assert_eq!(st["error"]["code"], "corrupt-input");
 }
 
+/// Frames ffprobe decodes from the first video stream.
+fn count_frames(f: &Path) -> u64 {
+    let o = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(f)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+}
+
 /// Fetches the master and the lowest rendition and checks what the contract promises.
 async fn check_output(app: &TestApp, t: &str, id: &str, case: &Case) {
-    let pb: Value = app
-        .http
-        .get(format!("{}/api/v1/videos/{id}/playback", app.base))
-        .bearer_auth(t)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pb = app.playback(t, id).await;
     let url = pb["url"].as_str().unwrap().to_string();
     let body = app
         .http
@@ -180,6 +198,16 @@ async fn check_output(app: &TestApp, t: &str, id: &str, case: &Case) {
     let r = walk_media(app, &join(&url, &master.variants[0].uri)).await;
     let f = app.data.path().join(format!("{id}.mp4"));
     std::fs::write(&f, &r.bytes).unwrap();
+    if case.name == "variable frame rate" {
+        // Constant-rate output: as many frames as the declared rate over the duration.
+        let rate = master.variants[0].frame_rate.expect("FRAME-RATE");
+        let frames = count_frames(&f);
+        let want = rate * 2.0;
+        assert!(
+            (frames as f64 - want).abs() <= 2.0,
+            "{frames} frames at {rate} fps over 2 s"
+        );
+    }
     let d = discover(&f);
     let (w, h, interlaced, depth) = (d.width, d.height, d.interlaced, d.depth);
     let (ew, eh) = match &case.expect {

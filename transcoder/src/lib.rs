@@ -86,6 +86,8 @@ pub struct WorkerContext {
     pub scratch_dir: PathBuf,
     /// Worker name shown in status (`host/pid`).
     pub name: String,
+    /// Set when the process is stopping: running attempts hand their jobs back.
+    pub stopping: Arc<AtomicBool>,
 }
 
 /// Runs `concurrency` transcode slots until `stop` resolves; running jobs get time to finish.
@@ -97,6 +99,7 @@ pub async fn run_workers(
 ) -> anyhow::Result<()> {
     pipeline::init().map_err(|e| anyhow::anyhow!("{e}"))?;
     let name = ctx.name.clone();
+    let stopping = ctx.stopping.clone();
     let ctx = Arc::new(ctx);
     let monitor = match queue {
         Queue::Sqlite(storage) => Monitor::new().register(move |_| {
@@ -122,6 +125,10 @@ pub async fn run_workers(
     monitor
         .run_with_signal(async move {
             stop.await;
+            // Running attempts see this within a second, stop their pipelines and hand the
+            // jobs back, so a deploy never waits for a long lecture to finish.
+            stopping.store(true, Ordering::Relaxed);
+            tracing::info!("stopping: handing running transcodes back to the queue");
             Ok(())
         })
         .await?;
@@ -162,8 +169,12 @@ impl PollStrategy for TickStrategy {
     }
 }
 
-async fn handle(job: TranscodeJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxDynError> {
-    match transcode(&ctx, &job.video_id).await {
+async fn handle(
+    job: TranscodeJob,
+    task: TaskId,
+    ctx: Data<Arc<WorkerContext>>,
+) -> Result<(), BoxDynError> {
+    match transcode(&ctx, &job.video_id, &task.to_string()).await {
         Ok(()) => Ok(()),
         Err(e @ JobError::Abort { .. }) => Err(AbortError::new(e).into()),
         Err(e) => Err(e.into()),
@@ -180,15 +191,17 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Runs one attempt for a video and records the outcome on it.
-pub async fn transcode(ctx: &WorkerContext, video_id: &str) -> Result<(), JobError> {
-    let Some(attempt) = videos::start_attempt(&ctx.db, video_id, &ctx.name).await? else {
-        tracing::info!(video = %video_id, "video no longer waits for a transcode; skipping");
+/// Runs one attempt for a video, as apalis task `task`, and records the outcome on it.
+pub async fn transcode(ctx: &WorkerContext, video_id: &str, task: &str) -> Result<(), JobError> {
+    let Some(attempt) = videos::start_attempt(&ctx.db, video_id, &ctx.name, task).await? else {
+        tracing::info!(video = %video_id, task, "video no longer waits for this task; skipping");
         return Ok(());
     };
     let video = videos::get(&ctx.db, video_id)
         .await?
         .ok_or_else(|| JobError::retry("video vanished"))?;
+    // The org now holds one more worker: its queued jobs move behind other orgs' turns.
+    lectern_core::queue::rebalance(&ctx.db, &video.org).await?;
     let started = Instant::now();
     tracing::info!(video = %video_id, attempt, "transcode started");
     let result = run_attempt(ctx, &video, attempt).await;
@@ -197,6 +210,12 @@ pub async fn transcode(ctx: &WorkerContext, video_id: &str) -> Result<(), JobErr
         Ok(published) => {
             if videos::mark_ready(&ctx.db, video_id, attempt, &published).await? {
                 tracing::info!(video = %video_id, attempt, secs, "transcode ready");
+                videos::attach_to_lesson(&ctx.db, &video).await?;
+                let data = serde_json::json!({
+                    "video_id": video_id, "title": video.title, "lesson": video.lesson,
+                    "renditions": published.renditions,
+                });
+                lectern_core::webhooks::emit(&ctx.db, &video.org, "video.ready", data).await?;
                 metrics::counter!("lectern_transcode_jobs_total", "outcome" => "ready")
                     .increment(1);
             } else {
@@ -214,14 +233,28 @@ pub async fn transcode(ctx: &WorkerContext, video_id: &str) -> Result<(), JobErr
             tracing::info!(video = %video_id, attempt, code, "transcode failed for good");
             metrics::counter!("lectern_transcode_jobs_total", "outcome" => "failed").increment(1);
             videos::mark_failed(&ctx.db, video_id, attempt, code, &message).await?;
+            emit_failed(ctx, &video, code, &message).await?;
             Err(JobError::Abort { code, message })
+        }
+        Err(JobError::Retry(why)) if ctx.stopping.load(Ordering::Relaxed) => {
+            // Handed back: another worker (or this one after a restart) takes it at once.
+            tracing::info!(video = %video_id, attempt, %why, "worker stopping; job handed back");
+            metrics::counter!("lectern_transcode_jobs_total", "outcome" => "handed-back")
+                .increment(1);
+            videos::requeue(&ctx.db, video_id, attempt).await?;
+            Err(JobError::Retry(why))
         }
         Err(JobError::Retry(why)) if attempt >= MAX_ATTEMPTS as i64 => {
             tracing::error!(video = %video_id, attempt, %why, "transcode keeps failing; giving up");
             metrics::counter!("lectern_transcode_jobs_total", "outcome" => "failed").increment(1);
-            let msg = "Transcoding failed repeatedly because of a server-side problem. An admin can retry it.";
-            videos::mark_failed(&ctx.db, video_id, attempt, "transcode-failed", msg).await?;
-            Err(JobError::abort("transcode-failed", msg))
+            let (code, msg) = if why.starts_with(TIMED_OUT) {
+                ("transcode-timeout", "Every transcode attempt ran past its time limit. An admin can retry it, or raise timeout_base_s / timeout_per_media_s in the pipeline file.")
+            } else {
+                ("transcode-failed", "Transcoding failed repeatedly because of a server-side problem. An admin can retry it.")
+            };
+            videos::mark_failed(&ctx.db, video_id, attempt, code, msg).await?;
+            emit_failed(ctx, &video, code, msg).await?;
+            Err(JobError::abort(code, msg))
         }
         Err(JobError::Retry(why)) => {
             tracing::warn!(video = %video_id, attempt, %why, "transcode attempt failed; will retry");
@@ -233,6 +266,23 @@ pub async fn transcode(ctx: &WorkerContext, video_id: &str) -> Result<(), JobErr
         }
     }
 }
+
+async fn emit_failed(
+    ctx: &WorkerContext,
+    v: &Video,
+    code: &str,
+    message: &str,
+) -> Result<(), JobError> {
+    let data = serde_json::json!({
+        "video_id": v.id, "title": v.title, "lesson": v.lesson,
+        "error": {"code": code, "message": message},
+    });
+    lectern_core::webhooks::emit(&ctx.db, &v.org, "video.failed", data).await?;
+    Ok(())
+}
+
+/// How a timed-out attempt's retry reason starts.
+const TIMED_OUT: &str = "attempt timed out";
 
 /// A staged copy of a remote source, removed when dropped.
 struct Staged(Option<PathBuf>);
@@ -362,7 +412,20 @@ async fn run_attempt(ctx: &WorkerContext, v: &Video, attempt: i64) -> Result<Pub
         preset: ladder.x264_preset.clone(),
     };
     let packager = Packager::new(ctx.store.clone(), prefix.clone(), tracks);
-    let result = encode_and_package(ctx, v, attempt, spec, packager, duration_s).await;
+    let limit = ladder.attempt_timeout(duration_s);
+    // Dropping the future on timeout sets the cancel flag, so the pipeline thread stops too.
+    let result = match tokio::time::timeout(
+        limit,
+        encode_and_package(ctx, v, attempt, spec, packager, duration_s, fps_f),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(JobError::retry(format!(
+            "{TIMED_OUT} after {:.1} s (the limit for {duration_s:.1} s of source)",
+            limit.as_secs_f64()
+        ))),
+    };
     if result.is_err() {
         let _ = ctx.store.delete_prefix(&prefix).await;
     }
@@ -376,6 +439,7 @@ async fn encode_and_package(
     spec: pipeline::Spec,
     mut packager: Packager,
     duration_s: f64,
+    fps: f64,
 ) -> Result<Published, JobError> {
     let (tx, mut rx) = mpsc::channel(4);
     let cancel = Arc::new(AtomicBool::new(false));
@@ -389,9 +453,17 @@ async fn encode_and_package(
     });
     let mut produced = 0.0;
     let mut last_write = Instant::now();
+    let mut last_pos = 0.0;
     let mut pack_err = None;
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
+            _ = ticker.tick() => {
+                if ctx.stopping.load(Ordering::Relaxed) {
+                    pack_err = Some(JobError::retry("worker stopping"));
+                    break;
+                }
+            }
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 let res = match ev {
@@ -409,12 +481,17 @@ async fn encode_and_package(
                 }
             }
             changed = prx.changed() => {
-                if changed.is_ok() && last_write.elapsed() >= Duration::from_secs(1) {
+                let since = last_write.elapsed();
+                if changed.is_ok() && since >= Duration::from_secs(1) {
                     last_write = Instant::now();
                     let pos = *prx.borrow_and_update();
+                    let enc_fps = (pos - last_pos).max(0.0) * fps / since.as_secs_f64();
+                    last_pos = pos;
+                    metrics::gauge!("lectern_transcode_fps", "worker" => ctx.name.clone()).set(enc_fps);
                     if duration_s > 0.0 {
-                        let _ = videos::set_progress(&ctx.db, &v.id, attempt, (pos / duration_s).min(0.99)).await;
+                        let _ = videos::set_progress(&ctx.db, &v.id, attempt, (pos / duration_s).min(0.99), enc_fps).await;
                     }
+
                     // An admin may cancel while we encode: stop the pipeline, publish nothing.
                     if videos::current_state(&ctx.db, &v.id).await.ok().flatten().as_deref() != Some(videos::state::PROCESSING) {
                         pack_err = Some(JobError::Canceled);

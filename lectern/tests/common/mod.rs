@@ -55,6 +55,28 @@ pub fn clip(name: &str) -> PathBuf {
     p
 }
 
+/// Generates a `secs`-second `size` (e.g. `1280x720`) H.264 test pattern in `dir` with ffmpeg:
+/// long enough for a transcode to be caught in the middle.
+pub fn long_clip(dir: &Path, name: &str, secs: u32, size: &str) -> PathBuf {
+    let out = dir.join(name);
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=duration={secs}:size={size}:rate=30"))
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .arg(&out)
+        .output()
+        .expect("ffmpeg is installed by scripts/test.sh");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
 /// The PostgreSQL server tests create their databases on.
 pub fn pg_admin_url() -> String {
     std::env::var("LECTERN_TEST_POSTGRES_URL")
@@ -202,16 +224,67 @@ impl TestApp {
 
     /// Starts another process of the same deployment: same database, store, data folder.
     pub fn peer(&self) -> TestApp {
+        self.peer_opts(self.opts.clone())
+    }
+
+    fn peer_opts(&self, opts: Opts) -> TestApp {
         let mut app = TestApp {
             base: String::new(),
             data: tempfile::tempdir().unwrap(),
             http: reqwest::Client::new(),
             child: None,
             pg_db: None,
-            opts: self.opts.clone(),
+            opts,
         };
         app.start_in(self.data.path().to_path_buf());
         app
+    }
+
+    /// Starts another process of the same deployment with other roles and extra environment.
+    pub fn peer_with(&self, roles: &str, env: &[(&str, &str)]) -> TestApp {
+        let mut opts = self.opts.clone().roles(roles);
+        opts.env.retain(|(k, _)| k != "LECTERN_LISTEN");
+        for (k, v) in env {
+            opts = opts.env(k, v);
+        }
+        self.peer_opts(opts)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILLs the server and leaves it down.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns how long that took.
+    pub fn sigterm_and_wait(&mut self) -> Duration {
+        let mut c = self.child.take().expect("running");
+        let started = Instant::now();
+        let st = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let status = c.wait().unwrap();
+        assert!(status.success(), "clean exit after SIGTERM: {status}");
+        started.elapsed()
+    }
+
+    /// Starts the server again on the same data and port (after `kill9` or `sigterm_and_wait`).
+    pub fn restart(&mut self) {
+        let listen = ("LECTERN_LISTEN".to_string(), self.addr());
+        self.opts.env.retain(|(k, _)| k != "LECTERN_LISTEN");
+        self.opts.env.push(listen);
+        // Pooled keep-alive connections went down with the old process.
+        self.http = reqwest::Client::new();
+        self.start();
     }
 
     fn start(&mut self) {
@@ -258,16 +331,8 @@ impl TestApp {
 
     /// SIGKILLs the server (no clean shutdown) and starts it again on the same data and port.
     pub fn kill9_and_restart(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let listen = ("LECTERN_LISTEN".to_string(), self.addr());
-        self.opts.env.retain(|(k, _)| k != "LECTERN_LISTEN");
-        self.opts.env.push(listen);
-        // Pooled keep-alive connections went down with the old process.
-        self.http = reqwest::Client::new();
-        self.start();
+        self.kill9();
+        self.restart();
     }
 
     /// A token for `role` in `org`.
@@ -372,6 +437,19 @@ impl TestApp {
             .unwrap();
         assert_eq!(r.status(), 200);
         r.json().await.unwrap()
+    }
+
+    /// GETs `/api/v1/videos/{id}/playback`; returns the JSON body.
+    pub async fn playback(&self, token: &str, id: &str) -> Value {
+        self.http
+            .get(format!("{}/api/v1/videos/{id}/playback", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// Polls until the video leaves the pipeline; returns the final status and the states seen.
