@@ -65,9 +65,9 @@ ensure_test_venv() {
       python3 -m venv "$venv"
     fi
   fi
-  if ! "$venv/bin/python" -c 'import moto, tusclient' >/dev/null 2>&1; then
+  if ! "$venv/bin/python" -c 'import moto, tusclient, yaml' >/dev/null 2>&1; then
     echo "==> installing test tools (moto S3 server, tuspy) into $venv"
-    "$venv/bin/pip" install -q 'moto[server]<5.2' 'tuspy==1.1.0'
+    "$venv/bin/pip" install -q 'moto[server]<5.2' 'tuspy==1.1.0' 'PyYAML>=6'
   fi
 }
 

@@ -47,6 +47,13 @@ pub struct Config {
     pub db_max_connections: u32,
     /// Accept plain `http://` webhook URLs (development and tests; production wants https).
     pub webhook_allow_http: bool,
+    /// API requests per second per user (token subject), bursts of twice that; 0 = off.
+    pub rate_limit_user_rps: f64,
+    /// API requests per second per client address, bursts of twice that; 0 = off.
+    pub rate_limit_ip_rps: f64,
+    /// Coalesce progress heartbeats in memory and flush them in batches (false: one write
+    /// per heartbeat, only for comparison benchmarks).
+    pub progress_write_behind: bool,
 }
 
 impl Default for Config {
@@ -73,6 +80,9 @@ impl Default for Config {
             complete_ratio: 0.9,
             db_max_connections: 16,
             webhook_allow_http: false,
+            rate_limit_user_rps: 20.0,
+            rate_limit_ip_rps: 1000.0,
+            progress_write_behind: true,
         }
     }
 }
@@ -168,6 +178,15 @@ impl Config {
         if let Some(v) = env("LECTERN_COMPLETE_RATIO") {
             self.complete_ratio = parse("LECTERN_COMPLETE_RATIO", v)?;
         }
+        if let Some(v) = env("LECTERN_RATE_LIMIT_USER_RPS") {
+            self.rate_limit_user_rps = parse("LECTERN_RATE_LIMIT_USER_RPS", v)?;
+        }
+        if let Some(v) = env("LECTERN_RATE_LIMIT_IP_RPS") {
+            self.rate_limit_ip_rps = parse("LECTERN_RATE_LIMIT_IP_RPS", v)?;
+        }
+        if let Some(v) = env("LECTERN_PROGRESS_WRITE_BEHIND") {
+            self.progress_write_behind = parse("LECTERN_PROGRESS_WRITE_BEHIND", v)?;
+        }
         if let Some(v) = env("LECTERN_WEBHOOK_ALLOW_HTTP") {
             self.webhook_allow_http = parse("LECTERN_WEBHOOK_ALLOW_HTTP", v)?;
         }
@@ -205,6 +224,11 @@ impl Config {
         if !(0.5..=1.0).contains(&self.complete_ratio) {
             return Err(ConfigError::Invalid(
                 "complete_ratio must be between 0.5 and 1.0".into(),
+            ));
+        }
+        if !(self.rate_limit_user_rps >= 0.0 && self.rate_limit_ip_rps >= 0.0) {
+            return Err(ConfigError::Invalid(
+                "rate limits must be 0 (off) or a positive number of requests per second".into(),
             ));
         }
         if !(1..=1000).contains(&self.db_max_connections) {
@@ -341,7 +365,7 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 17] = [
+    const KEYS: [&str; 20] = [
         "listen",
         "data_dir",
         "database_url",
@@ -359,5 +383,8 @@ mod tests {
         "complete_ratio",
         "db_max_connections",
         "webhook_allow_http",
+        "rate_limit_user_rps",
+        "rate_limit_ip_rps",
+        "progress_write_behind",
     ];
 }

@@ -91,6 +91,8 @@ pub struct Video {
     pub queue_priority: i64,
     /// Frames per second of the running attempt.
     pub encode_fps: Option<f64>,
+    /// Object key of the poster JPEG, when one was made.
+    pub poster_key: Option<String>,
 }
 
 /// A published rendition, as the status API lists it.
@@ -134,6 +136,8 @@ pub struct Published {
     pub output_prefix: String,
     /// Renditions with measured bandwidths.
     pub renditions: Vec<RenditionInfo>,
+    /// The poster's key, when one was made.
+    pub poster_key: Option<String>,
 }
 
 /// Facts from probing the source.
@@ -152,7 +156,7 @@ pub struct SourceInfo {
 const COLS: &str = "id, org, owner, title, lesson, filename, state, progress, priority, attempts, \
     worker, source_key, duration_s, source_width, source_height, source_fps, renditions, \
     output_prefix, error_code, error_message, queued_at, started_at, finished_at, created_at, updated_at, \
-    task_id, queue_priority, encode_fps";
+    task_id, queue_priority, encode_fps, poster_key";
 
 impl Video {
     /// Parsed renditions, empty before any are published.
@@ -295,7 +299,7 @@ pub async fn mark_ready(db: &Db, id: &str, attempt: i64, p: &Published) -> Resul
     let now = now_ms();
     let res = sqlx::query(
         "UPDATE videos SET state = $1, progress = 1.0, renditions = $2, output_prefix = $3, \
-         finished_at = $4, updated_at = $4 WHERE id = $5 AND attempts = $6 AND state = $7",
+         finished_at = $4, updated_at = $4, poster_key = $8 WHERE id = $5 AND attempts = $6 AND state = $7",
     )
     .bind(state::READY)
     .bind(serde_json::to_string(&p.renditions).expect("renditions serialize"))
@@ -304,6 +308,7 @@ pub async fn mark_ready(db: &Db, id: &str, attempt: i64, p: &Published) -> Resul
     .bind(id)
     .bind(attempt)
     .bind(state::PROCESSING)
+    .bind(&p.poster_key)
     .execute(&db.pool)
     .await?;
     Ok(res.rows_affected() == 1)
@@ -524,6 +529,10 @@ pub async fn forget(db: &Db, id: &str) -> Result<(), ApiError> {
         .bind(id)
         .execute(&mut *tx)
         .await?;
+    sqlx::query("DELETE FROM captions WHERE video_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("DELETE FROM uploads WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
@@ -585,4 +594,59 @@ pub fn eta_s(v: &Video, now_ms: i64) -> Option<f64> {
     }
     let elapsed = (now_ms - started).max(0) as f64 / 1000.0;
     Some((elapsed / v.progress - elapsed).max(0.0))
+}
+
+/// A caption track: language, display name and the revision folder token.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Caption {
+    /// BCP 47 language tag.
+    pub lang: String,
+    /// Name shown in players.
+    pub label: String,
+    /// Revision folder: `videos/{video}/{token}/subs-{lang}/`.
+    pub token: String,
+}
+
+/// A video's caption tracks, by language.
+pub async fn captions(db: &Db, video: &str) -> Result<Vec<Caption>, ApiError> {
+    Ok(sqlx::query_as::<_, Caption>(
+        "SELECT lang, label, token FROM captions WHERE video_id = $1 ORDER BY lang",
+    )
+    .bind(video)
+    .fetch_all(&db.pool)
+    .await?)
+}
+
+/// Records (or replaces) a caption track; returns the replaced revision's token.
+pub async fn put_caption(db: &Db, video: &str, c: &Caption) -> Result<Option<String>, ApiError> {
+    let old: Option<(String,)> =
+        sqlx::query_as("SELECT token FROM captions WHERE video_id = $1 AND lang = $2")
+            .bind(video)
+            .bind(&c.lang)
+            .fetch_optional(&db.pool)
+            .await?;
+    sqlx::query(
+        "INSERT INTO captions (video_id, lang, label, token, created_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (video_id, lang) DO UPDATE SET label = excluded.label, token = excluded.token, \
+         created_at = excluded.created_at",
+    )
+    .bind(video)
+    .bind(&c.lang)
+    .bind(&c.label)
+    .bind(&c.token)
+    .bind(now_ms())
+    .execute(&db.pool)
+    .await?;
+    Ok(old.map(|o| o.0))
+}
+
+/// Removes a caption track; returns its token when there was one.
+pub async fn delete_caption(db: &Db, video: &str, lang: &str) -> Result<Option<String>, ApiError> {
+    let old: Option<(String,)> =
+        sqlx::query_as("DELETE FROM captions WHERE video_id = $1 AND lang = $2 RETURNING token")
+            .bind(video)
+            .bind(lang)
+            .fetch_optional(&db.pool)
+            .await?;
+    Ok(old.map(|o| o.0))
 }

@@ -295,12 +295,28 @@ impl HasKeys for ApiState {
 /// The `/api/v1` routes.
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async {
+                static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+                Json(DOC.get_or_init(crate::openapi::document).clone())
+            }),
+        )
         .route("/api/v1/videos", get(list_videos))
         .route(
             "/api/v1/videos/{id}",
             get(status).patch(rename_video).delete(delete_video),
         )
         .route("/api/v1/videos/{id}/playback", get(playback))
+        .route("/api/v1/videos/{id}/captions", get(crate::captions::list))
+        .route(
+            "/api/v1/videos/{id}/captions/{lang}",
+            axum::routing::put(crate::captions::put)
+                .delete(crate::captions::delete)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::captions::MAX_BYTES + 1,
+                )),
+        )
         .route("/api/v1/admin/jobs", get(jobs))
         .route("/api/v1/admin/jobs/{id}", axum::routing::patch(patch_job))
         .route("/api/v1/admin/jobs/{id}/cancel", post(cancel_job))
@@ -312,6 +328,7 @@ async fn status(
     State(st): State<ApiState>,
     Auth(c): Auth,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let v = videos::get_in_org(&st.db, &id, &c.org).await?;
     c.require_manager()?;
@@ -334,6 +351,16 @@ async fn status(
             .unwrap_or(0.0),
         _ => v.progress,
     };
+    // The poster sits beside the segments: unguessable, immutable, no signature needed.
+    let poster_url = match (&v.poster_key, v.state.as_str()) {
+        (Some(key), state::READY) => key.strip_prefix("videos/").map(|rest| {
+            format!(
+                "{}/v/{rest}",
+                lectern_core::base_url(st.public_url.as_deref(), &headers)
+            )
+        }),
+        _ => None,
+    };
     Ok(Json(json!({
         "id": v.id,
         "state": v.state,
@@ -344,7 +371,7 @@ async fn status(
         "duration_s": v.duration_s,
         "source": source,
         "renditions": v.rendition_list(),
-        "poster_url": Value::Null,
+        "poster_url": poster_url,
         "attempts": v.attempts,
         "created_at": lectern_core::rfc3339(v.created_at),
         "error": error,

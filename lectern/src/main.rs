@@ -1,6 +1,9 @@
 //! The `lectern` binary: `serve`, `token` and `upload`.
 
 mod api;
+mod captions;
+mod http;
+mod openapi;
 mod serve;
 mod upload;
 

@@ -75,7 +75,19 @@ fn init_tracing() {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    // Real histogram buckets (not summaries) so Prometheus can aggregate p95 across nodes.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("duration_seconds".into()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 10.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("lectern_progress_flush_rows".into()),
+            &[1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0],
+        )?
+        .install_recorder()?;
     let keys = Keys::load(cfg.secret.as_deref(), &cfg.data_dir, true)?;
     let db_url = cfg.database_url();
     let db = Db::connect_with(&db_url, cfg.db_max_connections).await?;
@@ -130,6 +142,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             progress,
             access: Arc::new(lectern_lms::AccessCache::new(Duration::from_secs(30))),
             webhook_allow_http: cfg.webhook_allow_http,
+            write_behind: cfg.progress_write_behind,
         }));
         tokio::spawn(lectern_lms::webhooks::run_sender(
             db.clone(),
@@ -152,12 +165,38 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             signer,
         }));
     }
+    if cfg.has_role("api") {
+        tokio::spawn(crate::http::gauges(db.clone(), stop_rx.clone()));
+    }
+    let limiter = Arc::new(crate::http::RateLimiter::new(
+        keys.clone(),
+        cfg.rate_limit_user_rps,
+        cfg.rate_limit_ip_rps,
+    ));
     let app = app
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            limiter,
+            crate::http::rate_limit,
+        ))
+        // Outside the limiter, so 429s count in the error rate too.
+        .layer(axum::middleware::from_fn(crate::http::red_metrics))
         .layer(cors(&cfg.cors_origin)?)
         .layer(axum::middleware::from_fn(tus_options))
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |req: &axum::http::Request<axum::body::Body>| {
+                    let id = req
+                        .headers()
+                        .get(crate::http::REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+                },
+            ),
+        )
+        .layer(axum::middleware::from_fn(crate::http::request_id));
 
     let workers = if cfg.has_role("worker") {
         let ctx = lectern_transcoder::WorkerContext {
@@ -193,13 +232,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         cfg.roles.join(",")
     );
     tracing::info!(%addr, roles = ?cfg.roles, "listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down");
-            let _ = stop_tx.send(true);
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    })
+    .await?;
     if let Some(f) = flusher {
         // Heartbeats still in memory are written before the process exits.
         if let Err(e) = f.await {

@@ -37,6 +37,7 @@ async fn upload_transcode_and_play_on_sqlite() {
     assert_eq!(names, ["480p", "720p", "1080p"]);
     assert_eq!(status["renditions"][0]["width"], 854);
     assert_eq!(status["error"], Value::Null);
+    check_poster(&app, &status, 1280, 720).await;
 
     // The original comes back byte for byte.
     let r = app
@@ -292,6 +293,7 @@ async fn cli_upload_on_postgres_and_s3_makes_no_upscaled_rung() {
         ["480p", "720p"],
         "a 720p source gives no 1080p rendition"
     );
+    check_poster(&app, &st, 1280, 720).await;
     let (s, _, body) = fetch(&app, &url).await;
     assert_eq!(s, 200);
     let master = m3u8_rs::parse_master_playlist_res(&body).unwrap();
@@ -375,4 +377,23 @@ fn count_files(dir: &std::path::Path) -> usize {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// The status names a poster: an immutable JPEG of the given size, served by the origin.
+async fn check_poster(app: &TestApp, status: &Value, w: u32, h: u32) {
+    let url = status["poster_url"]
+        .as_str()
+        .expect("poster_url once ready");
+    let (s, headers, jpeg) = fetch(app, url).await;
+    assert_eq!(s, 200, "{url}");
+    assert_eq!(headers["content-type"], "image/jpeg");
+    assert!(headers["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("immutable"));
+    assert_eq!(&jpeg[..3], &[0xff, 0xd8, 0xff], "JPEG magic");
+    let f = app.data.path().join("poster.jpg");
+    std::fs::write(&f, &jpeg).unwrap();
+    let d = common::discover(&f);
+    assert_eq!((d.width, d.height), (w, h));
 }

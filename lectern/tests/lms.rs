@@ -1116,3 +1116,334 @@ async fn webhooks_are_signed_retried_and_logged() {
     let (_, list) = call(&app, Method::GET, "/api/v1/webhooks", Some(&admin), None).await;
     assert_eq!(list["webhooks"].as_array().unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn rate_limits_request_ids_and_route_metrics() {
+    let app = Opts::new(Db::Sqlite)
+        .roles("api,ingest,origin")
+        .env("LECTERN_RATE_LIMIT_USER_RPS", "2")
+        .spawn();
+    let greedy = tok(Role::Learner, "greedy", "org-r");
+    let mut limited = None;
+    for _ in 0..20 {
+        let r = app
+            .http
+            .get(format!("{}/api/v1/courses", app.base))
+            .bearer_auth(&greedy)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            limited = Some(r);
+            break;
+        }
+    }
+    let r = limited.expect("a user over 2 req/s is limited");
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["code"], "rate-limited");
+    let other = tok(Role::Learner, "calm", "org-r");
+    assert_eq!(
+        call(&app, Method::GET, "/api/v1/courses", Some(&other), None)
+            .await
+            .0,
+        200,
+        "limits are per user"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        call(&app, Method::GET, "/api/v1/courses", Some(&greedy), None)
+            .await
+            .0,
+        200,
+        "the bucket refills"
+    );
+
+    // Request ids: generated, or the caller's echoed.
+    let r = app
+        .http
+        .get(format!("{}/api/v1/courses", app.base))
+        .bearer_auth(&other)
+        .header("X-Request-Id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "trace-me-42");
+    let r = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"].len(), 32);
+
+    let (_, _, m) = fetch(&app, &format!("{}/metrics", app.base)).await;
+    let m = String::from_utf8_lossy(&m);
+    for needle in [
+        r#"lectern_http_requests_total{method="GET",route="/api/v1/courses",status="2xx"}"#,
+        r#"lectern_http_requests_total{method="GET",route="/api/v1/courses",status="4xx"}"#,
+        r#"lectern_http_request_duration_seconds_bucket{method="GET",route="/api/v1/courses""#,
+        r#"lectern_jobs{state="queued"}"#,
+        "lectern_queue_oldest_age_seconds",
+        r#"lectern_db_pool_connections{state="idle"}"#,
+        "lectern_rate_limited_total",
+    ] {
+        assert!(m.contains(needle), "/metrics lacks {needle}");
+    }
+
+    // Per-address limit, for callers without a token too.
+    let app = Opts::new(Db::Sqlite)
+        .roles("api")
+        .env("LECTERN_RATE_LIMIT_IP_RPS", "1")
+        .spawn();
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        codes.push(
+            call(&app, Method::GET, "/api/v1/courses", None, None)
+                .await
+                .0,
+        );
+    }
+    assert!(codes.contains(&401) && codes.contains(&429), "{codes:?}");
+}
+
+#[tokio::test]
+async fn the_openapi_document_covers_routes_that_exist() {
+    let app = TestApp::spawn(Db::Sqlite);
+    let (s, doc) = call(&app, Method::GET, "/api/v1/openapi.json", None, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().unwrap();
+    let mut ops = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            ops += 1;
+            let responses = op["responses"].as_object().unwrap();
+            assert!(!responses.is_empty(), "{method} {path}");
+            for (code, r) in responses {
+                if code.starts_with('4') {
+                    assert_eq!(
+                        r["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/Error",
+                        "{method} {path} {code}"
+                    );
+                }
+            }
+            // The route exists: no router 404/405 (an unknown id's 404 names the resource).
+            let url = path
+                .replace("{id}", "0123456789abcdef0123456789abcdef")
+                .replace(['{', '}'], "");
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let r = app
+                .http
+                .request(m, format!("{}{url}", app.base))
+                .header("Tus-Resumable", "1.0.0")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = if method == "head" {
+                Value::Null
+            } else {
+                r.json().await.unwrap_or(Value::Null)
+            };
+            assert_ne!(status, 405, "{method} {path}");
+            assert!(
+                !(status == 404 && body["message"].as_str().unwrap_or("").starts_with("route")),
+                "{method} {path} is documented but not routed"
+            );
+        }
+    }
+    assert!(ops >= 40, "{ops} operations documented");
+}
+
+/// The hot queries, with literal values, that must be served by an index.
+const HOT_QUERIES: &[(&str, &str)] = &[
+    ("enrollment check", "SELECT user_id FROM enrollments WHERE course_id = 'c' AND user_id = 'u'"),
+    ("lesson access", "SELECT l.id, v.state FROM lessons l LEFT JOIN videos v ON v.id = l.video_id WHERE l.id = 'l' AND l.org = 'o'"),
+    ("learner may watch", "SELECT l.id FROM lessons l JOIN enrollments e ON e.course_id = l.course_id WHERE l.video_id = 'v' AND l.org = 'o' AND e.user_id = 'u' LIMIT 1"),
+    ("course list", "SELECT c.id FROM courses c WHERE c.org = 'o' AND (c.created_at < 5 OR (c.created_at = 5 AND c.id < 'x')) ORDER BY c.created_at DESC, c.id DESC LIMIT 21"),
+    ("lesson list", "SELECT l.id FROM lessons l WHERE l.course_id = 'c' AND l.org = 'o' AND (l.position > 1 OR (l.position = 1 AND l.id > 'x')) ORDER BY l.position, l.id LIMIT 21"),
+    ("progress of a learner in a course", "SELECT COUNT(*) FROM progress WHERE course_id = 'c' AND user_id = 'u' AND completed = 1"),
+    ("continue watching", "SELECT p.lesson_id FROM progress p WHERE p.org = 'o' AND p.user_id = 'u' AND p.completed = 0 ORDER BY p.updated_at DESC LIMIT 21"),
+    ("course report", "SELECT e.user_id, SUM(p.watched_s) FROM enrollments e LEFT JOIN progress p ON p.course_id = e.course_id AND p.user_id = e.user_id WHERE e.course_id = 'c' AND e.org = 'o' AND e.user_id > '' GROUP BY e.user_id ORDER BY e.user_id LIMIT 21"),
+    ("video list", "SELECT id FROM videos WHERE org = 'o' AND state = 'ready' AND (created_at < 5 OR (created_at = 5 AND id < 'x')) ORDER BY created_at DESC, id DESC LIMIT 21"),
+    ("queue position", "SELECT COUNT(*) FROM videos WHERE state = 'queued' AND queue_priority > 5"),
+    ("fairness rebalance", "SELECT id FROM videos WHERE org = 'o' AND state = 'queued'"),
+    ("due webhook deliveries", "SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_at <= 5 ORDER BY next_at LIMIT 32"),
+    ("expired uploads", "SELECT id FROM uploads WHERE state = 'uploading' AND expires_at < 5"),
+];
+
+#[tokio::test]
+async fn hot_queries_use_indexes_on_postgres() {
+    use sqlx::{Connection, Row};
+    let app = TestApp::spawn(Db::Postgres);
+    let mut c = sqlx::PgConnection::connect(&app.database_url().unwrap())
+        .await
+        .unwrap();
+    // With sequential scans priced out, any plan that still scans has no usable index.
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let ids: Vec<(String, String)> =
+        sqlx::query_as("SELECT indexname, tablename FROM pg_indexes WHERE schemaname = 'public'")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    assert!(ids.len() > 10, "{ids:?}");
+    for (name, q) in HOT_QUERIES {
+        let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {q}")))
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Seq Scan"), "{name} scans a table:\n{plan}");
+        assert!(plan.contains("Index"), "{name}:\n{plan}");
+    }
+}
+
+#[tokio::test]
+async fn hot_queries_use_indexes_on_sqlite() {
+    use sqlx::{Connection, Row};
+    let app = Opts::new(Db::Sqlite).roles("api").spawn();
+    let url = format!("sqlite://{}", app.data.path().join("lectern.db").display());
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    for (name, q) in HOT_QUERIES {
+        let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {q}")))
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>("detail"))
+            .collect();
+        // "SCAN t" without an index is a full table scan; "SEARCH t USING INDEX" is not.
+        for step in &plan {
+            let full_scan =
+                step.starts_with("SCAN ") && !step.contains("USING") && !step.contains("CONSTANT");
+            assert!(!full_scan, "{name} scans a table: {plan:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn captions_appear_as_a_subtitles_group_and_can_be_removed() {
+    let app = TestApp::spawn(Db::Sqlite);
+    let inst = tok(Role::Instructor, "prof", "org-cc");
+    let video = ready_video(&app, &inst, "clip-360p.mp4").await;
+    let vtt = "WEBVTT\n\n00:00.000 --> 00:01.500\nWelcome to the lecture\n\n00:01.500 --> 00:03.000\nToday: groups\n";
+    let put = |lang: &str, body: &str, token: &str| {
+        app.http
+            .put(format!(
+                "{}/api/v1/videos/{video}/captions/{lang}?label=English",
+                app.base
+            ))
+            .bearer_auth(token)
+            .header("Content-Type", "text/vtt")
+            .body(body.to_string())
+            .send()
+    };
+    let r = put("en", vtt, &inst).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let j: Value = r.json().await.unwrap();
+    assert_eq!(j["cues"], 2);
+    let r = put("en", "1\n00:00:01,000 --> 00:00:02,000\nSRT\n", &inst)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["code"], "invalid-webvtt");
+    assert_eq!(put("not_a_lang", vtt, &inst).await.unwrap().status(), 400);
+    assert_eq!(
+        put("en", vtt, &tok(Role::Learner, "l", "org-cc"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        put("en", vtt, &tok(Role::Instructor, "x", "org-zz"))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let (_, list) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/videos/{video}/captions"),
+        Some(&inst),
+        None,
+    )
+    .await;
+    assert_eq!(list["captions"][0]["lang"], "en");
+
+    let url = app.playback(&inst, &video).await["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, _, body) = fetch(&app, &url).await;
+    let master = m3u8_rs::parse_master_playlist_res(&body).unwrap();
+    let subs: Vec<_> = master
+        .alternatives
+        .iter()
+        .filter(|m| m.media_type == m3u8_rs::AlternativeMediaType::Subtitles)
+        .collect();
+    assert_eq!(subs.len(), 1, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        (subs[0].language.as_deref(), subs[0].name.as_str()),
+        (Some("en"), "English")
+    );
+    assert!(master
+        .variants
+        .iter()
+        .all(|v| v.subtitles.as_deref() == Some("subs")));
+    let sub_url = common::join(&url, subs[0].uri.as_deref().unwrap());
+    let (s, h, pl) = fetch(&app, &sub_url).await;
+    assert_eq!(s, 200);
+    assert_eq!(h["content-type"], "application/vnd.apple.mpegurl");
+    let media = m3u8_rs::parse_media_playlist_res(&pl).unwrap();
+    assert!(media.end_list);
+    let (s, h, got) = fetch(&app, &common::join(&sub_url, &media.segments[0].uri)).await;
+    assert_eq!(s, 200);
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/vtt"));
+    assert!(h["cache-control"].to_str().unwrap().contains("immutable"));
+    assert_eq!(String::from_utf8(got).unwrap(), vtt);
+    let tampered = sub_url.replace("sig=", "sig=A");
+    assert_eq!(fetch(&app, &tampered).await.0, 403);
+
+    assert_eq!(
+        call(
+            &app,
+            Method::DELETE,
+            &format!("/api/v1/videos/{video}/captions/en"),
+            Some(&inst),
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(
+        call(
+            &app,
+            Method::DELETE,
+            &format!("/api/v1/videos/{video}/captions/en"),
+            Some(&inst),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    let (_, _, body) = fetch(&app, &url).await;
+    assert!(!String::from_utf8_lossy(&body).contains("SUBTITLES"));
+}

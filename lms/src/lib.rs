@@ -45,6 +45,8 @@ pub struct LmsState {
     pub access: Arc<AccessCache>,
     /// Accept plain `http://` webhook URLs (development and tests only).
     pub webhook_allow_http: bool,
+    /// Coalesce heartbeats in memory (true) or write each one at once (the naive baseline).
+    pub write_behind: bool,
 }
 
 impl HasKeys for LmsState {
@@ -793,7 +795,7 @@ async fn post_progress(
             "position_s and watched [[start, end], …] must be seconds within the video, start ≤ end, at most 1000 ranges",
         ));
     }
-    st.progress.record(progress::Heartbeat {
+    let h = progress::Heartbeat {
         user: &c.sub,
         lesson: &lesson,
         org: &c.org,
@@ -801,7 +803,12 @@ async fn post_progress(
         duration_s: access.duration_s,
         position_s: b.position_s,
         watched: b.watched,
-    });
+    };
+    if st.write_behind {
+        st.progress.record(h);
+    } else {
+        st.progress.write_now(h).await?;
+    }
     Ok(StatusCode::ACCEPTED)
 }
 

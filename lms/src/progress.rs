@@ -128,6 +128,21 @@ impl Buffer {
         }
     }
 
+    /// Writes one heartbeat at once (read, merge, upsert): the naive path, kept for the load
+    /// benchmark's comparison (`progress_write_behind = false`).
+    pub async fn write_now(&self, h: Heartbeat<'_>) -> Result<(), ApiError> {
+        let p = Pending {
+            org: h.org.to_string(),
+            course_id: h.course_id.to_string(),
+            duration_s: h.duration_s,
+            position_s: h.position_s,
+            watched: merge(h.watched),
+            at: now_ms(),
+        };
+        self.write(&[((h.user.to_string(), h.lesson.to_string()), p)])
+            .await
+    }
+
     /// Rows waiting in memory.
     pub fn pending(&self) -> usize {
         self.pending.lock().expect("progress lock").len()

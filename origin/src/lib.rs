@@ -89,24 +89,46 @@ async fn master(
         .next()
         .unwrap_or_default()
         .to_string();
-    let body = rewrite_master(&raw, &token, &q.to_query_string())?;
+    let subs = videos::captions(&st.db, &video).await?;
+    let body = rewrite_master(&raw, &token, &q.to_query_string(), &subs)?;
     metrics::counter!("lectern_origin_requests_total", "kind" => "master").increment(1);
     Ok(playlist_response(body, &method, &headers))
 }
 
 /// Points every URI of the stored master at the attempt's folder and carries the signature, so
 /// a plain HLS client can follow it with no header.
-fn rewrite_master(raw: &[u8], token: &str, query: &str) -> Result<Vec<u8>, ApiError> {
+/// Caption tracks become one `SUBTITLES` group that every variant names.
+fn rewrite_master(
+    raw: &[u8],
+    token: &str,
+    query: &str,
+    subs: &[videos::Caption],
+) -> Result<Vec<u8>, ApiError> {
     let mut pl = m3u8_rs::parse_master_playlist_res(raw)
         .map_err(|_| ApiError::internal("stored master playlist does not parse"))?;
     let fix = |uri: &str| format!("{token}/{uri}?{query}");
     for v in &mut pl.variants {
         v.uri = fix(&v.uri);
+        if !subs.is_empty() {
+            v.subtitles = Some("subs".into());
+        }
     }
     for m in &mut pl.alternatives {
         if let Some(u) = &m.uri {
             m.uri = Some(fix(u));
         }
+    }
+    for c in subs {
+        pl.alternatives.push(m3u8_rs::AlternativeMedia {
+            media_type: m3u8_rs::AlternativeMediaType::Subtitles,
+            uri: Some(format!("{}/subs-{}/index.m3u8?{query}", c.token, c.lang)),
+            group_id: "subs".into(),
+            language: Some(c.lang.clone()),
+            name: c.label.clone(),
+            default: false,
+            autoselect: true,
+            ..Default::default()
+        });
     }
     let mut out = Vec::new();
     pl.write_to(&mut out).map_err(ApiError::internal)?;
@@ -210,6 +232,10 @@ async fn rendition_file(
     }
     let ctype = if p.file.ends_with(".m4s") || p.file.ends_with(".mp4") {
         "video/mp4"
+    } else if p.file.ends_with(".vtt") {
+        "text/vtt; charset=utf-8"
+    } else if p.file.ends_with(".jpg") {
+        "image/jpeg"
     } else {
         return Err(ApiError::not_found("object"));
     };
@@ -234,8 +260,8 @@ mod tests {
     #[test]
     fn master_rewrite_carries_token_and_signature() {
         let raw = b"#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aac\",NAME=\"audio\",DEFAULT=YES,AUTOSELECT=YES,URI=\"audio/index.m3u8\"\n#EXT-X-STREAM-INF:BANDWIDTH=1500000,AVERAGE-BANDWIDTH=1400000,CODECS=\"avc1.64001f,mp4a.40.2\",RESOLUTION=854x480,FRAME-RATE=30.000,AUDIO=\"aac\"\n480p/index.m3u8\n";
-        let out =
-            String::from_utf8(rewrite_master(raw, "abc", "exp=1&kid=k&sig=s").unwrap()).unwrap();
+        let out = String::from_utf8(rewrite_master(raw, "abc", "exp=1&kid=k&sig=s", &[]).unwrap())
+            .unwrap();
         assert!(
             out.contains("abc/480p/index.m3u8?exp=1&kid=k&sig=s"),
             "{out}"

@@ -6,6 +6,7 @@
 //! never exposes half-written output and never overwrites a published object.
 
 pub mod pipeline;
+pub mod poster;
 pub mod probe;
 
 use std::future::Future;
@@ -413,6 +414,8 @@ async fn run_attempt(ctx: &WorkerContext, v: &Video, attempt: i64) -> Result<Pub
     };
     let packager = Packager::new(ctx.store.clone(), prefix.clone(), tracks);
     let limit = ladder.attempt_timeout(duration_s);
+    let poster_input = spec.input.clone();
+    let (pw, ph) = poster_size(&renditions);
     // Dropping the future on timeout sets the cancel flag, so the pipeline thread stops too.
     let result = match tokio::time::timeout(
         limit,
@@ -429,7 +432,48 @@ async fn run_attempt(ctx: &WorkerContext, v: &Video, attempt: i64) -> Result<Pub
     if result.is_err() {
         let _ = ctx.store.delete_prefix(&prefix).await;
     }
-    result
+    let mut published = result?;
+    published.poster_key = make_poster(ctx, &poster_input, duration_s, pw, ph, &prefix).await;
+    Ok(published)
+}
+
+/// The poster's size: the largest rendition up to 720 lines, else the smallest.
+fn poster_size(r: &[lectern_core::ladder::Rendition]) -> (u32, u32) {
+    r.iter()
+        .filter(|r| r.width.min(r.height) <= 720)
+        .max_by_key(|r| r.height)
+        .or_else(|| r.iter().min_by_key(|r| r.height))
+        .map(|r| (r.width, r.height))
+        .unwrap_or((640, 360))
+}
+
+/// Grabs and stores the poster; a poster that cannot be made is logged, never fatal.
+async fn make_poster(
+    ctx: &WorkerContext,
+    input: &std::path::Path,
+    duration_s: f64,
+    w: u32,
+    h: u32,
+    prefix: &str,
+) -> Option<String> {
+    let input = input.to_path_buf();
+    let at = poster::poster_time(duration_s);
+    let job = tokio::task::spawn_blocking(move || poster::grab(&input, at, w, h));
+    let jpeg = match tokio::time::timeout(poster::TIMEOUT, job).await {
+        Ok(Ok(Ok(j))) if !j.is_empty() => j,
+        other => {
+            tracing::warn!(prefix, outcome = ?other.map(|r| r.map(|r| r.map(|j| j.len()))), "no poster");
+            return None;
+        }
+    };
+    let key = format!("{prefix}poster/poster.jpg");
+    match ctx.store.put_bytes(&key, bytes::Bytes::from(jpeg)).await {
+        Ok(()) => Some(key),
+        Err(e) => {
+            tracing::warn!(prefix, error = %e, "poster not stored");
+            None
+        }
+    }
 }
 
 async fn encode_and_package(
@@ -533,5 +577,6 @@ async fn encode_and_package(
     Ok(Published {
         output_prefix,
         renditions,
+        poster_key: None,
     })
 }

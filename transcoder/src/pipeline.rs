@@ -109,7 +109,7 @@ pub fn init() -> Result<(), JobError> {
 }
 
 /// Sets the pipeline to Null however the job ends, so no streaming thread outlives it.
-struct NullOnDrop(gst::Pipeline);
+pub(crate) struct NullOnDrop(pub(crate) gst::Pipeline);
 
 impl Drop for NullOnDrop {
     fn drop(&mut self) {
@@ -189,16 +189,22 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
 
     for (i, r) in spec.video.iter().enumerate() {
         let q = make("queue")?;
+        // Catmull-Rom (bicubic) like ffmpeg's default: the 2-tap bilinear default aliases
+        // on 1080p → 480p and costs about 1 dB PSNR.
         let scale = gst::ElementFactory::make("videoscale")
             .property("add-borders", false)
+            .property_from_str("method", "catrom")
             .build()
             .map_err(|e| JobError::retry(e.to_string()))?;
+        // BT.709 on every rung: left open, SD rungs default to BT.601 and videoscale converts
+        // the matrix, so colours would shift when a player switches rungs.
         let caps = capsfilter(
             gst::Caps::builder("video/x-raw")
                 .field("format", "I420")
                 .field("width", r.width as i32)
                 .field("height", r.height as i32)
                 .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+                .field("colorimetry", "bt709")
                 .build(),
         )?;
         let enc = gst::ElementFactory::make("x264enc")

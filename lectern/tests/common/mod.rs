@@ -250,6 +250,15 @@ impl TestApp {
         self.peer_opts(opts)
     }
 
+    /// The database URL the server was started with (set for PostgreSQL tests).
+    pub fn database_url(&self) -> Option<String> {
+        self.opts
+            .env
+            .iter()
+            .find(|(k, _)| k == "LECTERN_DATABASE_URL")
+            .map(|(_, v)| v.clone())
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
@@ -303,6 +312,8 @@ impl TestApp {
             .env("LECTERN_DATA_DIR", &data)
             .env("LECTERN_LISTEN", "127.0.0.1:0")
             .env("LECTERN_SECRET", SECRET)
+            // Tests fire requests far faster than people do; the rate-limit test sets its own.
+            .env("LECTERN_RATE_LIMIT_USER_RPS", "0")
             .env(
                 "LECTERN_LOG",
                 std::env::var("LECTERN_LOG")
