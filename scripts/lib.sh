@@ -85,3 +85,16 @@ ensure_s3() {
     curl -fsS "http://127.0.0.1:$port/" >/dev/null || { cat target/moto.log; exit 1; }
   fi
 }
+
+# Redis on 127.0.0.1:6379 for the shared-cache tests; started (without persistence) if absent.
+ensure_redis() {
+  if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+    command -v redis-server >/dev/null 2>&1 || apt_install_missing redis-server
+    echo "==> starting redis-server on 127.0.0.1:6379"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no >/dev/null
+    for _ in $(seq 1 50); do
+      (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && break
+      sleep 0.1
+    done
+  fi
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine (run as root): installs missing packages,
-# starts PostgreSQL and an S3 server (moto) if none is running, generates the test clips, then runs fmt, clippy and every
+# starts PostgreSQL, Redis and an S3 server (moto) if none is running, generates the test clips, then runs fmt, clippy and every
 # test (unit tests and end-to-end tests against the real binary on SQLite, PostgreSQL and S3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 apt_install_missing "${LECTERN_PACKAGES[@]}" ffmpeg curl
 require_cargo
 ensure_postgres
+ensure_redis
 mkdir -p target
 ensure_test_venv
 MOTO_PID=""
@@ -27,6 +28,7 @@ export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 unset DATABASE_URL
 export LECTERN_TEST_S3_ENDPOINT=http://127.0.0.1:5055
 export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}" AWS_REGION="${AWS_REGION:-us-east-1}"
+export LECTERN_TEST_REDIS_URL="${LECTERN_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 export LECTERN_TEST_POSTGRES_URL="${LECTERN_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 
 echo "==> cargo fmt --check"

@@ -54,6 +54,8 @@ pub struct Config {
     /// Coalesce progress heartbeats in memory and flush them in batches (false: one write
     /// per heartbeat, only for comparison benchmarks).
     pub progress_write_behind: bool,
+    /// Redis as the shared cache and invalidation bus between API nodes (`redis://HOST:PORT`).
+    pub redis_url: Option<String>,
 }
 
 impl Default for Config {
@@ -83,6 +85,7 @@ impl Default for Config {
             rate_limit_user_rps: 20.0,
             rate_limit_ip_rps: 1000.0,
             progress_write_behind: true,
+            redis_url: None,
         }
     }
 }
@@ -183,6 +186,9 @@ impl Config {
         }
         if let Some(v) = env("LECTERN_RATE_LIMIT_IP_RPS") {
             self.rate_limit_ip_rps = parse("LECTERN_RATE_LIMIT_IP_RPS", v)?;
+        }
+        if let Some(v) = env("LECTERN_REDIS_URL") {
+            self.redis_url = Some(v).filter(|v| !v.is_empty());
         }
         if let Some(v) = env("LECTERN_PROGRESS_WRITE_BEHIND") {
             self.progress_write_behind = parse("LECTERN_PROGRESS_WRITE_BEHIND", v)?;
@@ -365,7 +371,7 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 20] = [
+    const KEYS: [&str; 21] = [
         "listen",
         "data_dir",
         "database_url",
@@ -386,5 +392,6 @@ mod tests {
         "rate_limit_user_rps",
         "rate_limit_ip_rps",
         "progress_write_behind",
+        "redis_url",
     ];
 }

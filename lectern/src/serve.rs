@@ -124,6 +124,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut flusher = None;
     if cfg.has_role("api") {
+        let shared = match &cfg.redis_url {
+            Some(url) => Some(lectern_lms::cache::SharedCache::connect(url).await?),
+            None => None,
+        };
         let progress = Arc::new(lectern_lms::progress::Buffer::new(
             db.clone(),
             cfg.complete_ratio,
@@ -140,7 +144,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             public_url: cfg.public_url.clone(),
             grace_s: cfg.playback_grace_s as i64,
             progress,
-            access: Arc::new(lectern_lms::AccessCache::new(Duration::from_secs(30))),
+            access: lectern_lms::AccessCache::new(Duration::from_secs(30), shared),
             webhook_allow_http: cfg.webhook_allow_http,
             write_behind: cfg.progress_write_behind,
         }));

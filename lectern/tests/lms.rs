@@ -1447,3 +1447,97 @@ async fn captions_appear_as_a_subtitles_group_and_can_be_removed() {
     let (_, _, body) = fetch(&app, &url).await;
     assert!(!String::from_utf8_lossy(&body).contains("SUBTITLES"));
 }
+
+#[tokio::test]
+async fn redis_shares_the_cache_and_carries_invalidations_between_api_nodes() {
+    let redis =
+        std::env::var("LECTERN_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let a = Opts::new(Db::Postgres)
+        .roles("api,origin")
+        .env("LECTERN_REDIS_URL", &redis)
+        .spawn();
+    let b = a.peer_with("api", &[]);
+    let inst = tok(Role::Instructor, "prof", "org-redis");
+    let (_, c) = call(
+        &a,
+        Method::POST,
+        "/api/v1/courses",
+        Some(&inst),
+        Some(json!({"title": "Shared"})),
+    )
+    .await;
+    let cid = c["id"].as_str().unwrap().to_string();
+    let (_, l) = call(
+        &a,
+        Method::POST,
+        &format!("/api/v1/courses/{cid}/lessons"),
+        Some(&inst),
+        Some(json!({"title": "One"})),
+    )
+    .await;
+    let lid = l["id"].as_str().unwrap().to_string();
+    call(
+        &a,
+        Method::POST,
+        &format!("/api/v1/courses/{cid}/enrollments"),
+        Some(&inst),
+        Some(json!({"user": "gus"})),
+    )
+    .await;
+    let gus = tok(Role::Learner, "gus", "org-redis");
+    assert_eq!(
+        heartbeat(&a, &gus, &lid).await,
+        202,
+        "node A checks the database and fills both tiers"
+    );
+    assert_eq!(
+        heartbeat(&b, &gus, &lid).await,
+        202,
+        "node B finds the entry in Redis"
+    );
+    let (_, _, m) = fetch(&b, &format!("{}/metrics", b.base)).await;
+    assert!(
+        String::from_utf8_lossy(&m)
+            .contains(r#"lectern_cache_requests_total{cache="lesson-access",result="hit-redis"}"#),
+        "shared tier hit on B"
+    );
+    // Unenrolled on node B: node A, which holds the entry in memory, refuses at once.
+    assert_eq!(
+        call(
+            &b,
+            Method::DELETE,
+            &format!("/api/v1/courses/{cid}/enrollments/gus"),
+            Some(&inst),
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    let mut status = 0;
+    for _ in 0..20 {
+        status = heartbeat(&a, &gus, &lid).await;
+        if status == 403 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status, 403,
+        "the invalidation reached node A well within the 30 s TTL"
+    );
+    assert_eq!(heartbeat(&b, &gus, &lid).await, 403);
+}
+
+async fn heartbeat(app: &TestApp, token: &str, lesson: &str) -> u16 {
+    let body = json!({"position_s": 5.0, "watched": [[0.0, 5.0]]});
+    call(
+        app,
+        Method::POST,
+        &format!("/api/v1/lessons/{lesson}/progress"),
+        Some(token),
+        Some(body),
+    )
+    .await
+    .0
+}

@@ -5,6 +5,7 @@
 //! courses they are enrolled in; instructors and admins manage their org's courses; operators
 //! run the platform and have no access to org content.
 
+pub mod cache;
 pub mod page;
 pub mod progress;
 pub mod webhooks;
@@ -88,46 +89,77 @@ pub fn router(state: LmsState) -> Router {
         .merge(webhooks::router(state))
 }
 
-/// A short-lived in-process cache of heartbeat permissions: (user, org, lesson) → the lesson's
-/// course and video duration. Cleared whole on any enrollment, lesson or course change, so a
-/// revoked learner is refused from the next heartbeat on this node (other nodes: within the TTL).
+/// Heartbeat permissions, (user, org, lesson) → the lesson's course and video duration, in
+/// two tiers: in-process (30 s) and, with `redis_url`, Redis shared by every API node. Any
+/// enrollment, lesson or course change clears both (through the Redis bus on every node), so a
+/// revoked learner is refused from the next heartbeat.
 pub struct AccessCache {
     ttl: Duration,
     map: Mutex<HashMap<AccessKey, (Access, Instant)>>,
+    shared: Option<Arc<cache::SharedCache>>,
 }
 
 /// (user, org, lesson).
 type AccessKey = (String, String, String);
 
 /// What a permitted heartbeat needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Access {
     course_id: String,
     duration_s: Option<f64>,
 }
 
 impl AccessCache {
-    /// An empty cache whose entries live `ttl`.
-    pub fn new(ttl: Duration) -> Self {
-        Self {
+    /// A cache whose entries live `ttl`, with an optional shared Redis tier.
+    pub fn new(ttl: Duration, shared: Option<Arc<cache::SharedCache>>) -> Arc<Self> {
+        let me = Arc::new(Self {
             ttl,
             map: Mutex::new(HashMap::new()),
+            shared: shared.clone(),
+        });
+        if let Some(sh) = shared {
+            let weak = Arc::downgrade(&me);
+            sh.spawn_listener(move || {
+                if let Some(c) = weak.upgrade() {
+                    c.clear_local();
+                }
+            });
         }
+        me
     }
 
-    fn get(&self, k: &AccessKey) -> Option<Access> {
-        let map = self.map.lock().expect("access cache");
-        let hit = map
-            .get(k)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(a, _)| a.clone());
-        metrics::counter!("lectern_cache_requests_total", "cache" => "lesson-access",
-            "result" => if hit.is_some() { "hit" } else { "miss" })
-        .increment(1);
-        hit
+    fn count(result: &'static str) {
+        metrics::counter!("lectern_cache_requests_total", "cache" => "lesson-access", "result" => result)
+            .increment(1);
     }
 
-    fn put(&self, k: AccessKey, a: Access) {
+    async fn get(&self, k: &AccessKey) -> Option<Access> {
+        let local = {
+            let map = self.map.lock().expect("access cache");
+            map.get(k)
+                .filter(|(_, at)| at.elapsed() < self.ttl)
+                .map(|(a, _)| a.clone())
+        };
+        if local.is_some() {
+            Self::count("hit");
+            return local;
+        }
+        if let Some(sh) = &self.shared {
+            let shared = sh
+                .get(&format!("{}/{}/{}", k.1, k.0, k.2))
+                .await
+                .and_then(|v| serde_json::from_str::<Access>(&v).ok());
+            if let Some(a) = shared {
+                Self::count("hit-redis");
+                self.put_local(k.clone(), a.clone());
+                return Some(a);
+            }
+        }
+        Self::count("miss");
+        None
+    }
+
+    fn put_local(&self, k: AccessKey, a: Access) {
         let mut map = self.map.lock().expect("access cache");
         if map.len() >= 100_000 {
             map.clear();
@@ -135,9 +167,26 @@ impl AccessCache {
         map.insert(k, (a, Instant::now()));
     }
 
-    /// Forgets everything (after a write that may revoke access).
-    pub fn invalidate(&self) {
+    async fn put(&self, k: AccessKey, a: Access) {
+        if let Some(sh) = &self.shared {
+            if let Ok(v) = serde_json::to_string(&a) {
+                sh.set(&format!("{}/{}/{}", k.1, k.0, k.2), &v, self.ttl)
+                    .await;
+            }
+        }
+        self.put_local(k, a);
+    }
+
+    fn clear_local(&self) {
         self.map.lock().expect("access cache").clear();
+    }
+
+    /// Forgets everything, here and on every node (after a write that may revoke access).
+    pub async fn invalidate(&self) {
+        self.clear_local();
+        if let Some(sh) = &self.shared {
+            sh.invalidate().await;
+        }
     }
 }
 
@@ -365,7 +414,7 @@ async fn delete_course(
         sqlx::query(sql).bind(&id).execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    st.access.invalidate();
+    st.access.invalidate().await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -571,7 +620,7 @@ async fn patch_lesson(
     .bind(&c.org)
     .execute(&st.db.pool)
     .await?;
-    st.access.invalidate();
+    st.access.invalidate().await;
     Ok(Json(lesson_row(&st.db, &id, &c.org).await?.json()))
 }
 
@@ -594,7 +643,7 @@ async fn delete_lesson(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    st.access.invalidate();
+    st.access.invalidate().await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -749,7 +798,7 @@ async fn unenroll(
         .bind(&user)
         .execute(&st.db.pool)
         .await?;
-    st.access.invalidate();
+    st.access.invalidate().await;
     if res.rows_affected() == 0 {
         return Err(ApiError::not_found("enrollment"));
     }
@@ -772,7 +821,7 @@ async fn post_progress(
 ) -> Result<StatusCode, ApiError> {
     member(&c)?;
     let key = (c.sub.clone(), c.org.clone(), lesson.clone());
-    let access = match st.access.get(&key) {
+    let access = match st.access.get(&key).await {
         Some(a) => a,
         None => {
             let l = visible_lesson(&st, &c, &lesson).await?;
@@ -780,7 +829,7 @@ async fn post_progress(
                 course_id: l.course_id,
                 duration_s: l.duration_s,
             };
-            st.access.put(key, a.clone());
+            st.access.put(key, a.clone()).await;
             a
         }
     };
