@@ -80,25 +80,16 @@ impl Claims {
     }
 }
 
-/// The deployment secret and the keys derived from it.
+/// One secret and the keys derived from it.
 #[derive(Clone)]
-pub struct Keys {
+struct KeyMaterial {
     secret: Vec<u8>,
     kid: String,
     url_key: Vec<u8>,
 }
 
-impl std::fmt::Debug for Keys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keys")
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Keys {
-    /// Derives the token key id and URL-signing key from a secret.
-    pub fn from_secret(secret: &str) -> Self {
+impl KeyMaterial {
+    fn derive(secret: &str) -> Self {
         let secret = secret.as_bytes().to_vec();
         let kid = hex8(&Sha256::digest(&secret));
         // A separate key for URLs, so a leaked URL signature says nothing about tokens.
@@ -110,6 +101,55 @@ impl Keys {
             kid,
             url_key,
         }
+    }
+}
+
+/// The deployment's keyring: the current secret, which signs everything new, and previous
+/// secrets, which still verify tokens and URLs issued before a rotation. Each is named by its
+/// `kid` (a fingerprint), carried in token headers and signed URLs.
+#[derive(Clone)]
+pub struct Keys {
+    current: KeyMaterial,
+    previous: Vec<KeyMaterial>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("kid", &self.current.kid)
+            .field(
+                "previous",
+                &self.previous.iter().map(|k| &k.kid).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keys {
+    /// Derives the token key id and URL-signing key from a secret.
+    pub fn from_secret(secret: &str) -> Self {
+        Self {
+            current: KeyMaterial::derive(secret),
+            previous: Vec::new(),
+        }
+    }
+
+    /// Adds retired secrets that still verify (but never sign), so a rotation does not break
+    /// tokens and playback URLs already handed out.
+    pub fn with_previous<S: AsRef<str>>(mut self, secrets: &[S]) -> Self {
+        for s in secrets {
+            let k = KeyMaterial::derive(s.as_ref());
+            if k.kid != self.current.kid && !self.previous.iter().any(|p| p.kid == k.kid) {
+                self.previous.push(k);
+            }
+        }
+        self
+    }
+
+    fn by_kid(&self, kid: &str) -> Option<&KeyMaterial> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| k.kid == kid)
     }
 
     /// Finds the secret the way every command does: an explicit one, else the file in the data
@@ -137,14 +177,19 @@ impl Keys {
         }
     }
 
-    /// Key id written in token headers and signed URLs.
+    /// Key id of the current secret, written in token headers and signed URLs.
     pub fn kid(&self) -> &str {
-        &self.kid
+        &self.current.kid
     }
 
-    /// The key for playback URL signatures.
+    /// The current key for playback URL signatures.
     pub fn url_key(&self) -> &[u8] {
-        &self.url_key
+        &self.current.url_key
+    }
+
+    /// The URL-signing key named `kid`, current or previous.
+    pub fn url_key_for(&self, kid: &str) -> Option<&[u8]> {
+        self.by_kid(kid).map(|k| k.url_key.as_slice())
     }
 
     /// Mints a token valid for `ttl_s` seconds.
@@ -157,13 +202,13 @@ impl Keys {
             exp: iat + ttl_s,
             iat,
         };
-        let header = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": self.kid});
+        let header = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": self.current.kid});
         let signing_input = format!(
             "{}.{}",
             B64.encode(header.to_string()),
             B64.encode(serde_json::to_vec(&claims).expect("claims serialize"))
         );
-        let sig = B64.encode(hmac(&self.secret, signing_input.as_bytes()));
+        let sig = B64.encode(hmac(&self.current.secret, signing_input.as_bytes()));
         format!("{signing_input}.{sig}")
     }
 
@@ -189,11 +234,14 @@ impl Keys {
         if header.alg != "HS256" {
             return Err(bad("algorithm must be HS256"));
         }
-        if header.kid.as_deref().is_some_and(|k| k != self.kid) {
-            return Err(bad("unknown key id"));
-        }
+        let key = match header.kid.as_deref() {
+            Some(kid) => self
+                .by_kid(kid)
+                .ok_or_else(|| bad("unknown key id (was the secret rotated out?)"))?,
+            None => &self.current,
+        };
         let sig = B64.decode(s).map_err(|_| bad("malformed signature"))?;
-        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("hmac takes any key");
+        let mut mac = HmacSha256::new_from_slice(&key.secret).expect("hmac takes any key");
         mac.update(h.as_bytes());
         mac.update(b".");
         mac.update(p.as_bytes());
@@ -307,6 +355,21 @@ mod tests {
             B64.encode(br#"{"sub":"u1","org":"org2","role":"admin","exp":9999999999,"iat":0}"#);
         parts[1] = &forged;
         assert_eq!(k.verify(&parts.join(".")).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn rotated_secrets_still_verify_but_never_sign() {
+        let old = Keys::from_secret("the-old-secret-0123456789");
+        let t = old.mint("u1", "org1", Role::Learner, 3600);
+        let new = Keys::from_secret("the-new-secret-0123456789");
+        assert!(new.verify(&t).is_err(), "unknown kid");
+        let ring = new.clone().with_previous(&["the-old-secret-0123456789"]);
+        assert_eq!(ring.verify(&t).unwrap().sub, "u1");
+        assert_eq!(ring.kid(), new.kid(), "the current secret signs");
+        assert_eq!(ring.url_key_for(old.kid()), Some(old.url_key()));
+        assert!(ring.url_key_for("00000000").is_none());
+        let fresh = ring.mint("u2", "org1", Role::Learner, 3600);
+        assert!(old.verify(&fresh).is_err(), "new tokens use the new key");
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Signing secret; without it one is generated and kept in the data folder.
     pub secret: Option<String>,
+    /// Retired secrets that still verify tokens and playback URLs issued before a rotation.
+    pub previous_secrets: Vec<String>,
     /// Roles this process runs: any of api, ingest, origin, worker.
     pub roles: Vec<String>,
     /// Concurrent transcode jobs per worker process.
@@ -56,6 +58,11 @@ pub struct Config {
     pub progress_write_behind: bool,
     /// Redis as the shared cache and invalidation bus between API nodes (`redis://HOST:PORT`).
     pub redis_url: Option<String>,
+    /// MiB of memory the origin keeps hot playlists and segments in (0 = no cache).
+    pub origin_cache_mb: u64,
+    /// A command run when a video is deleted, with the CDN path to purge (`/v/{id}/`) as its
+    /// argument (and `LECTERN_PURGE_PATH`, `LECTERN_VIDEO_ID` in its environment).
+    pub cdn_purge_command: Option<String>,
 }
 
 impl Default for Config {
@@ -71,6 +78,7 @@ impl Default for Config {
             s3_endpoint: None,
             public_url: None,
             secret: None,
+            previous_secrets: Vec::new(),
             roles: ALL_ROLES.iter().map(|s| s.to_string()).collect(),
             // x264 already spreads one job over every core; a second job only helps on big hosts.
             workers: (cores / 4).max(1),
@@ -86,6 +94,8 @@ impl Default for Config {
             rate_limit_ip_rps: 1000.0,
             progress_write_behind: true,
             redis_url: None,
+            origin_cache_mb: 256,
+            cdn_purge_command: None,
         }
     }
 }
@@ -157,6 +167,13 @@ impl Config {
         if let Some(v) = env("LECTERN_SECRET") {
             self.secret = Some(v);
         }
+        if let Some(v) = env("LECTERN_PREVIOUS_SECRETS") {
+            self.previous_secrets = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
         if let Some(v) = env("LECTERN_ROLES") {
             self.roles = split_roles(&v);
         }
@@ -195,6 +212,12 @@ impl Config {
         }
         if let Some(v) = env("LECTERN_WEBHOOK_ALLOW_HTTP") {
             self.webhook_allow_http = parse("LECTERN_WEBHOOK_ALLOW_HTTP", v)?;
+        }
+        if let Some(v) = env("LECTERN_ORIGIN_CACHE_MB") {
+            self.origin_cache_mb = parse("LECTERN_ORIGIN_CACHE_MB", v)?;
+        }
+        if let Some(v) = env("LECTERN_CDN_PURGE_COMMAND") {
+            self.cdn_purge_command = Some(v).filter(|v| !v.is_empty());
         }
         if let Some(v) = env("LECTERN_DB_MAX_CONNECTIONS") {
             self.db_max_connections = parse("LECTERN_DB_MAX_CONNECTIONS", v)?;
@@ -248,6 +271,11 @@ impl Config {
                     "secret must be at least 16 characters".into(),
                 ));
             }
+        }
+        if self.previous_secrets.iter().any(|s| s.len() < 16) {
+            return Err(ConfigError::Invalid(
+                "every previous_secrets entry must be at least 16 characters".into(),
+            ));
         }
         Ok(())
     }
@@ -371,7 +399,7 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 21] = [
+    const KEYS: [&str; 24] = [
         "listen",
         "data_dir",
         "database_url",
@@ -379,6 +407,7 @@ mod tests {
         "s3_endpoint",
         "public_url",
         "secret",
+        "previous_secrets",
         "roles",
         "workers",
         "pipeline",
@@ -393,5 +422,7 @@ mod tests {
         "rate_limit_ip_rps",
         "progress_write_behind",
         "redis_url",
+        "origin_cache_mb",
+        "cdn_purge_command",
     ];
 }

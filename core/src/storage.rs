@@ -417,7 +417,11 @@ impl FileStore {
 
 fn not_found(key: &str) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |e| {
-        if e.kind() == io::ErrorKind::NotFound {
+        // A key through an object as if it were a folder (`a.m4s/b`) names nothing either.
+        if matches!(
+            e.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+        ) {
             StoreError::NotFound(key.to_string())
         } else {
             StoreError::Io(e)

@@ -93,6 +93,8 @@ pub struct Video {
     pub encode_fps: Option<f64>,
     /// Object key of the poster JPEG, when one was made.
     pub poster_key: Option<String>,
+    /// Output prefix of the running attempt once it is playable (first segment of every track).
+    pub live_prefix: Option<String>,
 }
 
 /// A published rendition, as the status API lists it.
@@ -156,9 +158,19 @@ pub struct SourceInfo {
 const COLS: &str = "id, org, owner, title, lesson, filename, state, progress, priority, attempts, \
     worker, source_key, duration_s, source_width, source_height, source_fps, renditions, \
     output_prefix, error_code, error_message, queued_at, started_at, finished_at, created_at, updated_at, \
-    task_id, queue_priority, encode_fps, poster_key";
+    task_id, queue_priority, encode_fps, poster_key, live_prefix";
 
 impl Video {
+    /// The prefix a player is served from: the published output once ready, else the running
+    /// attempt's once it is playable; `None` when there is nothing to watch yet.
+    pub fn playable_prefix(&self) -> Option<&str> {
+        match self.state.as_str() {
+            state::READY => self.output_prefix.as_deref(),
+            state::PROCESSING => self.live_prefix.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Parsed renditions, empty before any are published.
     pub fn rendition_list(&self) -> Vec<RenditionInfo> {
         self.renditions
@@ -239,7 +251,7 @@ pub async fn start_attempt(
     let now = now_ms();
     let row: Option<(i64,)> = sqlx::query_as(
         "UPDATE videos SET state = $1, progress = 0.0, encode_fps = NULL, attempts = attempts + 1, worker = $2, \
-         started_at = $3, finished_at = NULL, error_code = NULL, error_message = NULL, updated_at = $3 \
+         live_prefix = NULL, started_at = $3, finished_at = NULL, error_code = NULL, error_message = NULL, updated_at = $3 \
          WHERE id = $4 AND state IN ($5, $6, $1) AND (task_id IS NULL OR task_id = $7) RETURNING attempts",
     )
     .bind(state::PROCESSING)
@@ -293,13 +305,29 @@ pub async fn set_progress(
     Ok(())
 }
 
+/// Makes a running attempt's output watchable while it is still encoding (its first segment
+/// of every track is stored); false when the attempt is no longer the current one.
+pub async fn set_live(db: &Db, id: &str, attempt: i64, prefix: &str) -> Result<bool, ApiError> {
+    let res = sqlx::query(
+        "UPDATE videos SET live_prefix = $1, updated_at = $2 WHERE id = $3 AND attempts = $4 AND state = $5",
+    )
+    .bind(prefix)
+    .bind(now_ms())
+    .bind(id)
+    .bind(attempt)
+    .bind(state::PROCESSING)
+    .execute(&db.pool)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
 /// Publishes a finished attempt; returns false when the video changed under it (deleted,
 /// canceled or taken over by a newer attempt), in which case the output must be discarded.
 pub async fn mark_ready(db: &Db, id: &str, attempt: i64, p: &Published) -> Result<bool, ApiError> {
     let now = now_ms();
     let res = sqlx::query(
         "UPDATE videos SET state = $1, progress = 1.0, renditions = $2, output_prefix = $3, \
-         finished_at = $4, updated_at = $4, poster_key = $8 WHERE id = $5 AND attempts = $6 AND state = $7",
+         live_prefix = NULL, finished_at = $4, updated_at = $4, poster_key = $8 WHERE id = $5 AND attempts = $6 AND state = $7",
     )
     .bind(state::READY)
     .bind(serde_json::to_string(&p.renditions).expect("renditions serialize"))
@@ -325,7 +353,7 @@ pub async fn mark_failed(
     let now = now_ms();
     sqlx::query(
         "UPDATE videos SET state = $1, error_code = $2, error_message = $3, finished_at = $4, \
-         updated_at = $4 WHERE id = $5 AND attempts = $6 AND state = $7",
+         live_prefix = NULL, updated_at = $4 WHERE id = $5 AND attempts = $6 AND state = $7",
     )
     .bind(state::FAILED)
     .bind(code)
@@ -342,7 +370,7 @@ pub async fn mark_failed(
 /// Hands an attempt back to the queue after a transient fault.
 pub async fn requeue(db: &Db, id: &str, attempt: i64) -> Result<(), ApiError> {
     sqlx::query(
-        "UPDATE videos SET state = $1, worker = NULL, progress = 0.0, updated_at = $2 \
+        "UPDATE videos SET state = $1, worker = NULL, progress = 0.0, live_prefix = NULL, updated_at = $2 \
          WHERE id = $3 AND attempts = $4 AND state = $5",
     )
     .bind(state::QUEUED)

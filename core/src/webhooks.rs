@@ -10,7 +10,12 @@ use crate::error::ApiError;
 use crate::{new_id, now_ms, rfc3339};
 
 /// Event types an endpoint can subscribe to.
-pub const EVENTS: [&str; 3] = ["video.ready", "video.failed", "lesson.completed"];
+pub const EVENTS: [&str; 4] = [
+    "video.ready",
+    "video.failed",
+    "video.deleted",
+    "lesson.completed",
+];
 
 /// Queues `event_type` with `data` for every endpoint of `org` subscribed to it; returns the
 /// event id (shared by all its deliveries, for receivers to deduplicate).

@@ -284,6 +284,10 @@ pub struct ApiState {
     pub queue: lectern_core::queue::Queue,
     /// The object store (to delete a video's objects).
     pub store: std::sync::Arc<dyn lectern_core::storage::ObjectStore>,
+    /// This node's origin cache, dropped for a deleted video.
+    pub origin_cache: Option<std::sync::Arc<lectern_origin::ObjectCache>>,
+    /// Command that purges a deleted video's path from the CDN.
+    pub cdn_purge_command: Option<String>,
 }
 
 impl HasKeys for ApiState {
@@ -371,6 +375,9 @@ async fn status(
         "duration_s": v.duration_s,
         "source": source,
         "renditions": v.rendition_list(),
+        // True from the moment the playback endpoint hands out a URL (while processing, once
+        // the first segment of every rendition is encoded).
+        "playable": v.playable_prefix().is_some(),
         "poster_url": poster_url,
         "attempts": v.attempts,
         "created_at": lectern_core::rfc3339(v.created_at),
@@ -407,6 +414,7 @@ async fn playback(
         &headers,
         &v,
         st.grace_s,
+        &c,
     )?))
 }
 
@@ -499,7 +507,46 @@ async fn delete_video(
     st.store.delete(&v.source_key).await?;
     st.store.delete_prefix(&format!("videos/{}/", v.id)).await?;
     videos::forget(&st.db, &v.id).await?;
-    tracing::info!(video = %v.id, by = %c.sub, purge = %format!("/v/{}/", v.id), "video deleted; purge the CDN for this prefix");
+    let purge = format!("/v/{}/", v.id);
+    if let Some(c) = &st.origin_cache {
+        c.invalidate_prefix(&format!("videos/{}/", v.id));
+    }
+    tracing::info!(video = %v.id, by = %c.sub, purge = %purge, "video deleted; purge the CDN for this prefix");
     metrics::counter!("lectern_videos_deleted_total").increment(1);
+    let data = json!({"video_id": v.id, "title": v.title, "purge_path": purge});
+    lectern_core::webhooks::emit(&st.db, &v.org, "video.deleted", data).await?;
+    if let Some(cmd) = st.cdn_purge_command.clone() {
+        tokio::spawn(purge_cdn(cmd, purge, v.id.clone()));
+    }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Runs the operator's purge command for a deleted video's path; failures are logged (the
+/// objects are gone, so a CDN copy only lingers until its own expiry).
+async fn purge_cdn(cmd: String, path: String, video: String) {
+    let out = tokio::process::Command::new(&cmd)
+        .arg(&path)
+        .env("LECTERN_PURGE_PATH", &path)
+        .env("LECTERN_VIDEO_ID", &video)
+        .stdin(std::process::Stdio::null())
+        .output();
+    match tokio::time::timeout(std::time::Duration::from_secs(60), out).await {
+        Ok(Ok(o)) if o.status.success() => {
+            tracing::info!(%video, %path, "CDN purged");
+            metrics::counter!("lectern_cdn_purges_total", "outcome" => "ok").increment(1);
+        }
+        other => {
+            let why = match other {
+                Ok(Ok(o)) => format!(
+                    "{}: {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out after 60 s".into(),
+            };
+            tracing::warn!(%video, %path, %cmd, %why, "CDN purge command failed; purge the path by hand");
+            metrics::counter!("lectern_cdn_purges_total", "outcome" => "failed").increment(1);
+        }
+    }
 }

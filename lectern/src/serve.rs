@@ -88,13 +88,22 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             &[1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0],
         )?
         .install_recorder()?;
-    let keys = Keys::load(cfg.secret.as_deref(), &cfg.data_dir, true)?;
+    let keys = Keys::load(cfg.secret.as_deref(), &cfg.data_dir, true)?
+        .with_previous(&cfg.previous_secrets);
     let db_url = cfg.database_url();
     let db = Db::connect_with(&db_url, cfg.db_max_connections).await?;
     let store = lectern_core::storage::open(&cfg.storage_url(), cfg.s3_endpoint.as_deref()).await?;
     let queue = Queue::connect(&db_url).await?;
     let ladder = Ladder::load(cfg.pipeline.as_deref())?;
     let signer = Signer::new(keys.clone());
+    let origin_cache = (cfg.has_role("origin") && cfg.origin_cache_mb > 0).then(|| {
+        let budget = (cfg.origin_cache_mb as usize) << 20;
+        Arc::new(lectern_origin::ObjectCache::new(
+            budget,
+            16 << 20,
+            Duration::from_secs(300),
+        ))
+    });
 
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -160,6 +169,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             grace_s: cfg.playback_grace_s as i64,
             queue: queue.clone(),
             store: store.clone(),
+            origin_cache: origin_cache.clone(),
+            cdn_purge_command: cfg.cdn_purge_command.clone(),
         }));
     }
     if cfg.has_role("origin") {
@@ -167,6 +178,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             db: db.clone(),
             store: store.clone(),
             signer,
+            // A zero budget admits nothing: every read goes to the store.
+            cache: origin_cache.clone().unwrap_or_else(|| {
+                Arc::new(lectern_origin::ObjectCache::new(0, 0, Duration::ZERO))
+            }),
         }));
     }
     if cfg.has_role("api") {

@@ -654,22 +654,27 @@ pub fn playback_json(
     headers: &HeaderMap,
     video: &lectern_core::videos::Video,
     grace_s: i64,
+    viewer: &Claims,
 ) -> Result<Value, ApiError> {
-    if video.state != lectern_core::videos::state::READY {
+    if video.playable_prefix().is_none() {
+        let when = if video.state == lectern_core::videos::state::PROCESSING {
+            "it can be watched as soon as its first segments are encoded (a few seconds)"
+        } else {
+            "it can be watched once it is processing or ready"
+        };
         return Err(ApiError::conflict(
             "not-ready",
-            format!(
-                "the video is {}; it can be watched once it is ready",
-                video.state
-            ),
+            format!("the video is {}; {when}", video.state),
         ));
     }
     let duration = video.duration_s.unwrap_or(0.0).ceil() as i64;
     let exp = chrono::Utc::now().timestamp() + duration + grace_s;
     let base = lectern_core::base_url(public_url, headers);
+    let tag = signer.viewer_tag(&viewer.org, &viewer.sub);
     Ok(json!({
-        "url": signer.master_url(&base, &video.id, exp),
+        "url": signer.master_url(&base, &video.id, &tag, exp),
         "expires_at": rfc3339(exp * 1000),
+        "state": video.state,
     }))
 }
 
@@ -715,6 +720,7 @@ async fn lesson_playback(
         &headers,
         &video,
         st.grace_s,
+        &c,
     )?))
 }
 

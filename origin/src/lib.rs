@@ -1,27 +1,39 @@
 //! The HLS origin: the only code that signs and checks playback URLs.
 //!
 //! URL layout, all under `/v/{video}/`:
-//! - `master.m3u8?exp&kid&sig`: signed; resolved through the database to the published attempt;
-//! - `{token}/{rendition}/index.m3u8?exp&kid&sig`: signed media playlists;
+//! - `master.m3u8?exp&kid&vw&sig`: signed; resolved through the database to the published
+//!   attempt (or, while the video is still encoding, to the running attempt once it is
+//!   playable);
+//! - `{token}/{rendition}/index.m3u8?exp&kid&vw&sig`: signed media playlists (`EVENT` while
+//!   encoding, `VOD` once ready, at the same URI);
 //! - `{token}/{rendition}/init.mp4` and `seg00001.m4s`: unsigned, immutable and unguessable
-//!   (the token is 128 random bits per attempt), identical for every viewer so a CDN keeps one copy.
+//!   (the token is 128 random bits per attempt), identical for every viewer so a CDN keeps one
+//!   copy.
+//!
+//! Immutable objects (VOD playlists, init and media segments up to `max_object` bytes) are
+//! served from a bounded in-memory cache; bigger objects and ranged misses stream from the
+//! store without being buffered.
 
+pub mod cache;
 mod sign;
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method};
-use axum::response::Response;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use bytes::Bytes;
+use futures::TryStreamExt;
 use lectern_core::db::Db;
 use lectern_core::error::ApiError;
-use lectern_core::storage::{object_response, request_range, ObjectStore};
+use lectern_core::storage::{object_response, request_range, ByteRange, ObjectMeta, ObjectStore};
 use lectern_core::videos::{self, state};
-use serde::Deserialize;
+use lectern_packager::{LIVE_MASTER_PLAYLIST, MASTER_PLAYLIST};
 
+pub use cache::ObjectCache;
 pub use sign::{SignedQuery, Signer};
 
 /// What the origin routes need.
@@ -33,6 +45,8 @@ pub struct OriginState {
     pub store: Arc<dyn ObjectStore>,
     /// Signs and checks playlist URLs.
     pub signer: Signer,
+    /// Hot immutable objects.
+    pub cache: Arc<ObjectCache>,
 }
 
 /// The `/v/` routes.
@@ -44,6 +58,13 @@ pub fn router(state: OriginState) -> Router {
 }
 
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
+/// Segments never change under their unguessable per-attempt paths.
+const SEGMENT_CACHE: &str = "public, max-age=31536000, immutable";
+/// A playlist that still grows: caches must revalidate (cheap, with the ETag) every time.
+const GROWING_CACHE: &str = "no-cache";
+/// Signed VOD playlists may be cached (keyed by their full URL, signature included) for at
+/// most this long, and never past the signature's expiry.
+const PLAYLIST_MAX_AGE_S: i64 = 60;
 
 fn valid_id(s: &str) -> bool {
     s.len() == 32
@@ -51,7 +72,16 @@ fn valid_id(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn valid_name(s: &str) -> bool {
+/// A rendition folder (`720p`, `audio`, `subs-en`, `poster`): no dots, so no file name or
+/// traversal can pose as one.
+fn valid_folder(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+}
+
+fn valid_file(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && !s.starts_with('.')
@@ -59,40 +89,100 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-/// Loads a video that has published output, or 404.
-async fn published(st: &OriginState, id: &str) -> Result<(videos::Video, String), ApiError> {
-    let v = videos::get(&st.db, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("video"))?;
-    match (&v.state[..], v.output_prefix.clone()) {
-        (state::READY, Some(prefix)) => Ok((v, prefix)),
-        _ => Err(ApiError::not_found("playable video")),
+/// Error responses must never be kept by a CDN: a 403 for one viewer is not another's answer.
+fn finish(r: Result<Response, ApiError>) -> Response {
+    match r {
+        Ok(r) => r,
+        Err(e) => {
+            let mut r = e.into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
     }
+}
+
+fn signed(
+    st: &OriginState,
+    video: &str,
+    raw: Option<&str>,
+) -> Result<(SignedQuery, i64), ApiError> {
+    let q = SignedQuery::parse(raw).ok_or_else(|| {
+        let mut e = ApiError::forbidden(
+            "this playlist URL repeats a signature parameter; ask the playback endpoint for a fresh URL",
+        );
+        e.code = "invalid-signature";
+        e
+    })?;
+    st.signer.verify(video, &q)?;
+    let exp = q.exp.as_deref().and_then(|e| e.parse().ok()).unwrap_or(0);
+    Ok((q, exp))
+}
+
+/// `public, max-age=N` for a signed VOD playlist: a shared cache may keep it for a minute but
+/// must not serve it after the signature expires.
+fn vod_playlist_cache(exp: i64) -> HeaderValue {
+    let left = (exp - chrono::Utc::now().timestamp()).clamp(0, PLAYLIST_MAX_AGE_S);
+    HeaderValue::from_str(&format!("public, max-age={left}")).expect("ascii")
 }
 
 async fn master(
     State(st): State<OriginState>,
     Path(video): Path<String>,
-    Query(q): Query<SignedQuery>,
+    RawQuery(raw): RawQuery,
     method: Method,
     headers: HeaderMap,
+) -> Response {
+    finish(master_inner(&st, &video, raw.as_deref(), &method, &headers).await)
+}
+
+async fn master_inner(
+    st: &OriginState,
+    video: &str,
+    raw: Option<&str>,
+    method: &Method,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !valid_id(&video) {
+    if !valid_id(video) {
         return Err(ApiError::not_found("video"));
     }
-    st.signer.verify(&video, &q)?;
-    let (_, prefix) = published(&st, &video).await?;
-    let raw = st.store.get_bytes(&format!("{prefix}master.m3u8")).await?;
+    let (q, exp) = signed(st, video, raw)?;
+    let v = videos::get(&st.db, video)
+        .await?
+        .ok_or_else(|| ApiError::not_found("video"))?;
+    let prefix = v
+        .playable_prefix()
+        .ok_or_else(|| ApiError::not_found("playable video"))?;
+    let growing = v.state != state::READY;
+    let file = if growing {
+        LIVE_MASTER_PLAYLIST
+    } else {
+        MASTER_PLAYLIST
+    };
+    // Both master files are written once, so they are cacheable whatever the state.
+    let raw_master = load(st, &format!("{prefix}{file}"), true).await?.0;
     let token = prefix
         .trim_end_matches('/')
         .rsplit('/')
         .next()
-        .unwrap_or_default()
-        .to_string();
-    let subs = videos::captions(&st.db, &video).await?;
-    let body = rewrite_master(&raw, &token, &q.to_query_string(), &subs)?;
+        .unwrap_or_default();
+    let subs = videos::captions(&st.db, video).await?;
+    let body = rewrite_master(&raw_master.body, token, &q.to_query_string(), &subs)?;
     metrics::counter!("lectern_origin_requests_total", "kind" => "master").increment(1);
-    Ok(playlist_response(body, &method, &headers))
+    let cc = if growing {
+        HeaderValue::from_static(GROWING_CACHE)
+    } else {
+        vod_playlist_cache(exp)
+    };
+    let etag = content_etag(&body);
+    Ok(bytes_response(
+        &cache::Entry::new(body.into(), etag, None),
+        None,
+        PLAYLIST_TYPE,
+        method,
+        headers,
+        cc,
+    ))
 }
 
 /// Points every URI of the stored master at the attempt's folder and carries the signature, so
@@ -135,122 +225,236 @@ fn rewrite_master(
     Ok(out)
 }
 
-/// True when `If-None-Match` names `etag` (or `*`), so the answer is 304.
-fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
+/// A quoted validator from the bytes themselves, the same on every origin node.
+fn content_etag(body: &[u8]) -> HeaderValue {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(body);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    HeaderValue::from_str(&format!("\"{hex}\"")).expect("hex is a valid header")
+}
+
+fn http_date(ms: i64) -> Option<HeaderValue> {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    HeaderValue::from_str(&httpdate::fmt_http_date(t)).ok()
+}
+
+/// True when `If-None-Match` names `etag` (or `*`), or, without it, `If-Modified-Since` is not
+/// older than `last_modified`: the answer is then 304.
+fn not_modified(
+    headers: &HeaderMap,
+    etag: &HeaderValue,
+    last_modified: Option<&HeaderValue>,
+) -> bool {
     let strip = |t: &str| t.trim().trim_start_matches("W/").to_string();
-    headers
+    let etag = etag.to_str().unwrap_or_default();
+    let mut inm = headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim() == "*" || strip(t) == strip(etag))
+        .peekable();
+    if inm.peek().is_some() {
+        return inm
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim() == "*" || strip(t) == strip(etag));
+    }
+    let parse = |v: &HeaderValue| httpdate::parse_http_date(v.to_str().ok()?).ok();
+    match (
+        headers.get(header::IF_MODIFIED_SINCE).and_then(parse),
+        last_modified.and_then(parse),
+    ) {
+        (Some(since), Some(modified)) => modified <= since,
+        _ => false,
+    }
 }
 
-fn not_modified_response(etag: &str, cache_control: &'static str) -> Response {
+/// Serves an object held in memory: 200, 206 for a satisfiable single range, 304 for a
+/// matching validator, and headers alone for HEAD.
+fn bytes_response(
+    e: &cache::Entry,
+    range: Option<ByteRange>,
+    content_type: &'static str,
+    method: &Method,
+    headers: &HeaderMap,
+    cache_control: HeaderValue,
+) -> Response {
     let mut r = Response::new(Body::empty());
-    *r.status_mut() = axum::http::StatusCode::NOT_MODIFIED;
-    if let Ok(v) = HeaderValue::from_str(etag) {
-        r.headers_mut().insert(header::ETAG, v);
-    }
-    r.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(cache_control),
-    );
-    r
-}
-
-/// Playlists are signed per viewer, so shared caches must not serve one viewer's copy to
-/// another; players may reuse theirs for a minute.
-const PLAYLIST_CACHE: &str = "private, max-age=60";
-/// Segments never change under their unguessable per-attempt paths.
-const SEGMENT_CACHE: &str = "public, max-age=31536000, immutable";
-
-fn playlist_response(body: Vec<u8>, method: &Method, headers: &HeaderMap) -> Response {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(&body);
-    let etag = format!(
-        "\"{}\"",
-        digest[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
-    if not_modified(headers, &etag) {
-        return not_modified_response(&etag, PLAYLIST_CACHE);
-    }
-    let len = body.len();
-    let body = if method == Method::HEAD {
-        Body::empty()
-    } else {
-        Body::from(body)
-    };
-    let mut r = Response::new(body);
     let h = r.headers_mut();
+    h.insert(header::ETAG, e.etag.clone());
+    h.insert(header::CACHE_CONTROL, cache_control);
+    if let Some(lm) = &e.last_modified {
+        h.insert(header::LAST_MODIFIED, lm.clone());
+    }
+    if not_modified(headers, &e.etag, e.last_modified.as_ref()) {
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        return r;
+    }
+    let size = e.body.len() as u64;
+    let span = match range.map(|r| r.resolve(size)) {
+        Some(Ok(span)) => {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let v = format!("bytes {}-{}/{size}", span.start, span.end - 1);
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&v).expect("ascii"),
+            );
+            span
+        }
+        Some(Err(_)) => {
+            return finish(Err(ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range-not-satisfiable",
+                format!("the object has {size} bytes; ask for a range inside it"),
+            )
+            .with_header("content-range", format!("bytes */{size}"))));
+        }
+        None => 0..size,
+    };
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(PLAYLIST_TYPE),
+        header::CONTENT_LENGTH,
+        HeaderValue::from(span.end - span.start),
     );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(PLAYLIST_CACHE),
-    );
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        h.insert(header::ETAG, v);
+    if method != Method::HEAD {
+        *r.body_mut() = Body::from(e.body.slice(span.start as usize..span.end as usize));
     }
     r
 }
 
-#[derive(Deserialize)]
-struct FilePath {
-    video: String,
-    token: String,
-    rendition: String,
-    file: String,
+/// A whole object from the cache, or from the store (then cached when `cacheable` says so and
+/// it is small enough). The flag says whether the cache answered.
+async fn load(
+    st: &OriginState,
+    key: &str,
+    cacheable: bool,
+) -> Result<(cache::Entry, bool), ApiError> {
+    if let Some(e) = st.cache.get(key) {
+        metrics::counter!("lectern_cache_requests_total", "cache" => "origin", "result" => "hit")
+            .increment(1);
+        return Ok((e, true));
+    }
+    metrics::counter!("lectern_cache_requests_total", "cache" => "origin", "result" => "miss")
+        .increment(1);
+    let got = st.store.get(key, None).await?;
+    let meta: ObjectMeta = got.meta.clone();
+    let chunks: Vec<Bytes> = got
+        .stream
+        .try_collect()
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let body: Bytes = if chunks.len() == 1 {
+        chunks.into_iter().next().expect("one chunk")
+    } else {
+        chunks.concat().into()
+    };
+    let etag = if key.ends_with(".m3u8") {
+        content_etag(&body)
+    } else {
+        HeaderValue::from_str(&meta.etag).map_err(ApiError::internal)?
+    };
+    let e = cache::Entry::new(body, etag, http_date(meta.modified_ms));
+    if cacheable {
+        st.cache.insert(key, e.clone());
+    }
+    Ok((e, false))
 }
 
 async fn rendition_file(
     State(st): State<OriginState>,
-    Path(p): Path<FilePath>,
-    Query(q): Query<SignedQuery>,
+    Path((video, token, rendition, file)): Path<(String, String, String, String)>,
+    RawQuery(raw): RawQuery,
     method: Method,
     headers: HeaderMap,
+) -> Response {
+    finish(
+        file_inner(
+            &st,
+            [&video, &token, &rendition, &file],
+            raw.as_deref(),
+            &method,
+            &headers,
+        )
+        .await,
+    )
+}
+
+async fn file_inner(
+    st: &OriginState,
+    [video, token, rendition, file]: [&str; 4],
+    raw: Option<&str>,
+    method: &Method,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !valid_id(&p.video)
-        || !valid_id(&p.token)
-        || !valid_name(&p.rendition)
-        || !valid_name(&p.file)
-    {
+    if !valid_id(video) || !valid_id(token) || !valid_folder(rendition) || !valid_file(file) {
         return Err(ApiError::not_found("object"));
     }
-    let key = format!("videos/{}/{}/{}/{}", p.video, p.token, p.rendition, p.file);
-    if p.file.ends_with(".m3u8") {
-        st.signer.verify(&p.video, &q)?;
-        let body = st.store.get_bytes(&key).await?;
+    let key = format!("videos/{video}/{token}/{rendition}/{file}");
+    if file.ends_with(".m3u8") {
+        let (_, exp) = signed(st, video, raw)?;
+        let (e, hit) = load(st, &key, false).await?;
+        let growing = !hit && !memchr_endlist(&e.body);
+        if !hit && !growing {
+            // A VOD playlist never changes again.
+            st.cache.insert(&key, e.clone());
+        }
         metrics::counter!("lectern_origin_requests_total", "kind" => "media_playlist").increment(1);
-        return Ok(playlist_response(body.to_vec(), &method, &headers));
+        let cc = if growing {
+            HeaderValue::from_static(GROWING_CACHE)
+        } else {
+            vod_playlist_cache(exp)
+        };
+        return Ok(bytes_response(&e, None, PLAYLIST_TYPE, method, headers, cc));
     }
-    let ctype = if p.file.ends_with(".m4s") || p.file.ends_with(".mp4") {
+    let ctype = if file.ends_with(".m4s") || file.ends_with(".mp4") {
         "video/mp4"
-    } else if p.file.ends_with(".vtt") {
+    } else if file.ends_with(".vtt") {
         "text/vtt; charset=utf-8"
-    } else if p.file.ends_with(".jpg") {
+    } else if file.ends_with(".jpg") {
         "image/jpeg"
     } else {
         return Err(ApiError::not_found("object"));
     };
-    let range = request_range(&headers)?;
-    let got = st.store.get(&key, range).await?;
     metrics::counter!("lectern_origin_requests_total", "kind" => "segment").increment(1);
-    if not_modified(&headers, &got.meta.etag) {
-        return Ok(not_modified_response(&got.meta.etag, SEGMENT_CACHE));
+    let range = request_range(headers)?;
+    let immutable = HeaderValue::from_static(SEGMENT_CACHE);
+    if let Some(e) = st.cache.get(&key) {
+        metrics::counter!("lectern_cache_requests_total", "cache" => "origin", "result" => "hit")
+            .increment(1);
+        return Ok(bytes_response(&e, range, ctype, method, headers, immutable));
+    }
+    // A ranged miss passes the range through to the store (S3 reads only those bytes).
+    if range.is_none() && method == Method::GET {
+        if let Ok(meta) = st.store.head(&key).await {
+            if st.cache.admits(meta.size) {
+                let (e, _) = load(st, &key, true).await?;
+                return Ok(bytes_response(&e, None, ctype, method, headers, immutable));
+            }
+        }
+    }
+    metrics::counter!("lectern_cache_requests_total", "cache" => "origin", "result" => "miss")
+        .increment(1);
+    let got = st.store.get(&key, range).await?;
+    let etag = HeaderValue::from_str(&got.meta.etag).map_err(ApiError::internal)?;
+    let lm = http_date(got.meta.modified_ms);
+    if not_modified(headers, &etag, lm.as_ref()) {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r.headers_mut().insert(header::ETAG, etag);
+        r.headers_mut().insert(header::CACHE_CONTROL, immutable);
+        if let Some(lm) = lm {
+            r.headers_mut().insert(header::LAST_MODIFIED, lm);
+        }
+        return Ok(r);
     }
     let mut r = object_response(got, range.is_some(), ctype, method == Method::HEAD)?;
-    r.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(SEGMENT_CACHE),
-    );
+    r.headers_mut().insert(header::CACHE_CONTROL, immutable);
     Ok(r)
+}
+
+/// Whether a media playlist is complete (`#EXT-X-ENDLIST`).
+fn memchr_endlist(body: &[u8]) -> bool {
+    body.windows(14).rev().any(|w| w == b"#EXT-X-ENDLIST")
 }
 
 #[cfg(test)]
@@ -260,14 +464,15 @@ mod tests {
     #[test]
     fn master_rewrite_carries_token_and_signature() {
         let raw = b"#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aac\",NAME=\"audio\",DEFAULT=YES,AUTOSELECT=YES,URI=\"audio/index.m3u8\"\n#EXT-X-STREAM-INF:BANDWIDTH=1500000,AVERAGE-BANDWIDTH=1400000,CODECS=\"avc1.64001f,mp4a.40.2\",RESOLUTION=854x480,FRAME-RATE=30.000,AUDIO=\"aac\"\n480p/index.m3u8\n";
-        let out = String::from_utf8(rewrite_master(raw, "abc", "exp=1&kid=k&sig=s", &[]).unwrap())
-            .unwrap();
+        let out =
+            String::from_utf8(rewrite_master(raw, "abc", "exp=1&kid=k&vw=v&sig=s", &[]).unwrap())
+                .unwrap();
         assert!(
-            out.contains("abc/480p/index.m3u8?exp=1&kid=k&sig=s"),
+            out.contains("abc/480p/index.m3u8?exp=1&kid=k&vw=v&sig=s"),
             "{out}"
         );
         assert!(
-            out.contains("URI=\"abc/audio/index.m3u8?exp=1&kid=k&sig=s\""),
+            out.contains("URI=\"abc/audio/index.m3u8?exp=1&kid=k&vw=v&sig=s\""),
             "{out}"
         );
         assert!(out.contains("AVERAGE-BANDWIDTH=1400000"), "{out}");
@@ -275,23 +480,46 @@ mod tests {
 
     #[test]
     fn conditional_requests() {
+        let etag = HeaderValue::from_static("\"a\"");
+        let other = HeaderValue::from_static("\"b\"");
         let mut h = HeaderMap::new();
-        assert!(!not_modified(&h, "\"a\""));
+        assert!(!not_modified(&h, &etag, None));
         h.insert(
             header::IF_NONE_MATCH,
             HeaderValue::from_static("\"x\", W/\"a\""),
         );
-        assert!(not_modified(&h, "\"a\""));
-        assert!(!not_modified(&h, "\"b\""));
+        assert!(not_modified(&h, &etag, None));
+        assert!(!not_modified(&h, &other, None));
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
-        assert!(not_modified(&h, "\"b\""));
+        assert!(not_modified(&h, &other, None));
+        let lm = http_date(1_700_000_000_000);
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_MODIFIED_SINCE, lm.clone().unwrap());
+        assert!(not_modified(&h, &etag, lm.as_ref()));
+        assert!(!not_modified(
+            &h,
+            &etag,
+            http_date(1_700_000_100_000).as_ref()
+        ));
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"z\""));
+        assert!(
+            !not_modified(&h, &etag, lm.as_ref()),
+            "If-None-Match wins over If-Modified-Since"
+        );
     }
 
     #[test]
     fn path_checks() {
         assert!(valid_id("0123456789abcdef0123456789abcdef"));
         assert!(!valid_id("../../../../etc/passwd0123456789a"));
-        assert!(!valid_name(".."));
-        assert!(valid_name("seg00001.m4s"));
+        assert!(!valid_file(".."));
+        assert!(valid_file("seg00001.m4s"));
+        assert!(valid_folder("subs-en") && valid_folder("720p"));
+        assert!(
+            !valid_folder("master.m3u8"),
+            "a file cannot pose as a folder"
+        );
+        assert!(memchr_endlist(b"#EXTINF:6,\nseg1.m4s\n#EXT-X-ENDLIST\n"));
+        assert!(!memchr_endlist(b"#EXT-X-PLAYLIST-TYPE:EVENT\n"));
     }
 }

@@ -1,31 +1,59 @@
-//! HMAC-SHA256 playlist signatures: `sig = base64url(HMAC(url_key, "v1|video|exp"))`.
+//! HMAC-SHA256 playlist signatures, scoped to a video and a viewer:
+//! `sig = base64url(HMAC(url_key[kid], "v2|{video}|{viewer}|{exp}"))`.
+//!
+//! The viewer tag `vw` is an opaque, stable per-(org, user) value, so a leaked URL can be traced
+//! to whoever it was issued to, and a URL minted for one viewer cannot be re-labelled for
+//! another. Keys are looked up by `kid`, so URLs signed before a secret rotation keep working
+//! while the old secret is listed in `previous_secrets`.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use lectern_core::auth::Keys;
 use lectern_core::error::ApiError;
-use serde::Deserialize;
 use sha2::Sha256;
 
 /// The signature part of a playlist URL's query.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SignedQuery {
     /// Expiry, seconds since the epoch (kept as text so a malformed value is a 403, not a 400).
     pub exp: Option<String>,
     /// Key id.
     pub kid: Option<String>,
+    /// Opaque viewer tag.
+    pub vw: Option<String>,
     /// base64url HMAC-SHA256.
     pub sig: Option<String>,
 }
 
 impl SignedQuery {
-    /// Renders the query string (`exp=…&kid=…&sig=…`).
+    /// Parses a raw query string; a repeated signature parameter makes the whole query invalid
+    /// (`None`), since a proxy and the origin could otherwise read different values.
+    pub fn parse(raw: Option<&str>) -> Option<Self> {
+        let mut q = SignedQuery::default();
+        for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match k {
+                "exp" => &mut q.exp,
+                "kid" => &mut q.kid,
+                "vw" => &mut q.vw,
+                "sig" => &mut q.sig,
+                _ => continue,
+            };
+            if slot.replace(v.to_string()).is_some() {
+                return None;
+            }
+        }
+        Some(q)
+    }
+
+    /// Renders the query string (`exp=…&kid=…&vw=…&sig=…`).
     pub fn to_query_string(&self) -> String {
         format!(
-            "exp={}&kid={}&sig={}",
+            "exp={}&kid={}&vw={}&sig={}",
             self.exp.as_deref().unwrap_or_default(),
             self.kid.as_deref().unwrap_or_default(),
+            self.vw.as_deref().unwrap_or_default(),
             self.sig.as_deref().unwrap_or_default()
         )
     }
@@ -37,75 +65,92 @@ pub struct Signer {
     keys: Keys,
 }
 
+fn mac(key: &[u8], video: &str, viewer: &str, exp: i64) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("hmac takes any key");
+    mac.update(format!("v2|{video}|{viewer}|{exp}").as_bytes());
+    mac
+}
+
+/// True for what a viewer tag may look like (base64url, short).
+fn valid_viewer(v: &str) -> bool {
+    (1..=64).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 impl Signer {
     /// A signer over the deployment keys.
     pub fn new(keys: Keys) -> Self {
         Self { keys }
     }
 
-    fn mac(&self, video: &str, exp: i64) -> Hmac<Sha256> {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(self.keys.url_key()).expect("hmac takes any key");
-        mac.update(format!("v1|{video}|{exp}").as_bytes());
-        mac
+    /// The opaque viewer tag of a user: stable for the current key, reveals nothing of the id.
+    pub fn viewer_tag(&self, org: &str, user: &str) -> String {
+        let mut m = Hmac::<Sha256>::new_from_slice(self.keys.url_key()).expect("any key");
+        m.update(format!("viewer|{org}|{user}").as_bytes());
+        B64.encode(&m.finalize().into_bytes()[..12])
     }
 
-    /// The signed query for `video`, valid until `exp`.
-    pub fn sign(&self, video: &str, exp: i64) -> SignedQuery {
-        let sig = B64.encode(self.mac(video, exp).finalize().into_bytes());
+    /// The signed query for `video` and `viewer` (a [`Signer::viewer_tag`]), valid until `exp`.
+    pub fn sign(&self, video: &str, viewer: &str, exp: i64) -> SignedQuery {
+        let sig = B64.encode(
+            mac(self.keys.url_key(), video, viewer, exp)
+                .finalize()
+                .into_bytes(),
+        );
         SignedQuery {
             exp: Some(exp.to_string()),
             kid: Some(self.keys.kid().to_string()),
+            vw: Some(viewer.to_string()),
             sig: Some(sig),
         }
     }
 
     /// The absolute signed master playlist URL.
-    pub fn master_url(&self, base: &str, video: &str, exp: i64) -> String {
+    pub fn master_url(&self, base: &str, video: &str, viewer: &str, exp: i64) -> String {
         format!(
             "{base}/v/{video}/master.m3u8?{}",
-            self.sign(video, exp).to_query_string()
+            self.sign(video, viewer, exp).to_query_string()
         )
     }
 
-    /// Checks a query: 403 when missing, tampered, for another video or expired.
-    pub fn verify(&self, video: &str, q: &SignedQuery) -> Result<(), ApiError> {
+    /// Checks a query: 403 when missing, tampered, for another video, signed with a retired
+    /// key, or expired. Returns the viewer tag.
+    pub fn verify<'q>(&self, video: &str, q: &'q SignedQuery) -> Result<&'q str, ApiError> {
         let deny = |why: &str| {
-            ApiError::forbidden(format!("{why}; ask the playback endpoint for a fresh URL"))
-                .with_code("invalid-signature")
+            let mut e =
+                ApiError::forbidden(format!("{why}; ask the playback endpoint for a fresh URL"));
+            e.code = "invalid-signature";
+            e
         };
-        let (Some(exp), Some(kid), Some(sig)) =
-            (q.exp.as_deref(), q.kid.as_deref(), q.sig.as_deref())
-        else {
+        let (Some(exp), Some(kid), Some(vw), Some(sig)) = (
+            q.exp.as_deref(),
+            q.kid.as_deref(),
+            q.vw.as_deref(),
+            q.sig.as_deref(),
+        ) else {
             return Err(deny("this playlist URL is not signed"));
         };
         let exp: i64 = exp
             .parse()
             .map_err(|_| deny("this playlist URL's expiry is malformed"))?;
-        if kid != self.keys.kid() {
-            return Err(deny("this playlist URL was signed with an unknown key"));
+        if !valid_viewer(vw) {
+            return Err(deny("this playlist URL's viewer is malformed"));
         }
+        let key = self
+            .keys
+            .url_key_for(kid)
+            .ok_or_else(|| deny("this playlist URL was signed with an unknown or retired key"))?;
         let sig = B64
             .decode(sig)
             .map_err(|_| deny("this playlist URL's signature is malformed"))?;
-        self.mac(video, exp)
+        mac(key, video, vw, exp)
             .verify_slice(&sig)
             .map_err(|_| deny("this playlist URL's signature does not match"))?;
         if exp < chrono::Utc::now().timestamp() {
             return Err(deny("this playlist URL has expired"));
         }
-        Ok(())
-    }
-}
-
-trait WithCode {
-    fn with_code(self, code: &'static str) -> Self;
-}
-
-impl WithCode for ApiError {
-    fn with_code(mut self, code: &'static str) -> Self {
-        self.code = code;
-        self
+        Ok(vw)
     }
 }
 
@@ -117,14 +162,46 @@ mod tests {
     fn sign_verify_tamper_expire() {
         let s = Signer::new(Keys::from_secret("0123456789abcdef0123"));
         let exp = chrono::Utc::now().timestamp() + 100;
-        let q = s.sign("vid", exp);
-        s.verify("vid", &q).unwrap();
+        let alice = s.viewer_tag("org", "alice");
+        assert_ne!(alice, s.viewer_tag("org", "bob"));
+        assert_ne!(alice, s.viewer_tag("org2", "alice"));
+        let q = s.sign("vid", &alice, exp);
+        assert_eq!(s.verify("vid", &q).unwrap(), alice);
         assert_eq!(s.verify("other", &q).unwrap_err().status, 403);
         let mut t = q.clone();
         t.exp = Some((exp + 1).to_string());
         assert_eq!(s.verify("vid", &t).unwrap_err().status, 403);
-        let old = s.sign("vid", chrono::Utc::now().timestamp() - 1);
+        let mut t = q.clone();
+        t.vw = Some(s.viewer_tag("org", "bob"));
+        assert_eq!(
+            s.verify("vid", &t).unwrap_err().status,
+            403,
+            "a URL cannot be re-labelled for another viewer"
+        );
+        let old = s.sign("vid", &alice, chrono::Utc::now().timestamp() - 1);
         assert_eq!(s.verify("vid", &old).unwrap_err().code, "invalid-signature");
         assert!(s.verify("vid", &SignedQuery::default()).is_err());
+    }
+
+    #[test]
+    fn rotation_keeps_old_urls_until_the_old_secret_is_dropped() {
+        let old = Signer::new(Keys::from_secret("old-secret-0123456789"));
+        let exp = chrono::Utc::now().timestamp() + 100;
+        let q = old.sign("vid", "vw1", exp);
+        let rotated = Signer::new(
+            Keys::from_secret("new-secret-0123456789").with_previous(&["old-secret-0123456789"]),
+        );
+        assert!(rotated.verify("vid", &q).is_ok());
+        assert_ne!(rotated.sign("vid", "vw1", exp).kid, q.kid);
+        let dropped = Signer::new(Keys::from_secret("new-secret-0123456789"));
+        assert_eq!(dropped.verify("vid", &q).unwrap_err().status, 403);
+    }
+
+    #[test]
+    fn query_parsing_refuses_repeats() {
+        let q = SignedQuery::parse(Some("exp=1&kid=k&vw=v&sig=s&x=y")).unwrap();
+        assert_eq!(q.to_query_string(), "exp=1&kid=k&vw=v&sig=s");
+        assert!(SignedQuery::parse(Some("exp=1&exp=2")).is_none());
+        assert_eq!(SignedQuery::parse(None), Some(SignedQuery::default()));
     }
 }

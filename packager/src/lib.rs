@@ -5,6 +5,13 @@
 //! Layout under the attempt prefix: `master.m3u8`, and per track `{name}/init.mp4`,
 //! `{name}/seg00001.m4s`…, `{name}/index.m3u8`. Audio is one separate rendition shared by every
 //! video variant through an `EXT-X-MEDIA` group, so it is encoded and stored once.
+//!
+//! In live mode the attempt becomes playable while it is still encoding: once every track has
+//! its first segment, `live.m3u8` (a master declaring the ladder's nominal rates, written once)
+//! and `EVENT` media playlists appear, and each new segment is appended to its track's
+//! playlist. [`Packager::finish`] turns the media playlists into `VOD` with `EXT-X-ENDLIST` at
+//! the same URIs and writes `master.m3u8` with the measured bandwidths. Segments and init
+//! segments are written once and never change.
 
 use std::sync::Arc;
 
@@ -13,7 +20,7 @@ use lectern_core::storage::{ObjectStore, StoreError};
 use lectern_core::videos::RenditionInfo;
 use m3u8_rs::{
     AlternativeMedia, AlternativeMediaType, Map, MasterPlaylist, MediaPlaylist, MediaPlaylistType,
-    MediaSegment, Resolution, VariantStream,
+    MediaSegment, Resolution, Start, VariantStream,
 };
 
 /// The audio group id used in the master playlist.
@@ -22,6 +29,8 @@ pub const AUDIO_GROUP: &str = "aac";
 pub const MEDIA_PLAYLIST: &str = "index.m3u8";
 /// Master playlist name at the prefix.
 pub const MASTER_PLAYLIST: &str = "master.m3u8";
+/// Master playlist of an attempt that is still encoding (nominal bandwidths).
+pub const LIVE_MASTER_PLAYLIST: &str = "live.m3u8";
 
 /// What kind of track a rendition carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,8 +58,12 @@ pub struct Track {
     pub name: String,
     /// Video or audio.
     pub kind: TrackKind,
-    /// RFC 6381 codec string, e.g. `avc1.640028` or `mp4a.40.2`.
+    /// RFC 6381 codec string, e.g. `avc1.640028` or `mp4a.40.2`; read from the init segment
+    /// when not given.
     pub codec: Option<String>,
+    /// Declared (peak, average) bits per second before any segment is measured: the ladder's
+    /// maxrate and bitrate. Used by the master of an attempt that is still encoding.
+    pub nominal_bps: (u64, u64),
 }
 
 /// Why packaging failed.
@@ -98,6 +111,9 @@ pub struct Packager {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     tracks: Vec<TrackState>,
+    /// `Some(target duration)` when playlists are published while encoding.
+    live: Option<u64>,
+    playable: bool,
 }
 
 impl Packager {
@@ -115,7 +131,21 @@ impl Packager {
             store,
             prefix: prefix.into(),
             tracks,
+            live: None,
+            playable: false,
         }
+    }
+
+    /// Publishes `EVENT` playlists while encoding, with `target_duration_s` (the ladder's
+    /// segment length) as their fixed `EXT-X-TARGETDURATION`.
+    pub fn live(mut self, target_duration_s: u32) -> Self {
+        self.live = Some(target_duration_s.max(1) as u64);
+        self
+    }
+
+    /// Whether the live playlists exist (every track has a segment).
+    pub fn is_playable(&self) -> bool {
+        self.playable
     }
 
     /// The prefix everything is written under.
@@ -146,18 +176,24 @@ impl Packager {
     /// Stores a track's init segment (`ftyp` + `moov`).
     pub async fn init(&mut self, track: usize, data: Bytes) -> Result<(), PackError> {
         let key = self.key(track, "init.mp4")?;
+        let codec = codec_from_init(&data);
         self.store.put_bytes(&key, data).await?;
-        self.track(track)?.has_init = true;
+        let t = self.track(track)?;
+        t.has_init = true;
+        if t.spec.codec.is_none() {
+            t.spec.codec = codec;
+        }
         Ok(())
     }
 
-    /// Stores the next media segment (`moof` + `mdat`) of a track.
+    /// Stores the next media segment (`moof` + `mdat`) of a track. In live mode, returns true
+    /// when this segment made the attempt playable (the caller then announces it).
     pub async fn segment(
         &mut self,
         track: usize,
         data: Bytes,
         duration_s: f64,
-    ) -> Result<(), PackError> {
+    ) -> Result<bool, PackError> {
         let t = self.track(track)?;
         if !t.has_init {
             return Err(PackError::Invalid(format!(
@@ -172,6 +208,41 @@ impl Packager {
         self.track(track)?
             .segments
             .push((uri, duration_s as f32, len));
+        let Some(target) = self.live else {
+            return Ok(false);
+        };
+        if self.playable {
+            // The segment is stored before the playlist names it, so a player never sees a
+            // URI that is not there yet.
+            self.write_media(track, Some(target)).await?;
+            return Ok(false);
+        }
+        if self.tracks.iter().any(|t| t.segments.is_empty()) {
+            return Ok(false);
+        }
+        for i in 0..self.tracks.len() {
+            self.write_media(i, Some(target)).await?;
+        }
+        let (master, _) = master_playlist(&self.tracks, true);
+        self.store
+            .put_bytes(
+                &format!("{}{LIVE_MASTER_PLAYLIST}", self.prefix),
+                master.into(),
+            )
+            .await?;
+        self.playable = true;
+        Ok(true)
+    }
+
+    async fn write_media(&self, track: usize, live_target: Option<u64>) -> Result<(), PackError> {
+        let t = &self.tracks[track];
+        let body = media_playlist(t, live_target);
+        self.store
+            .put_bytes(
+                &format!("{}{}/{MEDIA_PLAYLIST}", self.prefix, t.spec.name),
+                body.into(),
+            )
+            .await?;
         Ok(())
     }
 
@@ -185,15 +256,11 @@ impl Packager {
                     t.spec.name
                 )));
             }
-            let body = media_playlist(t);
-            self.store
-                .put_bytes(
-                    &format!("{}{}/{MEDIA_PLAYLIST}", self.prefix, t.spec.name),
-                    body.into(),
-                )
-                .await?;
         }
-        let (master, renditions) = master_playlist(&self.tracks);
+        for i in 0..self.tracks.len() {
+            self.write_media(i, None).await?;
+        }
+        let (master, renditions) = master_playlist(&self.tracks, false);
         self.store
             .put_bytes(&format!("{}{MASTER_PLAYLIST}", self.prefix), master.into())
             .await?;
@@ -201,11 +268,14 @@ impl Packager {
     }
 }
 
-fn media_playlist(t: &TrackState) -> Vec<u8> {
-    let target = t
+/// A track's media playlist: `EVENT` without an end while encoding (`live_target` is the fixed
+/// target duration), else `VOD` with `EXT-X-ENDLIST`.
+fn media_playlist(t: &TrackState, live_target: Option<u64>) -> Vec<u8> {
+    // RFC 8216: each EXTINF rounded to the nearest integer must not exceed the target.
+    let longest = t
         .segments
         .iter()
-        .map(|(_, d, _)| d.ceil() as u64)
+        .map(|(_, d, _)| d.round() as u64)
         .max()
         .unwrap_or(1)
         .max(1);
@@ -225,11 +295,22 @@ fn media_playlist(t: &TrackState) -> Vec<u8> {
         .collect();
     let pl = MediaPlaylist {
         version: Some(7),
-        target_duration: target,
+        target_duration: live_target.map_or(longest, |t| t.max(longest)),
         media_sequence: 0,
         segments,
-        end_list: true,
-        playlist_type: Some(MediaPlaylistType::Vod),
+        end_list: live_target.is_none(),
+        playlist_type: Some(if live_target.is_some() {
+            MediaPlaylistType::Event
+        } else {
+            MediaPlaylistType::Vod
+        }),
+        // Players treat a growing playlist as live and would start at its edge; a lecture
+        // starts at the beginning.
+        start: live_target.map(|_| Start {
+            time_offset: 0.0,
+            precise: Some(true),
+            other_attributes: Default::default(),
+        }),
         independent_segments: true,
         ..Default::default()
     };
@@ -238,7 +319,66 @@ fn media_playlist(t: &TrackState) -> Vec<u8> {
     out
 }
 
-fn master_playlist(tracks: &[TrackState]) -> (Vec<u8>, Vec<RenditionInfo>) {
+/// The RFC 6381 codec string of a CMAF init segment's track: `avc1.PPCCLL` from its `avcC`
+/// box, `mp4a.40.N` from its `esds` audio object type.
+pub fn codec_from_init(init: &[u8]) -> Option<String> {
+    let find = |tag: &[u8]| init.windows(4).position(|w| w == tag).map(|i| i + 4);
+    if let Some(i) = find(b"avcC") {
+        let c = init.get(i..i + 4)?;
+        return (c[0] == 1).then(|| format!("avc1.{:02x}{:02x}{:02x}", c[1], c[2], c[3]));
+    }
+    let i = find(b"esds")? + 4; // version and flags
+    let mut p = &init[i.min(init.len())..];
+    // Each descriptor: tag, then a length of up to four 7-bit bytes.
+    fn descriptor<'a>(p: &mut &'a [u8], want: u8) -> Option<&'a [u8]> {
+        let (&tag, rest) = p.split_first()?;
+        let mut len = 0usize;
+        let mut rest = rest;
+        for _ in 0..4 {
+            let (&b, r) = rest.split_first()?;
+            rest = r;
+            len = (len << 7) | (b & 0x7f) as usize;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        if tag != want || rest.len() < len {
+            return None;
+        }
+        *p = &rest[len..];
+        Some(&rest[..len])
+    }
+    let es = descriptor(&mut p, 0x03)?;
+    let flags = *es.get(2)?;
+    let mut skip = 3;
+    if flags & 0x80 != 0 {
+        skip += 2;
+    }
+    if flags & 0x40 != 0 {
+        skip += 1 + *es.get(skip)? as usize;
+    }
+    if flags & 0x20 != 0 {
+        skip += 2;
+    }
+    let mut q = es.get(skip..)?;
+    let dc = descriptor(&mut q, 0x04)?;
+    let oti = *dc.first()?;
+    if oti != 0x40 {
+        return Some(format!("mp4a.{oti:02x}"));
+    }
+    let mut r = dc.get(13..)?;
+    let dsi = descriptor(&mut r, 0x05)?;
+    let aot = dsi.first()? >> 3;
+    let aot = if aot == 31 {
+        32 + (((dsi.first()? & 0x07) << 3) | (dsi.get(1)? >> 5)) as u32
+    } else {
+        aot as u32
+    };
+    Some(format!("mp4a.40.{aot}"))
+}
+
+/// The master playlist; `nominal` declares the ladder's rates (nothing is measured yet).
+fn master_playlist(tracks: &[TrackState], nominal: bool) -> (Vec<u8>, Vec<RenditionInfo>) {
     let audio = tracks
         .iter()
         .find(|t| matches!(t.spec.kind, TrackKind::Audio { .. }));
@@ -263,15 +403,21 @@ fn master_playlist(tracks: &[TrackState]) -> (Vec<u8>, Vec<RenditionInfo>) {
             ..Default::default()
         });
     }
-    let (a_peak, a_avg) = audio
-        .map(|a| (a.peak_bps(), a.average_bps()))
-        .unwrap_or((0, 0));
+    let rates = |t: &TrackState| {
+        if nominal {
+            t.spec.nominal_bps
+        } else {
+            (t.peak_bps(), t.average_bps())
+        }
+    };
+    let (a_peak, a_avg) = audio.map(rates).unwrap_or((0, 0));
     let mut renditions = Vec::new();
     for t in tracks {
         let TrackKind::Video { width, height, fps } = t.spec.kind else {
             continue;
         };
-        let bandwidth = t.peak_bps() + a_peak;
+        let (v_peak, v_avg) = rates(t);
+        let bandwidth = v_peak + a_peak;
         let codecs = [
             t.spec.codec.clone(),
             audio.and_then(|a| a.spec.codec.clone()),
@@ -283,7 +429,7 @@ fn master_playlist(tracks: &[TrackState]) -> (Vec<u8>, Vec<RenditionInfo>) {
         pl.variants.push(VariantStream {
             uri: format!("{}/{MEDIA_PLAYLIST}", t.spec.name),
             bandwidth,
-            average_bandwidth: Some(t.average_bps() + a_avg),
+            average_bandwidth: Some(v_avg + a_avg),
             codecs: (!codecs.is_empty()).then_some(codecs),
             resolution: Some(Resolution {
                 width: width as u64,
@@ -323,11 +469,13 @@ mod tests {
                     fps: 29.97002997,
                 },
                 codec: Some("avc1.64001f".into()),
+                nominal_bps: (1_498_000, 1_400_000),
             },
             Track {
                 name: "audio".into(),
                 kind: TrackKind::Audio { channels: 2 },
                 codec: Some("mp4a.40.2".into()),
+                nominal_bps: (128_000, 128_000),
             },
         ];
         let mut p = Packager::new(store.clone(), "videos/v/t/", tracks);
@@ -396,5 +544,100 @@ mod tests {
         }
         let parsed = m3u8_rs::parse_media_playlist_res(media.as_bytes()).unwrap();
         assert_eq!(parsed.segments.len(), 2);
+    }
+
+    async fn text(store: &Arc<dyn ObjectStore>, key: &str) -> String {
+        String::from_utf8(store.get_bytes(key).await.unwrap().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn live_mode_publishes_event_playlists_then_vod_at_the_same_uris() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(FileStore::new(dir.path()).await.unwrap());
+        let track = |name: &str, kind, nominal| Track {
+            name: name.into(),
+            kind,
+            codec: None,
+            nominal_bps: nominal,
+        };
+        let tracks = vec![
+            track(
+                "480p",
+                TrackKind::Video {
+                    width: 854,
+                    height: 480,
+                    fps: 30.0,
+                },
+                (1_498_000, 1_400_000),
+            ),
+            track(
+                "audio",
+                TrackKind::Audio { channels: 2 },
+                (128_000, 128_000),
+            ),
+        ];
+        let mut p = Packager::new(store.clone(), "videos/v/t/", tracks).live(6);
+        // avcC: version 1, High profile (0x64), no constraints, level 3.1 (0x1f).
+        p.init(
+            0,
+            Bytes::from_static(b"\0\0\0\x10avcC\x01\x64\x00\x1f\xff\xe1"),
+        )
+        .await
+        .unwrap();
+        // esds: ES descriptor > decoder config (MPEG-4 audio) > specific info, AAC-LC (2).
+        let esds: &[u8] = b"esds\0\0\0\0\x03\x16\x00\x01\x00\x04\x11\x40\x15\0\0\0\0\0\0\0\0\0\0\0\x05\x02\x11\x90";
+        p.init(1, Bytes::copy_from_slice(esds)).await.unwrap();
+        assert!(!p
+            .segment(0, Bytes::from(vec![0u8; 1000]), 6.006)
+            .await
+            .unwrap());
+        assert!(
+            store.head("videos/v/t/480p/index.m3u8").await.is_err(),
+            "nothing is announced before every track has a segment"
+        );
+        assert!(
+            p.segment(1, Bytes::from(vec![0u8; 100]), 6.016)
+                .await
+                .unwrap(),
+            "the last track's first segment makes it playable"
+        );
+        assert!(p.is_playable());
+        let live = text(&store, "videos/v/t/live.m3u8").await;
+        assert!(live.contains("BANDWIDTH=1626000"), "nominal peak: {live}");
+        assert!(live.contains("AVERAGE-BANDWIDTH=1528000"), "{live}");
+        assert!(
+            live.contains("CODECS=\"avc1.64001f,mp4a.40.2\""),
+            "codecs from the init segments: {live}"
+        );
+        let media = text(&store, "videos/v/t/480p/index.m3u8").await;
+        for needle in [
+            "#EXT-X-PLAYLIST-TYPE:EVENT",
+            "#EXT-X-TARGETDURATION:6",
+            "#EXT-X-START:TIME-OFFSET=0",
+            "seg00001.m4s",
+        ] {
+            assert!(media.contains(needle), "missing {needle} in {media}");
+        }
+        assert!(!media.contains("#EXT-X-ENDLIST"), "{media}");
+        assert!(!p
+            .segment(0, Bytes::from(vec![0u8; 1000]), 2.0)
+            .await
+            .unwrap());
+        let media = text(&store, "videos/v/t/480p/index.m3u8").await;
+        assert!(media.contains("seg00002.m4s"), "grows: {media}");
+        p.finish().await.unwrap();
+        let media = text(&store, "videos/v/t/480p/index.m3u8").await;
+        assert!(media.contains("#EXT-X-PLAYLIST-TYPE:VOD") && media.contains("#EXT-X-ENDLIST"));
+        assert!(!media.contains("#EXT-X-START"), "{media}");
+        let master = text(&store, "videos/v/t/master.m3u8").await;
+        assert!(
+            master.contains("BANDWIDTH=4133,"),
+            "measured peak: {master}"
+        );
+        assert_eq!(
+            text(&store, "videos/v/t/live.m3u8").await,
+            live,
+            "the live master is written once"
+        );
     }
 }

@@ -378,6 +378,7 @@ async fn run_attempt(ctx: &WorkerContext, v: &Video, attempt: i64) -> Result<Pub
                 fps: fps_f,
             },
             codec: None,
+            nominal_bps: (r.maxrate as u64, r.video_bitrate as u64),
         })
         .collect();
     if probe.audio {
@@ -387,6 +388,7 @@ async fn run_attempt(ctx: &WorkerContext, v: &Video, attempt: i64) -> Result<Pub
                 channels: ladder.audio.channels,
             },
             codec: None,
+            nominal_bps: (ladder.audio.bitrate as u64, ladder.audio.bitrate as u64),
         });
     }
     let prefix = format!("videos/{}/{}/", v.id, lectern_core::new_id());
@@ -412,7 +414,9 @@ async fn run_attempt(ctx: &WorkerContext, v: &Video, attempt: i64) -> Result<Pub
         gop_frames: ((fps_f * ladder.keyframe_interval_s as f64).round() as u32).max(1),
         preset: ladder.x264_preset.clone(),
     };
-    let packager = Packager::new(ctx.store.clone(), prefix.clone(), tracks);
+    // Live: learners can start watching once the first segment of every track is stored.
+    let packager =
+        Packager::new(ctx.store.clone(), prefix.clone(), tracks).live(ladder.segment_duration_s);
     let limit = ladder.attempt_timeout(duration_s);
     let poster_input = spec.input.clone();
     let (pw, ph) = poster_size(&renditions);
@@ -516,7 +520,19 @@ async fn encode_and_package(
                         if track == 0 {
                             produced += duration;
                         }
-                        packager.segment(track, data, duration).await
+                        match packager.segment(track, data, duration).await {
+                            Ok(true) => {
+                                let prefix = packager.prefix().to_string();
+                                if let Err(e) = videos::set_live(&ctx.db, &v.id, attempt, &prefix).await {
+                                    pack_err = Some(JobError::from(e));
+                                    break;
+                                }
+                                tracing::info!(video = %v.id, attempt, "playable while encoding");
+                                Ok(())
+                            }
+                            Ok(false) => Ok(()),
+                            Err(e) => Err(e),
+                        }
                     }
                 };
                 if let Err(e) = res {
