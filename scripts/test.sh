@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine (run as root): installs missing packages,
-# starts PostgreSQL, Redis and an S3 server (moto) if none is running, generates the test clips, then runs fmt, clippy and every
-# test (unit tests and end-to-end tests against the real binary on SQLite, PostgreSQL and S3).
+# starts PostgreSQL, Redis and an S3 server (moto) if none is running, generates the test clips,
+# then runs fmt, clippy and every test (unit tests and end-to-end tests against the real binary
+# on SQLite, PostgreSQL and S3, with nginx as the CDN and hls.js in headless Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-# ffmpeg is the independent HLS client the end-to-end tests play the output with.
-apt_install_missing "${LECTERN_PACKAGES[@]}" ffmpeg curl
+# ffmpeg is the independent HLS client the end-to-end tests play the output with; nginx is the
+# CDN (proxy_cache) in front of the origin; Chromium runs hls.js.
+apt_install_missing "${LECTERN_PACKAGES[@]}" ffmpeg curl nginx-light chromium
 require_cargo
 ensure_postgres
 ensure_redis
@@ -17,9 +19,11 @@ MOTO_PID=""
 ensure_s3 5055
 trap '[ -n "$MOTO_PID" ] && kill "$MOTO_PID" 2>/dev/null || true' EXIT
 bash testdata/videos/generate.sh
-# tus-js-client, pinned by lectern/tests/clients/package-lock.json.
+# tus-js-client, hls.js and playwright-core, pinned by lectern/tests/clients/package-lock.json.
 command -v npm >/dev/null 2>&1 || apt_install_missing nodejs npm
-[ -d lectern/tests/clients/node_modules/tus-js-client ] || (cd lectern/tests/clients && npm ci --no-audit --no-fund)
+for m in tus-js-client hls.js playwright-core; do
+  [ -d "lectern/tests/clients/node_modules/$m" ] || { (cd lectern/tests/clients && npm ci --no-audit --no-fund); break; }
+done
 export LECTERN_TEST_PYTHON="$PWD/target/testenv/bin/python"
 
 export SQLX_OFFLINE=true

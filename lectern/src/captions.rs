@@ -94,10 +94,21 @@ pub fn validate(text: &str) -> Result<usize, String> {
 /// The one-segment subtitle playlist pointing at `captions.vtt`.
 fn subtitle_playlist(duration_s: f64) -> String {
     let d = duration_s.max(0.001);
-    format!(
-        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:{}\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXTINF:{d:.3},\ncaptions.vtt\n#EXT-X-ENDLIST\n",
-        d.ceil() as u64
-    )
+    let pl = m3u8_rs::MediaPlaylist {
+        version: Some(7),
+        target_duration: d.round().max(1.0) as u64,
+        segments: vec![m3u8_rs::MediaSegment {
+            uri: "captions.vtt".into(),
+            duration: d as f32,
+            ..Default::default()
+        }],
+        end_list: true,
+        playlist_type: Some(m3u8_rs::MediaPlaylistType::Vod),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    pl.write_to(&mut out).expect("writing to a Vec cannot fail");
+    String::from_utf8(out).expect("m3u8-rs writes UTF-8")
 }
 
 /// `PUT /api/v1/videos/{id}/captions/{lang}`.
@@ -246,6 +257,11 @@ mod tests {
                 && !valid_lang("en_US")
                 && !valid_lang("../x")
         );
-        assert!(subtitle_playlist(61.2).contains("#EXT-X-TARGETDURATION:62\n"));
+        let pl = subtitle_playlist(61.2);
+        assert!(pl.contains("#EXT-X-TARGETDURATION:61\n"), "{pl}");
+        assert!(
+            pl.contains("captions.vtt") && pl.contains("#EXT-X-ENDLIST"),
+            "{pl}"
+        );
     }
 }

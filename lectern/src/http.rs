@@ -34,6 +34,51 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     resp
 }
 
+/// Turns any error the framework answers in plain text (a `Path` or `Query` it cannot parse, a
+/// body over a limit) into the contract's JSON `{code, message}`; Lectern's own errors already
+/// are JSON and pass untouched.
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .unwrap_or_default();
+    let (code, advice) = match status {
+        StatusCode::BAD_REQUEST => ("bad-request", "check the path and query parameters"),
+        StatusCode::NOT_FOUND => ("not-found", "check the URL"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "use a supported method"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("too-large", "send a smaller body"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported-media-type", "send the documented Content-Type")
+        }
+        StatusCode::UNPROCESSABLE_ENTITY => ("invalid-body", "fix the request body"),
+        s if s.is_server_error() => ("internal", "retry later"),
+        _ => ("bad-request", "check the request"),
+    };
+    let message = match text.trim() {
+        "" => format!("{}; {advice}", status.canonical_reason().unwrap_or("error")),
+        t => format!("{t}; {advice}"),
+    };
+    let mut e = ApiError::new(status, code, message).into_response();
+    for (k, v) in parts.headers.iter() {
+        if k != axum::http::header::CONTENT_TYPE && k != axum::http::header::CONTENT_LENGTH {
+            e.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    e
+}
+
 /// Rate, errors and duration per route template (e.g. `/api/v1/videos/{id}`), so dashboards
 /// and the p95 alert see each endpoint without one series per id.
 pub async fn red_metrics(req: Request, next: Next) -> Response {

@@ -195,6 +195,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let app = app
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)
+        .layer(axum::middleware::from_fn(crate::http::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             limiter,
             crate::http::rate_limit,

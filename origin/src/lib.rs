@@ -29,7 +29,9 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use lectern_core::db::Db;
 use lectern_core::error::ApiError;
-use lectern_core::storage::{object_response, request_range, ByteRange, ObjectMeta, ObjectStore};
+use lectern_core::storage::{
+    object_response, request_range, ByteRange, ObjectMeta, ObjectStore, StoreError,
+};
 use lectern_core::videos::{self, state};
 use lectern_packager::{LIVE_MASTER_PLAYLIST, MASTER_PLAYLIST};
 
@@ -299,14 +301,7 @@ fn bytes_response(
             );
             span
         }
-        Some(Err(_)) => {
-            return finish(Err(ApiError::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "range-not-satisfiable",
-                format!("the object has {size} bytes; ask for a range inside it"),
-            )
-            .with_header("content-range", format!("bytes */{size}"))));
-        }
+        Some(Err(_)) => return finish(Err(unsatisfiable(size))),
         None => 0..size,
     };
     let h = r.headers_mut();
@@ -434,7 +429,13 @@ async fn file_inner(
     }
     metrics::counter!("lectern_cache_requests_total", "cache" => "origin", "result" => "miss")
         .increment(1);
-    let got = st.store.get(&key, range).await?;
+    let got = match st.store.get(&key, range).await {
+        Err(StoreError::InvalidRange) => {
+            let size = st.store.head(&key).await?.size;
+            return Err(unsatisfiable(size));
+        }
+        other => other?,
+    };
     let etag = HeaderValue::from_str(&got.meta.etag).map_err(ApiError::internal)?;
     let lm = http_date(got.meta.modified_ms);
     if not_modified(headers, &etag, lm.as_ref()) {
@@ -450,6 +451,16 @@ async fn file_inner(
     let mut r = object_response(got, range.is_some(), ctype, method == Method::HEAD)?;
     r.headers_mut().insert(header::CACHE_CONTROL, immutable);
     Ok(r)
+}
+
+/// 416 naming the object's size, as RFC 9110 asks.
+fn unsatisfiable(size: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "range-not-satisfiable",
+        format!("the object has {size} bytes; ask for a range inside it"),
+    )
+    .with_header("content-range", format!("bytes */{size}"))
 }
 
 /// Whether a media playlist is complete (`#EXT-X-ENDLIST`).

@@ -167,9 +167,13 @@ impl Packager {
         Ok(format!("{}{}/{}", self.prefix, t.spec.name, file))
     }
 
-    /// Sets a track's codec string once it is known from the stream.
+    /// Sets a track's codec string from the stream, unless the init segment already gave it:
+    /// the live and the final master then name the codec identically.
     pub fn set_codec(&mut self, track: usize, codec: String) -> Result<(), PackError> {
-        self.track(track)?.spec.codec = Some(codec);
+        let t = self.track(track)?;
+        if t.spec.codec.is_none() {
+            t.spec.codec = Some(codec);
+        }
         Ok(())
     }
 

@@ -105,11 +105,7 @@ pub async fn run_workers(
     let monitor = match queue {
         Queue::Sqlite(storage) => Monitor::new().register(move |_| {
             WorkerBuilder::new(name.clone())
-                .backend(
-                    storage
-                        .clone()
-                        .poll_with_interval(Duration::from_millis(500)),
-                )
+                .backend(storage.clone().poll_with_strategy(TickStrategy::new(POLL)))
                 .data(ctx.clone())
                 .concurrency(concurrency)
                 .build(handle)
@@ -136,8 +132,8 @@ pub async fn run_workers(
     Ok(())
 }
 
-/// How often an idle worker looks for jobs.
-const POLL: Duration = Duration::from_millis(500);
+/// How often an idle worker looks for jobs: part of every video's time to first playable.
+const POLL: Duration = Duration::from_millis(250);
 
 /// A poll timer that always stays armed. apalis's `poll_with_interval` can drop its wake-up
 /// after an empty fetch and then only looks again at the next heartbeat.

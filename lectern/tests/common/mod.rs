@@ -77,6 +77,54 @@ pub fn long_clip(dir: &Path, name: &str, secs: u32, size: &str) -> PathBuf {
     out
 }
 
+/// Generates a `secs`-second `size` test pattern at `fps` with a stereo AAC tone, like a
+/// screen-recorded lecture, in `dir` (kept between runs, since long ones take a while).
+pub fn lecture_clip(dir: &Path, name: &str, secs: u32, size: &str, fps: u32) -> PathBuf {
+    let out = dir.join(name);
+    if out.exists() {
+        return out;
+    }
+    let part = dir.join(format!("{}.part.mp4", lectern_core::new_id()));
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=duration={secs}:size={size}:rate={fps}"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!(
+            "sine=frequency=440:duration={secs}:sample_rate=48000"
+        ))
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            &(fps * 2).to_string(),
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-ac",
+            "2",
+            "-b:a",
+            "96k",
+            "-movflags",
+            "+faststart",
+        ])
+        .arg(&part)
+        .output()
+        .expect("ffmpeg is installed by scripts/test.sh");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::rename(&part, &out).unwrap();
+    out
+}
+
+/// Where generated media that outlives one test run is kept (under `target/`).
+pub fn media_cache() -> PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-media");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 /// The PostgreSQL server tests create their databases on.
 pub fn pg_admin_url() -> String {
     std::env::var("LECTERN_TEST_POSTGRES_URL")
@@ -248,6 +296,14 @@ impl TestApp {
             opts = opts.env(k, v);
         }
         self.peer_opts(opts)
+    }
+
+    /// Sets (or, with an empty value, unsets) an environment variable for the next `restart`.
+    pub fn opts_env(&mut self, k: &str, v: &str) {
+        self.opts.env.retain(|(key, _)| key != k);
+        if !v.is_empty() {
+            self.opts.env.push((k.into(), v.into()));
+        }
     }
 
     /// The database URL the server was started with (set for PostgreSQL tests).
@@ -621,4 +677,162 @@ pub fn discover(path: &std::path::Path) -> Discovered {
         interlaced: v.is_interlaced(),
         depth: v.depth(),
     }
+}
+
+/// A free TCP port on loopback (bound and released: good enough for a test's own server).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// nginx with `proxy_cache` in front of an origin, configured the way SECURITY.md tells CDN
+/// operators: segments keyed by path alone (one copy for every viewer), playlists by their full
+/// URL (the signature is part of the key). `X-Cache-Status` tells HIT from MISS. It also serves
+/// the test clients folder at `/player/` (the hls.js page).
+pub struct Nginx {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx on `port`, proxying to `upstream` (`host:port`).
+    pub fn start(port: u16, upstream: &str) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+        let user = if unsafe_is_root() {
+            "user root root;"
+        } else {
+            ""
+        };
+        let conf = format!(
+            r#"{user}
+worker_processes 1;
+daemon off;
+error_log {d}/error.log warn;
+pid {d}/nginx.pid;
+events {{ worker_connections 512; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp-body;
+  proxy_temp_path {d}/tmp-proxy;
+  fastcgi_temp_path {d}/tmp-fcgi;
+  uwsgi_temp_path {d}/tmp-uwsgi;
+  scgi_temp_path {d}/tmp-scgi;
+  types {{ text/html html; application/javascript js mjs; }}
+  proxy_cache_path {d}/cache levels=1:2 keys_zone=lectern:10m max_size=1g inactive=60m use_temp_path=off;
+  server {{
+    listen 127.0.0.1:{port};
+    location /player/ {{ alias {clients}/; }}
+    # tus uploads stream through unbuffered, whatever their size.
+    location /files/ {{
+      proxy_pass http://{upstream};
+      client_max_body_size 0;
+      proxy_request_buffering off;
+      proxy_http_version 1.1;
+    }}
+    # Init and media segments: immutable and viewer-independent, so the key ignores the query.
+    location ~ \.(m4s|mp4|vtt|jpg)$ {{
+      proxy_pass http://{upstream};
+      proxy_cache lectern;
+      proxy_cache_key $scheme$proxy_host$uri;
+      proxy_cache_lock on;
+      add_header X-Cache-Status $upstream_cache_status always;
+    }}
+    # Playlists: signed per viewer, so the full URL (signature included) is the key.
+    location / {{
+      proxy_pass http://{upstream};
+      proxy_cache lectern;
+      proxy_cache_key $scheme$proxy_host$request_uri;
+      add_header X-Cache-Status $upstream_cache_status always;
+    }}
+  }}
+}}
+"#,
+            clients = clients.display()
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(dir.path())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx is installed by scripts/test.sh");
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx {
+            base,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Plays `master_url` with hls.js in headless Chromium, from the page nginx serves at
+/// `{page_base}/player/hls_page.html`; returns what the page saw.
+pub fn play_in_chromium(
+    page_base: &str,
+    master_url: &str,
+    min_played: f64,
+    want_cues: bool,
+) -> Value {
+    let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+    let page = format!(
+        "{page_base}/player/hls_page.html?src={}",
+        percent_encode(master_url)
+    );
+    let out = Command::new("node")
+        .arg(clients.join("hlsplay.mjs"))
+        .arg(&page)
+        .arg(min_played.to_string())
+        .arg(if want_cues { "1" } else { "0" })
+        .current_dir(&clients)
+        .output()
+        .expect("node is installed by scripts/test.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "hlsplay.mjs failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("hlsplay.mjs printed no JSON ({e}): {stdout}"))
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
