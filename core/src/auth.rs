@@ -108,7 +108,11 @@ impl KeyMaterial {
 /// secrets, which still verify tokens and URLs issued before a rotation. Each is named by its
 /// `kid` (a fingerprint), carried in token headers and signed URLs.
 #[derive(Clone)]
-pub struct Keys {
+pub struct Keys(std::sync::Arc<Ring>);
+
+/// The key material behind [`Keys`], shared so that cloning the keys (every request's state)
+/// allocates nothing.
+struct Ring {
     current: KeyMaterial,
     previous: Vec<KeyMaterial>,
 }
@@ -116,10 +120,10 @@ pub struct Keys {
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keys")
-            .field("kid", &self.current.kid)
+            .field("kid", &self.0.current.kid)
             .field(
                 "previous",
-                &self.previous.iter().map(|k| &k.kid).collect::<Vec<_>>(),
+                &self.0.previous.iter().map(|k| &k.kid).collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
@@ -128,27 +132,38 @@ impl std::fmt::Debug for Keys {
 impl Keys {
     /// Derives the token key id and URL-signing key from a secret.
     pub fn from_secret(secret: &str) -> Self {
-        Self {
+        Self(std::sync::Arc::new(Ring {
             current: KeyMaterial::derive(secret),
             previous: Vec::new(),
-        }
+        }))
     }
 
     /// Adds retired secrets that still verify (but never sign), so a rotation does not break
     /// tokens and playback URLs already handed out.
-    pub fn with_previous<S: AsRef<str>>(mut self, secrets: &[S]) -> Self {
+    pub fn with_previous<S: AsRef<str>>(self, secrets: &[S]) -> Self {
+        let mut previous: Vec<KeyMaterial> = self.0.previous.clone();
         for s in secrets {
             let k = KeyMaterial::derive(s.as_ref());
-            if k.kid != self.current.kid && !self.previous.iter().any(|p| p.kid == k.kid) {
-                self.previous.push(k);
+            if k.kid != self.0.current.kid && !previous.iter().any(|p| p.kid == k.kid) {
+                previous.push(k);
             }
         }
-        self
+        Self(std::sync::Arc::new(Ring {
+            current: self.0.current.clone(),
+            previous,
+        }))
+    }
+
+    /// Every key id that verifies, the current one first.
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(&self.0.current)
+            .chain(&self.0.previous)
+            .map(|k| k.kid.as_str())
     }
 
     fn by_kid(&self, kid: &str) -> Option<&KeyMaterial> {
-        std::iter::once(&self.current)
-            .chain(&self.previous)
+        std::iter::once(&self.0.current)
+            .chain(&self.0.previous)
             .find(|k| k.kid == kid)
     }
 
@@ -179,12 +194,12 @@ impl Keys {
 
     /// Key id of the current secret, written in token headers and signed URLs.
     pub fn kid(&self) -> &str {
-        &self.current.kid
+        &self.0.current.kid
     }
 
     /// The current key for playback URL signatures.
     pub fn url_key(&self) -> &[u8] {
-        &self.current.url_key
+        &self.0.current.url_key
     }
 
     /// The URL-signing key named `kid`, current or previous.
@@ -202,13 +217,13 @@ impl Keys {
             exp: iat + ttl_s,
             iat,
         };
-        let header = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": self.current.kid});
+        let header = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": self.0.current.kid});
         let signing_input = format!(
             "{}.{}",
             B64.encode(header.to_string()),
             B64.encode(serde_json::to_vec(&claims).expect("claims serialize"))
         );
-        let sig = B64.encode(hmac(&self.current.secret, signing_input.as_bytes()));
+        let sig = B64.encode(hmac(&self.0.current.secret, signing_input.as_bytes()));
         format!("{signing_input}.{sig}")
     }
 
@@ -238,7 +253,7 @@ impl Keys {
             Some(kid) => self
                 .by_kid(kid)
                 .ok_or_else(|| bad("unknown key id (was the secret rotated out?)"))?,
-            None => &self.current,
+            None => &self.0.current,
         };
         let sig = B64.decode(s).map_err(|_| bad("malformed signature"))?;
         let mut mac = HmacSha256::new_from_slice(&key.secret).expect("hmac takes any key");

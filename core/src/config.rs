@@ -47,6 +47,10 @@ pub struct Config {
     pub complete_ratio: f64,
     /// Connections in the database pool of this process.
     pub db_max_connections: u32,
+    /// Connections of the PostgreSQL pool for batch writes (progress flushes).
+    pub db_batch_connections: u32,
+    /// Connections of the job queue's pool.
+    pub queue_db_connections: u32,
     /// Accept plain `http://` webhook URLs (development and tests; production wants https).
     pub webhook_allow_http: bool,
     /// API requests per second per user (token subject), bursts of twice that; 0 = off.
@@ -89,6 +93,8 @@ impl Default for Config {
             upload_part_size: 8 * 1024 * 1024,
             complete_ratio: 0.9,
             db_max_connections: 16,
+            db_batch_connections: 4,
+            queue_db_connections: 8,
             webhook_allow_http: false,
             rate_limit_user_rps: 20.0,
             rate_limit_ip_rps: 1000.0,
@@ -219,6 +225,12 @@ impl Config {
         if let Some(v) = env("LECTERN_CDN_PURGE_COMMAND") {
             self.cdn_purge_command = Some(v).filter(|v| !v.is_empty());
         }
+        if let Some(v) = env("LECTERN_DB_BATCH_CONNECTIONS") {
+            self.db_batch_connections = parse("LECTERN_DB_BATCH_CONNECTIONS", v)?;
+        }
+        if let Some(v) = env("LECTERN_QUEUE_DB_CONNECTIONS") {
+            self.queue_db_connections = parse("LECTERN_QUEUE_DB_CONNECTIONS", v)?;
+        }
         if let Some(v) = env("LECTERN_DB_MAX_CONNECTIONS") {
             self.db_max_connections = parse("LECTERN_DB_MAX_CONNECTIONS", v)?;
         }
@@ -260,10 +272,16 @@ impl Config {
                 "rate limits must be 0 (off) or a positive number of requests per second".into(),
             ));
         }
-        if !(1..=1000).contains(&self.db_max_connections) {
-            return Err(ConfigError::Invalid(
-                "db_max_connections must be between 1 and 1000".into(),
-            ));
+        for (k, v) in [
+            ("db_max_connections", self.db_max_connections),
+            ("db_batch_connections", self.db_batch_connections),
+            ("queue_db_connections", self.queue_db_connections),
+        ] {
+            if !(1..=1000).contains(&v) {
+                return Err(ConfigError::Invalid(format!(
+                    "{k} must be between 1 and 1000"
+                )));
+            }
         }
         if let Some(s) = &self.secret {
             if s.len() < 16 {
@@ -399,7 +417,7 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 24] = [
+    const KEYS: [&str; 26] = [
         "listen",
         "data_dir",
         "database_url",
@@ -417,6 +435,8 @@ mod tests {
         "upload_part_size",
         "complete_ratio",
         "db_max_connections",
+        "db_batch_connections",
+        "queue_db_connections",
         "webhook_allow_http",
         "rate_limit_user_rps",
         "rate_limit_ip_rps",

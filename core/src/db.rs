@@ -46,12 +46,17 @@ pub const MIGRATIONS_TABLE: &str = "lectern_migrations";
 impl Db {
     /// Connects with the default pool size and brings the schema up to date.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        Self::connect_with(url, 16).await
+        Self::connect_with(url, 16, 4).await
     }
 
     /// Connects with a pool of up to `max_connections` (SQLite: at most 4, since writers
     /// serialize anyway) and brings the schema up to date.
-    pub async fn connect_with(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+    /// `batch_connections` sizes the typed PostgreSQL pool of the batch writes (progress flushes).
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        batch_connections: u32,
+    ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of_url(url)?;
         if backend == Backend::Sqlite {
@@ -89,7 +94,7 @@ impl Db {
         let pg = match backend {
             Backend::Postgres => Some(
                 sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(4)
+                    .max_connections(batch_connections.max(1))
                     .acquire_timeout(std::time::Duration::from_secs(10))
                     .connect(url)
                     .await

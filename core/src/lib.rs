@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod ladder;
+pub mod nodes;
 pub mod queue;
 pub mod s3;
 pub mod storage;

@@ -43,6 +43,11 @@ pub enum Queue {
 impl Queue {
     /// Connects to the same database as [`crate::db::Db`] and prepares apalis's tables.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        Self::connect_with(url, 8).await
+    }
+
+    /// Like [`Queue::connect`] with a pool of `max_connections` (SQLite: at most 4).
+    pub async fn connect_with(url: &str, max_connections: u32) -> anyhow::Result<Self> {
         let ctx = |e: sqlx::Error| anyhow::anyhow!("queue database {}: {e}", redact(url));
         match Backend::of_url(url)? {
             Backend::Sqlite => {
@@ -52,7 +57,7 @@ impl Queue {
                     .journal_mode(SqliteJournalMode::Wal)
                     .busy_timeout(Duration::from_secs(10));
                 let pool = SqlitePoolOptions::new()
-                    .max_connections(4)
+                    .max_connections(max_connections.clamp(1, 4))
                     .connect_with(opts)
                     .await
                     .map_err(ctx)?;
@@ -69,7 +74,7 @@ impl Queue {
             }
             Backend::Postgres => {
                 let pool = PgPoolOptions::new()
-                    .max_connections(8)
+                    .max_connections(max_connections.max(1))
                     .connect(url)
                     .await
                     .map_err(ctx)?;

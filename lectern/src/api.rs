@@ -85,6 +85,42 @@ fn require_admin(c: &lectern_core::auth::Claims) -> Result<(), ApiError> {
     }
 }
 
+/// `GET /api/v1/admin/workers`: the transcode worker processes and what each runs (operators).
+async fn workers(State(st): State<ApiState>, Auth(c): Auth) -> Result<Json<Value>, ApiError> {
+    if c.role != Role::Operator {
+        return Err(ApiError::forbidden(
+            "the worker fleet is visible to operators only",
+        ));
+    }
+    let window = lectern_core::queue::HEARTBEAT.as_millis() as i64
+        * lectern_core::queue::MISSED_HEARTBEATS as i64;
+    let now = lectern_core::now_ms();
+    let running = lectern_core::nodes::running(&st.db).await?;
+    let list: Vec<Value> = lectern_core::nodes::list(&st.db, window)
+        .await?
+        .into_iter()
+        .map(|n| {
+            let jobs: Vec<Value> = running
+                .iter()
+                .filter(|(w, ..)| *w == n.name)
+                .map(|(_, id, org, progress, fps)| {
+                    json!({"video_id": id, "org": org, "progress": progress, "fps": fps})
+                })
+                .collect();
+            json!({
+                "name": n.name,
+                "slots": n.slots,
+                "busy": jobs.len(),
+                "alive": now - n.last_seen <= window,
+                "started_at": lectern_core::rfc3339(n.started_at),
+                "last_seen": lectern_core::rfc3339(n.last_seen),
+                "running": jobs,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "workers": list })))
+}
+
 async fn jobs(
     State(st): State<ApiState>,
     Auth(c): Auth,
@@ -286,6 +322,8 @@ pub struct ApiState {
     pub store: std::sync::Arc<dyn lectern_core::storage::ObjectStore>,
     /// This node's origin cache, dropped for a deleted video.
     pub origin_cache: Option<std::sync::Arc<lectern_origin::ObjectCache>>,
+    /// The LMS heartbeat-permission cache, cleared when a video goes away.
+    pub access: std::sync::Arc<lectern_lms::AccessCache>,
     /// Command that purges a deleted video's path from the CDN.
     pub cdn_purge_command: Option<String>,
 }
@@ -325,6 +363,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/admin/jobs/{id}", axum::routing::patch(patch_job))
         .route("/api/v1/admin/jobs/{id}/cancel", post(cancel_job))
         .route("/api/v1/admin/jobs/{id}/retry", post(retry_job))
+        .route("/api/v1/admin/workers", get(workers))
         .with_state(state)
 }
 
@@ -511,6 +550,8 @@ async fn delete_video(
     if let Some(c) = &st.origin_cache {
         c.invalidate_prefix(&format!("videos/{}/", v.id));
     }
+    // Heartbeats for its lessons must stop counting at once, on every API node.
+    st.access.invalidate().await;
     tracing::info!(video = %v.id, by = %c.sub, purge = %purge, "video deleted; purge the CDN for this prefix");
     metrics::counter!("lectern_videos_deleted_total").increment(1);
     let data = json!({"video_id": v.id, "title": v.title, "purge_path": purge});

@@ -85,18 +85,49 @@ pub async fn red_metrics(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_string();
+        .map(|p| intern(p.as_str()))
+        .unwrap_or("unmatched");
+    let method = match *req.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::PATCH => "PATCH",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    };
     let started = Instant::now();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16();
-    let class = format!("{}xx", status / 100);
-    metrics::counter!("lectern_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => class)
+    let class = match resp.status().as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!("lectern_http_requests_total", "method" => method, "route" => route, "status" => class)
         .increment(1);
     metrics::histogram!("lectern_http_request_duration_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     resp
+}
+
+/// Route templates as `'static` labels: there are a few dozen, so each is leaked once and the
+/// metrics path allocates nothing per request.
+fn intern(route: &str) -> &'static str {
+    static ROUTES: std::sync::OnceLock<Mutex<HashMap<String, &'static str>>> =
+        std::sync::OnceLock::new();
+    let mut map = ROUTES
+        .get_or_init(Default::default)
+        .lock()
+        .expect("route names");
+    if let Some(r) = map.get(route) {
+        return r;
+    }
+    let leaked: &'static str = Box::leak(route.to_string().into_boxed_str());
+    map.insert(route.to_string(), leaked);
+    leaked
 }
 
 /// Token buckets per user and per client IP.

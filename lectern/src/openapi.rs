@@ -46,6 +46,7 @@ const LIST: &[u16] = &[400, 401, 403, 429];
 const ANY: &str = "learner, instructor or admin of the org";
 const MGR: &str = "instructor or admin of the org";
 const ADM: &str = "admin of the org (operators: every org)";
+const OPR: &str = "operator";
 
 const OPS: &[Op] = &[
     op(
@@ -216,6 +217,16 @@ const OPS: &[Op] = &[
         ADM,
         200,
         &[401, 403, 404, 409, 429, 503],
+        &[],
+    ),
+    op(
+        "get",
+        "/api/v1/admin/workers",
+        "jobs",
+        "Transcode worker processes: slots, liveness and running jobs (operators)",
+        OPR,
+        200,
+        READ,
         &[],
     ),
     op(

@@ -88,12 +88,22 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             &[1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0],
         )?
         .install_recorder()?;
+    // Histograms keep their samples until drained; drain them even when nobody scrapes.
+    tokio::spawn({
+        let m = metrics.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                m.run_upkeep();
+            }
+        }
+    });
     let keys = Keys::load(cfg.secret.as_deref(), &cfg.data_dir, true)?
         .with_previous(&cfg.previous_secrets);
     let db_url = cfg.database_url();
-    let db = Db::connect_with(&db_url, cfg.db_max_connections).await?;
+    let db = Db::connect_with(&db_url, cfg.db_max_connections, cfg.db_batch_connections).await?;
     let store = lectern_core::storage::open(&cfg.storage_url(), cfg.s3_endpoint.as_deref()).await?;
-    let queue = Queue::connect(&db_url).await?;
+    let queue = Queue::connect_with(&db_url, cfg.queue_db_connections).await?;
     let ladder = Ladder::load(cfg.pipeline.as_deref())?;
     let signer = Signer::new(keys.clone());
     let origin_cache = (cfg.has_role("origin") && cfg.origin_cache_mb > 0).then(|| {
@@ -131,19 +141,23 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         app = app.merge(lectern_ingest::router(st));
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The progress flusher stops only after the listener has drained, so heartbeats that were
+    // answered 202 during shutdown are written too.
+    let (flush_stop_tx, flush_stop_rx) = tokio::sync::watch::channel(false);
     let mut flusher = None;
     if cfg.has_role("api") {
         let shared = match &cfg.redis_url {
             Some(url) => Some(lectern_lms::cache::SharedCache::connect(url).await?),
             None => None,
         };
+        let access = lectern_lms::AccessCache::new(Duration::from_secs(30), shared);
         let progress = Arc::new(lectern_lms::progress::Buffer::new(
             db.clone(),
             cfg.complete_ratio,
         ));
         flusher = Some(tokio::spawn({
             let progress = progress.clone();
-            let stop = stop_rx.clone();
+            let stop = flush_stop_rx.clone();
             async move { progress.run(stop).await }
         }));
         app = app.merge(lectern_lms::router(lectern_lms::LmsState {
@@ -153,7 +167,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             public_url: cfg.public_url.clone(),
             grace_s: cfg.playback_grace_s as i64,
             progress,
-            access: lectern_lms::AccessCache::new(Duration::from_secs(30), shared),
+            access: access.clone(),
             webhook_allow_http: cfg.webhook_allow_http,
             write_behind: cfg.progress_write_behind,
         }));
@@ -170,11 +184,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             queue: queue.clone(),
             store: store.clone(),
             origin_cache: origin_cache.clone(),
+            access,
             cdn_purge_command: cfg.cdn_purge_command.clone(),
         }));
     }
+    let mut origin_routes = None;
     if cfg.has_role("origin") {
-        app = app.merge(lectern_origin::router(OriginState {
+        origin_routes = Some(lectern_origin::router(OriginState {
             db: db.clone(),
             store: store.clone(),
             signer,
@@ -217,6 +233,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             ),
         )
         .layer(axum::middleware::from_fn(crate::http::request_id));
+    // The origin is the hot path (every player request): it skips the API's request ids,
+    // tracing spans and rate limits, and answers its own errors as JSON.
+    let app = match origin_routes {
+        Some(o) => o
+            .layer(axum::middleware::from_fn(crate::http::red_metrics))
+            .layer(cors(&cfg.cors_origin)?)
+            .merge(app),
+        None => app,
+    };
 
     let workers = if cfg.has_role("worker") {
         let ctx = lectern_transcoder::WorkerContext {
@@ -262,6 +287,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     })
     .await?;
+    let _ = flush_stop_tx.send(true);
     if let Some(f) = flusher {
         // Heartbeats still in memory are written before the process exits.
         if let Err(e) = f.await {

@@ -358,6 +358,26 @@ async fn a_killed_worker_process_loses_no_job_on_postgres() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
+    // Operators see both worker processes, alive, each with the job it runs; admins may not.
+    let op = api.token(Role::Operator, "platform");
+    let (s, fleet) = get(&api, &op, "/api/v1/admin/workers").await;
+    assert_eq!(s, 200, "{fleet}");
+    let workers = fleet["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2, "{fleet}");
+    for name in [&name1, &name2] {
+        let w = workers
+            .iter()
+            .find(|w| w["name"].as_str().unwrap().ends_with(name.as_str()))
+            .unwrap_or_else(|| panic!("{name} missing: {fleet}"));
+        assert_eq!(
+            (w["alive"].clone(), w["slots"].clone()),
+            (json!(true), json!(1)),
+            "{w}"
+        );
+        assert_eq!(w["running"].as_array().unwrap().len(), 1, "{w}");
+        assert_eq!(w["running"][0]["org"], "org-k");
+    }
+    assert_eq!(get(&api, &admin, "/api/v1/admin/workers").await.0, 403);
     w1.kill9();
     let killed_at = std::time::Instant::now();
     for id in &ids {
@@ -384,6 +404,18 @@ async fn a_killed_worker_process_loses_no_job_on_postgres() {
     let waited = started.timestamp_millis()
         - (chrono::Utc::now().timestamp_millis() - killed_at.elapsed().as_millis() as i64);
     assert!(waited < 60_000, "picked up {waited} ms after the kill");
+    let (_, fleet) = get(&api, &op, "/api/v1/admin/workers").await;
+    let dead = fleet["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"].as_str().unwrap().ends_with(&name1))
+        .cloned()
+        .unwrap_or(json!({"alive": false}));
+    assert_eq!(
+        dead["alive"], false,
+        "a killed worker stops beating: {fleet}"
+    );
     // Only the published attempt's output remains (the dead attempt's prefix is never listed).
     let pb = api.playback(&t, &victim).await;
     let (s, _, _) = common::fetch(&api, pb["url"].as_str().unwrap()).await;

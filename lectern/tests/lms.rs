@@ -457,7 +457,23 @@ async fn progress_is_coalesced_unioned_and_reported_on_postgres() {
 
 #[tokio::test]
 async fn instructors_list_rename_and_delete_videos() {
-    let app = TestApp::spawn(Db::Sqlite);
+    // The operator's CDN purge hook: records the path it is asked to purge.
+    let hook_dir = tempfile::tempdir().unwrap();
+    let purged = hook_dir.path().join("purged");
+    let hook = hook_dir.path().join("purge.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$1 $LECTERN_VIDEO_ID\" >> {}\n",
+            purged.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        &[("LECTERN_CDN_PURGE_COMMAND", hook.to_str().unwrap())],
+    );
     let inst = tok(Role::Instructor, "prof", "org-v");
     let (cid, lid, video) = course_with_lesson(&app, &inst).await;
     let other = ready_video(&app, &inst, "clip-360p.mp4").await;
@@ -562,6 +578,19 @@ async fn instructors_list_rename_and_delete_videos() {
         204
     );
     assert_eq!(fetch(&app, &url).await.0, 404, "the master is gone at once");
+    let mut line = String::new();
+    for _ in 0..50 {
+        line = std::fs::read_to_string(&purged).unwrap_or_default();
+        if !line.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        line.trim(),
+        format!("/v/{video}/ {video}"),
+        "the CDN purge hook ran"
+    );
     assert_eq!(
         call(
             &app,

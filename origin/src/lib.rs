@@ -20,6 +20,7 @@ mod sign;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -36,7 +37,7 @@ use lectern_core::videos::{self, state};
 use lectern_packager::{LIVE_MASTER_PLAYLIST, MASTER_PLAYLIST};
 
 pub use cache::ObjectCache;
-pub use sign::{SignedQuery, Signer};
+pub use sign::{QueryParams, SignedQuery, Signer};
 
 /// What the origin routes need.
 #[derive(Clone)]
@@ -104,37 +105,51 @@ fn finish(r: Result<Response, ApiError>) -> Response {
     }
 }
 
-fn signed(
+fn signed<'q>(
     st: &OriginState,
     video: &str,
-    raw: Option<&str>,
-) -> Result<(SignedQuery, i64), ApiError> {
-    let q = SignedQuery::parse(raw).ok_or_else(|| {
+    raw: Option<&'q str>,
+) -> Result<(QueryParams<'q>, i64), ApiError> {
+    let q = QueryParams::parse(raw).ok_or_else(|| {
         let mut e = ApiError::forbidden(
             "this playlist URL repeats a signature parameter; ask the playback endpoint for a fresh URL",
         );
         e.code = "invalid-signature";
         e
     })?;
-    st.signer.verify(video, &q)?;
-    let exp = q.exp.as_deref().and_then(|e| e.parse().ok()).unwrap_or(0);
+    let exp = st.signer.verify(video, &q)?;
     Ok((q, exp))
 }
 
 /// `public, max-age=N` for a signed VOD playlist: a shared cache may keep it for a minute but
 /// must not serve it after the signature expires.
 fn vod_playlist_cache(exp: i64) -> HeaderValue {
+    static VALUES: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    let values = VALUES.get_or_init(|| {
+        (0..=PLAYLIST_MAX_AGE_S)
+            .map(|n| HeaderValue::from_str(&format!("public, max-age={n}")).expect("ascii"))
+            .collect()
+    });
     let left = (exp - chrono::Utc::now().timestamp()).clamp(0, PLAYLIST_MAX_AGE_S);
-    HeaderValue::from_str(&format!("public, max-age={left}")).expect("ascii")
+    values[left as usize].clone()
+}
+
+/// A path segment that does not decode (`%FF`) is the client's mistake: 400 JSON.
+fn bad_path(e: PathRejection) -> ApiError {
+    ApiError::bad_request("invalid-path", format!("{}; check the URL", e.body_text()))
 }
 
 async fn master(
     State(st): State<OriginState>,
-    Path(video): Path<String>,
+    video: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
     method: Method,
     headers: HeaderMap,
 ) -> Response {
+    let Path(video) = match video {
+        Ok(v) => v,
+        Err(e) => return finish(Err(bad_path(e))),
+    };
     finish(master_inner(&st, &video, raw.as_deref(), &method, &headers).await)
 }
 
@@ -170,7 +185,7 @@ async fn master_inner(
         .unwrap_or_default();
     let subs = videos::captions(&st.db, video).await?;
     let body = rewrite_master(&raw_master.body, token, &q.to_query_string(), &subs)?;
-    metrics::counter!("lectern_origin_requests_total", "kind" => "master").increment(1);
+    count(Counted::Master);
     let cc = if growing {
         HeaderValue::from_static(GROWING_CACHE)
     } else {
@@ -259,11 +274,11 @@ fn not_modified(
             .flat_map(|v| v.split(','))
             .any(|t| t.trim() == "*" || strip(t) == strip(etag));
     }
+    let Some(since) = headers.get(header::IF_MODIFIED_SINCE) else {
+        return false;
+    };
     let parse = |v: &HeaderValue| httpdate::parse_http_date(v.to_str().ok()?).ok();
-    match (
-        headers.get(header::IF_MODIFIED_SINCE).and_then(parse),
-        last_modified.and_then(parse),
-    ) {
+    match (parse(since), last_modified.and_then(parse)) {
         (Some(since), Some(modified)) => modified <= since,
         _ => false,
     }
@@ -325,12 +340,10 @@ async fn load(
     cacheable: bool,
 ) -> Result<(cache::Entry, bool), ApiError> {
     if let Some(e) = st.cache.get(key) {
-        metrics::counter!("lectern_cache_requests_total", "cache" => "origin", "result" => "hit")
-            .increment(1);
+        count(Counted::CacheHit);
         return Ok((e, true));
     }
-    metrics::counter!("lectern_cache_requests_total", "cache" => "origin", "result" => "miss")
-        .increment(1);
+    count(Counted::CacheMiss);
     let got = st.store.get(key, None).await?;
     let meta: ObjectMeta = got.meta.clone();
     let chunks: Vec<Bytes> = got
@@ -357,11 +370,15 @@ async fn load(
 
 async fn rendition_file(
     State(st): State<OriginState>,
-    Path((video, token, rendition, file)): Path<(String, String, String, String)>,
+    path: Result<Path<(String, String, String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
     method: Method,
     headers: HeaderMap,
 ) -> Response {
+    let Path((video, token, rendition, file)) = match path {
+        Ok(p) => p,
+        Err(e) => return finish(Err(bad_path(e))),
+    };
     finish(
         file_inner(
             &st,
@@ -393,7 +410,7 @@ async fn file_inner(
             // A VOD playlist never changes again.
             st.cache.insert(&key, e.clone());
         }
-        metrics::counter!("lectern_origin_requests_total", "kind" => "media_playlist").increment(1);
+        count(Counted::MediaPlaylist);
         let cc = if growing {
             HeaderValue::from_static(GROWING_CACHE)
         } else {
@@ -410,12 +427,11 @@ async fn file_inner(
     } else {
         return Err(ApiError::not_found("object"));
     };
-    metrics::counter!("lectern_origin_requests_total", "kind" => "segment").increment(1);
+    count(Counted::Segment);
     let range = request_range(headers)?;
     let immutable = HeaderValue::from_static(SEGMENT_CACHE);
     if let Some(e) = st.cache.get(&key) {
-        metrics::counter!("lectern_cache_requests_total", "cache" => "origin", "result" => "hit")
-            .increment(1);
+        count(Counted::CacheHit);
         return Ok(bytes_response(&e, range, ctype, method, headers, immutable));
     }
     // A ranged miss passes the range through to the store (S3 reads only those bytes).
@@ -427,8 +443,7 @@ async fn file_inner(
             }
         }
     }
-    metrics::counter!("lectern_cache_requests_total", "cache" => "origin", "result" => "miss")
-        .increment(1);
+    count(Counted::CacheMiss);
     let got = match st.store.get(&key, range).await {
         Err(StoreError::InvalidRange) => {
             let size = st.store.head(&key).await?.size;
@@ -461,6 +476,32 @@ fn unsatisfiable(size: u64) -> ApiError {
         format!("the object has {size} bytes; ask for a range inside it"),
     )
     .with_header("content-range", format!("bytes */{size}"))
+}
+
+/// What the origin counts, one metric series each.
+#[derive(Clone, Copy)]
+enum Counted {
+    Master,
+    MediaPlaylist,
+    Segment,
+    CacheHit,
+    CacheMiss,
+}
+
+/// Increments a counter through a handle registered once: the hot path skips the registry
+/// lookup (hashing name and labels) that `counter!` does on every call.
+fn count(what: Counted) {
+    static HANDLES: std::sync::OnceLock<[metrics::Counter; 5]> = std::sync::OnceLock::new();
+    let h = HANDLES.get_or_init(|| {
+        [
+            metrics::counter!("lectern_origin_requests_total", "kind" => "master"),
+            metrics::counter!("lectern_origin_requests_total", "kind" => "media_playlist"),
+            metrics::counter!("lectern_origin_requests_total", "kind" => "segment"),
+            metrics::counter!("lectern_cache_requests_total", "cache" => "origin", "result" => "hit"),
+            metrics::counter!("lectern_cache_requests_total", "cache" => "origin", "result" => "miss"),
+        ]
+    });
+    h[what as usize].increment(1);
 }
 
 /// Whether a media playlist is complete (`#EXT-X-ENDLIST`).

@@ -12,11 +12,12 @@ use hmac::{Hmac, Mac};
 use lectern_core::auth::Keys;
 use lectern_core::error::ApiError;
 use sha2::Sha256;
+use std::sync::Arc;
 
-/// The signature part of a playlist URL's query.
+/// The signature part of a playlist URL's query, as the signer makes it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SignedQuery {
-    /// Expiry, seconds since the epoch (kept as text so a malformed value is a 403, not a 400).
+    /// Expiry, seconds since the epoch.
     pub exp: Option<String>,
     /// Key id.
     pub kid: Option<String>,
@@ -27,10 +28,41 @@ pub struct SignedQuery {
 }
 
 impl SignedQuery {
+    /// Renders the query string (`exp=…&kid=…&vw=…&sig=…`).
+    pub fn to_query_string(&self) -> String {
+        self.params().to_query_string()
+    }
+
+    /// The same values, borrowed, as [`Signer::verify`] takes them.
+    pub fn params(&self) -> QueryParams<'_> {
+        QueryParams {
+            exp: self.exp.as_deref(),
+            kid: self.kid.as_deref(),
+            vw: self.vw.as_deref(),
+            sig: self.sig.as_deref(),
+        }
+    }
+}
+
+/// The signature parameters of a request's query, borrowed from it (no allocation on the
+/// origin's hot path). Values are kept as text, so a malformed one is a 403, not a 400.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QueryParams<'a> {
+    /// Expiry, seconds since the epoch.
+    pub exp: Option<&'a str>,
+    /// Key id.
+    pub kid: Option<&'a str>,
+    /// Opaque viewer tag.
+    pub vw: Option<&'a str>,
+    /// base64url HMAC-SHA256.
+    pub sig: Option<&'a str>,
+}
+
+impl<'a> QueryParams<'a> {
     /// Parses a raw query string; a repeated signature parameter makes the whole query invalid
     /// (`None`), since a proxy and the origin could otherwise read different values.
-    pub fn parse(raw: Option<&str>) -> Option<Self> {
-        let mut q = SignedQuery::default();
+    pub fn parse(raw: Option<&'a str>) -> Option<Self> {
+        let mut q = QueryParams::default();
         for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let slot = match k {
@@ -40,7 +72,7 @@ impl SignedQuery {
                 "sig" => &mut q.sig,
                 _ => continue,
             };
-            if slot.replace(v.to_string()).is_some() {
+            if slot.replace(v).is_some() {
                 return None;
             }
         }
@@ -51,23 +83,40 @@ impl SignedQuery {
     pub fn to_query_string(&self) -> String {
         format!(
             "exp={}&kid={}&vw={}&sig={}",
-            self.exp.as_deref().unwrap_or_default(),
-            self.kid.as_deref().unwrap_or_default(),
-            self.vw.as_deref().unwrap_or_default(),
-            self.sig.as_deref().unwrap_or_default()
+            self.exp.unwrap_or_default(),
+            self.kid.unwrap_or_default(),
+            self.vw.unwrap_or_default(),
+            self.sig.unwrap_or_default()
         )
     }
 }
 
-/// Signs and verifies playback URLs.
-#[derive(Clone, Debug)]
+/// Signs and verifies playback URLs. Cheap to clone.
+#[derive(Clone)]
 pub struct Signer {
     keys: Keys,
+    /// An HMAC already keyed with each verifying key, by kid (current first): a request only
+    /// pays for hashing its own message.
+    macs: Arc<Vec<(String, Hmac<Sha256>)>>,
 }
 
-fn mac(key: &[u8], video: &str, viewer: &str, exp: i64) -> Hmac<Sha256> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("hmac takes any key");
-    mac.update(format!("v2|{video}|{viewer}|{exp}").as_bytes());
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").field("keys", &self.keys).finish()
+    }
+}
+
+fn message(mut mac: Hmac<Sha256>, video: &str, viewer: &str, exp: &str) -> Hmac<Sha256> {
+    for part in [
+        b"v2|".as_slice(),
+        video.as_bytes(),
+        b"|",
+        viewer.as_bytes(),
+        b"|",
+        exp.as_bytes(),
+    ] {
+        mac.update(part);
+    }
     mac
 }
 
@@ -81,7 +130,18 @@ fn valid_viewer(v: &str) -> bool {
 impl Signer {
     /// A signer over the deployment keys.
     pub fn new(keys: Keys) -> Self {
-        Self { keys }
+        let macs = keys
+            .kids()
+            .map(|kid| {
+                let key = keys.url_key_for(kid).expect("listed kid");
+                let mac = Hmac::<Sha256>::new_from_slice(key).expect("hmac takes any key");
+                (kid.to_string(), mac)
+            })
+            .collect();
+        Self {
+            keys,
+            macs: Arc::new(macs),
+        }
     }
 
     /// The opaque viewer tag of a user: stable for the current key, reveals nothing of the id.
@@ -93,14 +153,15 @@ impl Signer {
 
     /// The signed query for `video` and `viewer` (a [`Signer::viewer_tag`]), valid until `exp`.
     pub fn sign(&self, video: &str, viewer: &str, exp: i64) -> SignedQuery {
+        let exp = exp.to_string();
         let sig = B64.encode(
-            mac(self.keys.url_key(), video, viewer, exp)
+            message(self.macs[0].1.clone(), video, viewer, &exp)
                 .finalize()
                 .into_bytes(),
         );
         SignedQuery {
-            exp: Some(exp.to_string()),
-            kid: Some(self.keys.kid().to_string()),
+            exp: Some(exp),
+            kid: Some(self.macs[0].0.clone()),
             vw: Some(viewer.to_string()),
             sig: Some(sig),
         }
@@ -115,42 +176,40 @@ impl Signer {
     }
 
     /// Checks a query: 403 when missing, tampered, for another video, signed with a retired
-    /// key, or expired. Returns the viewer tag.
-    pub fn verify<'q>(&self, video: &str, q: &'q SignedQuery) -> Result<&'q str, ApiError> {
+    /// key, or expired. Returns the expiry.
+    pub fn verify(&self, video: &str, q: &QueryParams<'_>) -> Result<i64, ApiError> {
         let deny = |why: &str| {
             let mut e =
                 ApiError::forbidden(format!("{why}; ask the playback endpoint for a fresh URL"));
             e.code = "invalid-signature";
             e
         };
-        let (Some(exp), Some(kid), Some(vw), Some(sig)) = (
-            q.exp.as_deref(),
-            q.kid.as_deref(),
-            q.vw.as_deref(),
-            q.sig.as_deref(),
-        ) else {
+        let (Some(exp_text), Some(kid), Some(vw), Some(sig)) = (q.exp, q.kid, q.vw, q.sig) else {
             return Err(deny("this playlist URL is not signed"));
         };
-        let exp: i64 = exp
+        let exp: i64 = exp_text
             .parse()
             .map_err(|_| deny("this playlist URL's expiry is malformed"))?;
         if !valid_viewer(vw) {
             return Err(deny("this playlist URL's viewer is malformed"));
         }
-        let key = self
-            .keys
-            .url_key_for(kid)
+        let mac = self
+            .macs
+            .iter()
+            .find(|(k, _)| k == kid)
+            .map(|(_, m)| m.clone())
             .ok_or_else(|| deny("this playlist URL was signed with an unknown or retired key"))?;
-        let sig = B64
-            .decode(sig)
+        let mut raw = [0u8; 32];
+        let n = B64
+            .decode_slice(sig, &mut raw)
             .map_err(|_| deny("this playlist URL's signature is malformed"))?;
-        mac(key, video, vw, exp)
-            .verify_slice(&sig)
+        message(mac, video, vw, exp_text)
+            .verify_slice(&raw[..n])
             .map_err(|_| deny("this playlist URL's signature does not match"))?;
         if exp < chrono::Utc::now().timestamp() {
             return Err(deny("this playlist URL has expired"));
         }
-        Ok(vw)
+        Ok(exp)
     }
 }
 
@@ -166,21 +225,24 @@ mod tests {
         assert_ne!(alice, s.viewer_tag("org", "bob"));
         assert_ne!(alice, s.viewer_tag("org2", "alice"));
         let q = s.sign("vid", &alice, exp);
-        assert_eq!(s.verify("vid", &q).unwrap(), alice);
-        assert_eq!(s.verify("other", &q).unwrap_err().status, 403);
+        assert_eq!(s.verify("vid", &q.params()).unwrap(), exp);
+        assert_eq!(s.verify("other", &q.params()).unwrap_err().status, 403);
         let mut t = q.clone();
         t.exp = Some((exp + 1).to_string());
-        assert_eq!(s.verify("vid", &t).unwrap_err().status, 403);
+        assert_eq!(s.verify("vid", &t.params()).unwrap_err().status, 403);
         let mut t = q.clone();
         t.vw = Some(s.viewer_tag("org", "bob"));
         assert_eq!(
-            s.verify("vid", &t).unwrap_err().status,
+            s.verify("vid", &t.params()).unwrap_err().status,
             403,
             "a URL cannot be re-labelled for another viewer"
         );
         let old = s.sign("vid", &alice, chrono::Utc::now().timestamp() - 1);
-        assert_eq!(s.verify("vid", &old).unwrap_err().code, "invalid-signature");
-        assert!(s.verify("vid", &SignedQuery::default()).is_err());
+        assert_eq!(
+            s.verify("vid", &old.params()).unwrap_err().code,
+            "invalid-signature"
+        );
+        assert!(s.verify("vid", &QueryParams::default()).is_err());
     }
 
     #[test]
@@ -191,17 +253,17 @@ mod tests {
         let rotated = Signer::new(
             Keys::from_secret("new-secret-0123456789").with_previous(&["old-secret-0123456789"]),
         );
-        assert!(rotated.verify("vid", &q).is_ok());
+        assert!(rotated.verify("vid", &q.params()).is_ok());
         assert_ne!(rotated.sign("vid", "vw1", exp).kid, q.kid);
         let dropped = Signer::new(Keys::from_secret("new-secret-0123456789"));
-        assert_eq!(dropped.verify("vid", &q).unwrap_err().status, 403);
+        assert_eq!(dropped.verify("vid", &q.params()).unwrap_err().status, 403);
     }
 
     #[test]
     fn query_parsing_refuses_repeats() {
-        let q = SignedQuery::parse(Some("exp=1&kid=k&vw=v&sig=s&x=y")).unwrap();
+        let q = QueryParams::parse(Some("exp=1&kid=k&vw=v&sig=s&x=y")).unwrap();
         assert_eq!(q.to_query_string(), "exp=1&kid=k&vw=v&sig=s");
-        assert!(SignedQuery::parse(Some("exp=1&exp=2")).is_none());
-        assert_eq!(SignedQuery::parse(None), Some(SignedQuery::default()));
+        assert!(QueryParams::parse(Some("exp=1&exp=2")).is_none());
+        assert_eq!(QueryParams::parse(None), Some(QueryParams::default()));
     }
 }

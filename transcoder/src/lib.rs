@@ -102,6 +102,22 @@ pub async fn run_workers(
     let name = ctx.name.clone();
     let stopping = ctx.stopping.clone();
     let ctx = Arc::new(ctx);
+    // Operators see this process in /api/v1/admin/workers while it beats.
+    let beat = tokio::spawn({
+        let (db, name, stopping) = (ctx.db.clone(), ctx.name.clone(), stopping.clone());
+        let started = lectern_core::now_ms();
+        async move {
+            while !stopping.load(Ordering::Relaxed) {
+                if let Err(e) =
+                    lectern_core::nodes::heartbeat(&db, &name, concurrency, started).await
+                {
+                    tracing::warn!(error = %e, "worker heartbeat not recorded");
+                }
+                tokio::time::sleep(lectern_core::queue::HEARTBEAT).await;
+            }
+        }
+    });
+    let (reg_db, reg_name) = (ctx.db.clone(), ctx.name.clone());
     let monitor = match queue {
         Queue::Sqlite(storage) => Monitor::new().register(move |_| {
             WorkerBuilder::new(name.clone())
@@ -129,6 +145,8 @@ pub async fn run_workers(
             Ok(())
         })
         .await?;
+    beat.abort();
+    let _ = lectern_core::nodes::remove(&reg_db, &reg_name).await;
     Ok(())
 }
 
