@@ -104,6 +104,43 @@ pub fn fresh_dir(root: &Path, name: &str) -> anyhow::Result<PathBuf> {
     Ok(d)
 }
 
+/// Runs ffmpeg; returns its log (stderr), or fails with it.
+pub fn ffmpeg(args: &[&str]) -> anyhow::Result<String> {
+    let o = Command::new("ffmpeg").args(args).output()?;
+    anyhow::ensure!(
+        o.status.success(),
+        "ffmpeg {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// Uploads `body` in the creation request (tus creation-with-upload); returns the video id.
+pub async fn tus_upload(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<String> {
+    let r = http
+        .post(format!("{base}/files/"))
+        .bearer_auth(token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", body.len())
+        .header("Content-Type", "application/offset+octet-stream")
+        .body(body)
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 201, "upload: {}", r.status());
+    Ok(r.headers()["location"]
+        .to_str()?
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

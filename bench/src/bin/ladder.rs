@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use lectern_bench::{fresh_dir, median, Server};
+use lectern_bench::{ffmpeg, fresh_dir, median, Server};
 use lectern_core::auth::{Keys, Role};
 use lectern_core::ladder::Ladder;
 
@@ -41,17 +41,6 @@ struct Cost {
     wall_s: f64,
     cpu_s: f64,
     rss_mib: f64,
-}
-
-fn ffmpeg(args: &[&str]) -> anyhow::Result<String> {
-    let o = Command::new("ffmpeg").args(args).output()?;
-    anyhow::ensure!(
-        o.status.success(),
-        "ffmpeg {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    Ok(String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
 fn make_source(work: &Path, secs: u32) -> anyhow::Result<PathBuf> {
@@ -187,22 +176,7 @@ async fn lectern_ladder(args: &Args, src: &Path, dir: &Path) -> anyhow::Result<(
     let http = reqwest::Client::new();
     let body = tokio::fs::read(src).await?;
     let cpu0 = cpu_seconds(pid);
-    let r = http
-        .post(format!("{}/files/", server.base))
-        .bearer_auth(&token)
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", body.len())
-        .header("Content-Type", "application/offset+octet-stream")
-        .body(body)
-        .send()
-        .await?;
-    anyhow::ensure!(r.status() == 201, "upload: {}", r.status());
-    let id = r.headers()["location"]
-        .to_str()?
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let id = lectern_bench::tus_upload(&http, &server.base, &token, body).await?;
     let deadline = Instant::now() + Duration::from_secs(1800);
     let job = loop {
         let j: serde_json::Value = http

@@ -156,22 +156,7 @@ async fn publish(args: &Args, data: &Path, src: &Path) -> anyhow::Result<String>
     let token = Keys::from_secret(SECRET).mint("bench", "bench", Role::Admin, 86400);
     let http = reqwest::Client::new();
     let body = tokio::fs::read(src).await?;
-    let r = http
-        .post(format!("{}/files/", server.base))
-        .bearer_auth(&token)
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", body.len())
-        .header("Content-Type", "application/offset+octet-stream")
-        .body(body)
-        .send()
-        .await?;
-    anyhow::ensure!(r.status() == 201, "upload: {}", r.status());
-    let id = r.headers()["location"]
-        .to_str()?
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let id = lectern_bench::tus_upload(&http, &server.base, &token, body).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let st: serde_json::Value = http

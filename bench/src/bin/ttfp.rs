@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use lectern_bench::{fresh_dir, median, Server};
+use lectern_bench::{ffmpeg, fresh_dir, median, Server};
 use lectern_core::auth::{Keys, Role};
 
 const SECRET: &str = "bench-secret-0123456789abcdef";
@@ -33,17 +33,6 @@ struct Args {
     /// Scratch folder.
     #[arg(long, default_value = "target/bench-work/ttfp")]
     work: PathBuf,
-}
-
-fn ffmpeg(args: &[&str]) -> anyhow::Result<()> {
-    let o = Command::new("ffmpeg").args(args).output()?;
-    anyhow::ensure!(
-        o.status.success(),
-        "ffmpeg {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    Ok(())
 }
 
 fn source(work: &Path, minutes: u32) -> anyhow::Result<PathBuf> {
