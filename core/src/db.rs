@@ -85,6 +85,9 @@ impl Db {
                 })
             })
             .max_connections(if backend == Backend::Sqlite { max_connections.min(4) } else { max_connections })
+            // An embedded SQLite connection cannot drop away like a network one, so skip the
+            // ping before every query (a round trip to its worker thread each time).
+            .test_before_acquire(backend != Backend::Sqlite)
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect_with(opts)
             .await

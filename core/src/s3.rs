@@ -169,7 +169,8 @@ impl ObjectStore for S3Store {
             let (id, parts) = upload.as_mut().expect("just created");
             if !buf.is_empty() {
                 let n = parts.len() as u32 + 1;
-                parts.push(self.put_part(key, id, n, buf.split().freeze()).await?);
+                let at = parts.iter().map(|p| p.size).sum();
+                parts.push(self.put_part(key, id, n, at, buf.split().freeze()).await?);
             }
             if next.is_none() {
                 let (id, parts) = upload.take().expect("multipart in progress");
@@ -305,6 +306,7 @@ impl ObjectStore for S3Store {
         key: &str,
         upload_id: &str,
         number: u32,
+        _offset: u64,
         body: Bytes,
     ) -> StoreResult<Part> {
         let full = self.key(key)?;
@@ -338,6 +340,7 @@ impl ObjectStore for S3Store {
         key: &str,
         upload_id: &str,
         number: u32,
+        _offset: u64,
         source: &str,
     ) -> StoreResult<Part> {
         let full = self.key(key)?;

@@ -161,11 +161,15 @@ pub trait ObjectStore: Send + Sync + Debug {
     async fn create_multipart(&self, key: &str) -> StoreResult<String>;
 
     /// Stores one part durably (S3 requires at least 5 MiB for every part but the last).
+    /// `offset` is where the part starts in the final object (the sum of the sizes of parts
+    /// `1..number`, which the caller keeps): a store that writes in place uses it, so it needs
+    /// no bookkeeping of its own.
     async fn put_part(
         &self,
         key: &str,
         upload_id: &str,
         number: u32,
+        offset: u64,
         body: Bytes,
     ) -> StoreResult<Part>;
 
@@ -175,6 +179,7 @@ pub trait ObjectStore: Send + Sync + Debug {
         key: &str,
         upload_id: &str,
         number: u32,
+        offset: u64,
         source: &str,
     ) -> StoreResult<Part>;
 
@@ -192,6 +197,149 @@ pub trait ObjectStore: Send + Sync + Debug {
     /// A local file path for the object, when the backend has one (lets GStreamer read directly).
     fn local_path(&self, _key: &str) -> Option<PathBuf> {
         None
+    }
+
+    /// The smallest size a part but the last may have (S3: 5 MiB). A store that takes parts
+    /// of any size (0) needs no tail objects: every request's bytes end in parts.
+    fn min_part_size(&self) -> u64 {
+        5 << 20
+    }
+
+    /// A writer that stores part `number` at `offset` as its bytes arrive, for stores that
+    /// write in place (the data reaches the disk while the request is still being received);
+    /// `None`, the default, when parts must be sent whole with [`ObjectStore::put_part`].
+    async fn part_writer(
+        &self,
+        _upload_id: &str,
+        _number: u32,
+        _offset: u64,
+    ) -> StoreResult<Option<Box<dyn PartWriter>>> {
+        Ok(None)
+    }
+}
+
+/// A part being written as its bytes arrive (see [`ObjectStore::part_writer`]).
+#[async_trait]
+pub trait PartWriter: Send {
+    /// Appends bytes to the part.
+    async fn write(&mut self, data: Bytes) -> StoreResult<()>;
+    /// Bytes appended so far.
+    fn written(&self) -> u64;
+    /// Makes the part durable and returns it.
+    async fn finish(self: Box<Self>) -> StoreResult<Part>;
+}
+
+/// A FileStore part written in place: batches of about 1 MiB are `pwrite`n as they arrive and
+/// their writeback is started at once (`sync_file_range`), so the `fdatasync` that ends the
+/// part only waits for the last batch.
+struct FilePartWriter {
+    file: Arc<std::fs::File>,
+    dir: PathBuf,
+    number: u32,
+    start: u64,
+    written: u64,
+    pending: Vec<Bytes>,
+    pending_len: usize,
+}
+
+/// Opens a multipart upload's data file for part `number` at `offset` (blocking): no gap may
+/// precede it, and bytes at or past it (a part stored but never committed) are dropped.
+fn open_data_at(dir: &Path, number: u32, offset: u64, missing: &str) -> StoreResult<std::fs::File> {
+    let f = match std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(dir.join("data"))
+    {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(StoreError::NotFound(missing.to_string()))
+        }
+        other => other?,
+    };
+    let len = f.metadata()?.len();
+    if len < offset {
+        return Err(StoreError::Backend(format!(
+            "part {number} of {missing} starts at byte {offset} but only {len} bytes are stored; the file store takes parts in order"
+        )));
+    }
+    if len != offset {
+        f.set_len(offset)?;
+    }
+    Ok(f)
+}
+
+/// Bytes gathered before one `pwrite`.
+const WRITE_BATCH: usize = 1 << 20;
+
+impl FilePartWriter {
+    async fn flush(&mut self) -> StoreResult<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let len = std::mem::take(&mut self.pending_len) as u64;
+        let at = self.start + self.written;
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            use std::os::unix::fs::FileExt;
+            use std::os::unix::io::AsRawFd;
+            let mut pos = at;
+            for b in &batch {
+                file.write_all_at(b, pos)?;
+                pos += b.len() as u64;
+            }
+            // Start writing these pages back now; the closing fdatasync then has little left.
+            // SAFETY: a valid open descriptor and a range inside the file.
+            unsafe {
+                libc::sync_file_range(
+                    file.as_raw_fd(),
+                    at as libc::off64_t,
+                    len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        self.written += len;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PartWriter for FilePartWriter {
+    async fn write(&mut self, data: Bytes) -> StoreResult<()> {
+        self.pending_len += data.len();
+        self.pending.push(data);
+        if self.pending_len >= WRITE_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.written + self.pending_len as u64
+    }
+
+    async fn finish(mut self: Box<Self>) -> StoreResult<Part> {
+        self.flush().await?;
+        let (file, dir, first) = (self.file.clone(), self.dir.clone(), self.start == 0);
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            file.sync_data()?;
+            if first {
+                // The data file is new: make its directory entry durable too.
+                std::fs::File::open(&dir)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        Ok(Part {
+            number: self.number,
+            etag: format!("{}-{}", self.number, self.written),
+            size: self.written,
+        })
     }
 }
 
@@ -279,81 +427,49 @@ impl FileStore {
         Ok(dir)
     }
 
-    /// Sizes of the parts appended so far (parts 1..=n, in order).
-    async fn read_index(dir: &Path) -> StoreResult<Vec<u64>> {
-        match tokio::fs::read(dir.join("index")).await {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| StoreError::Backend(format!("corrupt multipart index: {e}"))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn write_index(dir: &Path, index: &[u64]) -> StoreResult<()> {
-        let tmp = dir.join("index.tmp");
-        let mut f = tokio::fs::File::create(&tmp).await?;
-        f.write_all(&serde_json::to_vec(index).expect("sizes serialize"))
-            .await?;
-        f.sync_all().await?;
-        tokio::fs::rename(&tmp, dir.join("index")).await?;
-        Ok(())
-    }
-
-    /// Appends part `number` to the upload's data file, first dropping any part at or after
-    /// it (a part stored again after a crash replaces the stale one). Parts are written once,
-    /// in place, so completing the upload is a rename rather than a copy.
+    /// Writes part `number` at `offset` of the upload's data file, first dropping whatever lies
+    /// at or after it (a part stored again after a crash replaces the stale bytes). Parts are
+    /// written once, in place, so completing the upload is a rename rather than a copy. One
+    /// blocking hop and one `fdatasync` per part: the part sizes live with the caller (the
+    /// upload row), so the store keeps no index of its own.
     async fn append_part(
         &self,
         upload_id: &str,
         number: u32,
+        offset: u64,
         src: PartSource<'_>,
     ) -> StoreResult<Part> {
-        let dir = self.open_multipart(upload_id).await?;
-        let mut index = Self::read_index(&dir).await?;
-        let n = number as usize;
-        if n == 0 || n > index.len() + 1 {
-            return Err(StoreError::Backend(format!(
-                "part {number} of {upload_id} arrived before part {}; the file store takes parts in order",
-                index.len() + 1
-            )));
-        }
-        index.truncate(n - 1);
-        let offset: u64 = index.iter().sum();
-        let data_path = dir.join("data");
+        let dir = self.multipart_dir(upload_id)?;
         let source = match src {
             PartSource::Bytes(b) => Ok(b),
             PartSource::Object(key) => Err(self.path(key)?),
         };
-        // One blocking hop for the whole part: no copies through tokio's file buffer.
-        let (size, f) = tokio::task::spawn_blocking(move || -> io::Result<(u64, std::fs::File)> {
-            use std::io::{Seek, Write};
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(false)
-                .open(&data_path)?;
-            if f.metadata()?.len() != offset {
-                f.set_len(offset)?;
-            }
-            f.seek(io::SeekFrom::Start(offset))?;
+        let missing = format!("multipart upload {upload_id}");
+        let size = tokio::task::spawn_blocking(move || -> StoreResult<u64> {
+            use std::os::unix::fs::FileExt;
+            let f = open_data_at(&dir, number, offset, &missing)?;
             let size = match source {
                 Ok(bytes) => {
-                    f.write_all(&bytes)?;
+                    f.write_all_at(&bytes, offset)?;
                     bytes.len() as u64
                 }
-                Err(path) => std::io::copy(&mut std::fs::File::open(path)?, &mut f)?,
+                Err(path) => {
+                    let mut from = std::fs::File::open(path)?;
+                    let mut to = &f;
+                    use std::io::Seek;
+                    to.seek(io::SeekFrom::Start(offset))?;
+                    std::io::copy(&mut from, &mut to)?
+                }
             };
-            Ok((size, f))
+            f.sync_data()?;
+            if offset == 0 {
+                // The data file is new: make its directory entry durable too.
+                std::fs::File::open(&dir)?.sync_all()?;
+            }
+            Ok(size)
         })
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))??;
-        index.push(size);
-        // Both syncs at once: an index entry that outlives its bytes in a crash is harmless,
-        // since the part is not committed upstream and is stored again at the same number.
-        let sync = tokio::task::spawn_blocking(move || f.sync_data());
-        let (data, idx) = tokio::join!(sync, Self::write_index(&dir, &index));
-        data.map_err(|e| StoreError::Backend(e.to_string()))??;
-        idx?;
         Ok(Part {
             number,
             etag: format!("{number}-{size}"),
@@ -500,9 +616,10 @@ impl ObjectStore for FileStore {
         _key: &str,
         upload_id: &str,
         number: u32,
+        offset: u64,
         body: Bytes,
     ) -> StoreResult<Part> {
-        self.append_part(upload_id, number, PartSource::Bytes(body))
+        self.append_part(upload_id, number, offset, PartSource::Bytes(body))
             .await
     }
 
@@ -511,9 +628,10 @@ impl ObjectStore for FileStore {
         _key: &str,
         upload_id: &str,
         number: u32,
+        offset: u64,
         source: &str,
     ) -> StoreResult<Part> {
-        self.append_part(upload_id, number, PartSource::Object(source))
+        self.append_part(upload_id, number, offset, PartSource::Object(source))
             .await
     }
 
@@ -525,13 +643,12 @@ impl ObjectStore for FileStore {
     ) -> StoreResult<()> {
         let dest = self.path(key)?;
         let dir = self.open_multipart(upload_id).await?;
-        let index = Self::read_index(&dir).await?;
         for (i, p) in parts.iter().enumerate() {
-            if p.number as usize != i + 1 || index.get(i) != Some(&p.size) {
+            if p.number as usize != i + 1 {
                 return Err(StoreError::Backend(format!(
-                    "part {} of {upload_id} does not match what was stored ({:?} bytes)",
+                    "parts of {upload_id} must be numbered 1..n in order (got {} at {})",
                     p.number,
-                    index.get(i)
+                    i + 1
                 )));
             }
         }
@@ -543,6 +660,12 @@ impl ObjectStore for FileStore {
             .truncate(false)
             .open(&data)
             .await?;
+        let stored = f.metadata().await?.len();
+        if stored < total {
+            return Err(StoreError::Backend(format!(
+                "{upload_id} holds {stored} bytes but its parts add up to {total}"
+            )));
+        }
         // Drop stale bytes of parts stored after the last committed one.
         f.set_len(total).await?;
         f.sync_all().await?;
@@ -561,6 +684,33 @@ impl ObjectStore for FileStore {
 
     fn local_path(&self, key: &str) -> Option<PathBuf> {
         self.path(key).ok()
+    }
+
+    fn min_part_size(&self) -> u64 {
+        0
+    }
+
+    async fn part_writer(
+        &self,
+        upload_id: &str,
+        number: u32,
+        offset: u64,
+    ) -> StoreResult<Option<Box<dyn PartWriter>>> {
+        let dir = self.multipart_dir(upload_id)?;
+        let missing = format!("multipart upload {upload_id}");
+        let d = dir.clone();
+        let file = tokio::task::spawn_blocking(move || open_data_at(&d, number, offset, &missing))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))??;
+        Ok(Some(Box::new(FilePartWriter {
+            file: Arc::new(file),
+            dir,
+            number,
+            start: offset,
+            written: 0,
+            pending: Vec::new(),
+            pending_len: 0,
+        })))
     }
 }
 
@@ -682,19 +832,19 @@ mod tests {
             .await
             .unwrap();
         let p1 = s
-            .put_part("up/x", &id, 1, Bytes::from_static(b"hello "))
+            .put_part("up/x", &id, 1, 0, Bytes::from_static(b"hello "))
             .await
             .unwrap();
         // A part stored but never committed (crash), then stored again with other bytes.
-        s.put_part("up/x", &id, 2, Bytes::from_static(b"stale bytes"))
+        s.put_part("up/x", &id, 2, 6, Bytes::from_static(b"stale bytes"))
             .await
             .unwrap();
-        s.put_part("up/x", &id, 3, Bytes::from_static(b"!"))
+        s.put_part("up/x", &id, 3, 17, Bytes::from_static(b"!"))
             .await
             .unwrap();
-        let p2 = s.copy_part("up/x", &id, 2, "src/w").await.unwrap();
+        let p2 = s.copy_part("up/x", &id, 2, 6, "src/w").await.unwrap();
         assert!(
-            s.put_part("up/x", &id, 5, Bytes::from_static(b"gap"))
+            s.put_part("up/x", &id, 4, 100, Bytes::from_static(b"gap"))
                 .await
                 .is_err(),
             "parts come in order"
@@ -712,9 +862,34 @@ mod tests {
         s.complete_multipart("up/x", &id, &[p1, p2]).await.unwrap();
         assert_eq!(&s.get_bytes("up/x").await.unwrap()[..], b"hello world");
         assert!(s
-            .put_part("up/x", &id, 3, Bytes::from_static(b"late"))
+            .put_part("up/x", &id, 3, 11, Bytes::from_static(b"late"))
             .await
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn part_writers_write_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::new(dir.path()).await.unwrap();
+        let id = s.create_multipart("up/y").await.unwrap();
+        let mut w = s.part_writer(&id, 1, 0).await.unwrap().unwrap();
+        w.write(Bytes::from(vec![b'a'; 3 << 20])).await.unwrap();
+        w.write(Bytes::from_static(b"bc")).await.unwrap();
+        assert_eq!(w.written(), (3 << 20) + 2);
+        let p1 = w.finish().await.unwrap();
+        // Part 2 written, never committed (crash), then written again shorter.
+        let mut w = s.part_writer(&id, 2, p1.size).await.unwrap().unwrap();
+        w.write(Bytes::from_static(b"stale stale")).await.unwrap();
+        w.finish().await.unwrap();
+        let mut w = s.part_writer(&id, 2, p1.size).await.unwrap().unwrap();
+        w.write(Bytes::from_static(b"d")).await.unwrap();
+        let p2 = w.finish().await.unwrap();
+        assert!(s.part_writer(&id, 4, 1 << 30).await.is_err(), "no gaps");
+        s.complete_multipart("up/y", &id, &[p1, p2]).await.unwrap();
+        let got = s.get_bytes("up/y").await.unwrap();
+        assert_eq!(got.len(), (3 << 20) + 3);
+        assert_eq!(&got[got.len() - 3..], b"bcd");
+        assert_eq!(s.min_part_size(), 0);
     }
 
     #[test]

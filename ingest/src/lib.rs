@@ -597,9 +597,29 @@ async fn patch(st: IngestState, id: &str, req: Request) -> Result<Response, ApiE
                 "send `Upload-Offset` with the offset HEAD reported",
             )
         })?;
-    load(&st, id, &claims.org).await?;
-    let _guard = st.locks.acquire(id).await?;
-    // Re-read under the lock: another request may have moved the offset meanwhile.
+    // Lock first, then read once: the row read under the lock is current. A busy lock is only
+    // reported (423) for an upload the caller may see; anyone else gets the 404 first.
+    let guard = match st.locks.acquire(id).await {
+        Ok(g) => g,
+        Err(busy) => {
+            load(&st, id, &claims.org).await?;
+            return Err(busy);
+        }
+    };
+    let r = patch_locked(&st, id, &claims, client_offset, req).await;
+    guard.release().await;
+    r
+}
+
+/// The PATCH itself, under the upload's lock.
+async fn patch_locked(
+    st: &IngestState,
+    id: &str,
+    claims: &lectern_core::auth::Claims,
+    client_offset: u64,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let st = st.clone();
     let mut u = load(&st, id, &claims.org).await?;
     if u.concat == "final" {
         return Err(
@@ -709,7 +729,12 @@ async fn write_request(
     // of a long PATCH keeps everything up to the last part.
     let progressive = checksum.is_none() && headers.contains_key(header::CONTENT_LENGTH);
     let before = u.offset_bytes as u64;
-    let (u, error) = write_body(st, u, body, limit, progressive, checksum).await?;
+    // A store that writes parts in place takes the bytes as they arrive and needs no tails.
+    let (u, error) = if st.store.min_part_size() == 0 && u.tail_key.is_none() {
+        write_body_in_place(st, u, body, limit, progressive, checksum).await?
+    } else {
+        write_body(st, u, body, limit, progressive, checksum).await?
+    };
     let offset = u.offset_bytes as u64;
     if offset > before {
         metrics::counter!("lectern_upload_bytes_total").increment(offset - before);
@@ -726,6 +751,151 @@ async fn write_request(
     })
 }
 
+/// A request body read chunk by chunk, held to the bytes the upload has left and fed to the
+/// checksum when there is one.
+struct BodyReader {
+    stream: axum::body::BodyDataStream,
+    received: u64,
+    limit: u64,
+    checksum: Option<checksum::Checksum>,
+    interrupted: Option<String>,
+}
+
+impl BodyReader {
+    fn new(body: Body, limit: u64, checksum: Option<checksum::Checksum>) -> Self {
+        Self {
+            stream: body.into_data_stream(),
+            received: 0,
+            limit,
+            checksum,
+            interrupted: None,
+        }
+    }
+
+    /// The next chunk; `None` at the end or when the client cut the body off (then noted).
+    async fn next(&mut self) -> Result<Option<bytes::Bytes>, ApiError> {
+        match self.stream.next().await {
+            None => Ok(None),
+            Some(Err(e)) => {
+                self.interrupted = Some(e.to_string());
+                Ok(None)
+            }
+            Some(Ok(chunk)) => {
+                self.received += chunk.len() as u64;
+                if self.received > self.limit {
+                    return Err(exceeds(self.limit));
+                }
+                if let Some(c) = self.checksum.as_mut() {
+                    c.update(chunk.clone()).await;
+                }
+                Ok(Some(chunk))
+            }
+        }
+    }
+
+    /// After the last chunk: 460 for a checksum mismatch, 400 for a checksummed body that
+    /// was cut off (it cannot be verified); otherwise why the body ended early, if it did.
+    async fn end(self) -> Result<Option<String>, ApiError> {
+        if let Some(e) = &self.interrupted {
+            if self.checksum.is_some() {
+                return Err(ApiError::bad_request(
+                    "body-interrupted",
+                    format!("the request body was cut off ({e}); its checksum cannot be verified, so nothing was stored"),
+                ));
+            }
+        }
+        if let Some(c) = self.checksum {
+            if !c.matches().await {
+                return Err(checksum::mismatch());
+            }
+        }
+        Ok(self.interrupted)
+    }
+}
+
+/// The answer to a body cut off mid-way: what arrived is kept, resume from the offset.
+fn cut_off(cur: &Upload, e: &str) -> ApiError {
+    tracing::info!(upload = %cur.id, offset = cur.offset_bytes, error = %e, "body cut off; kept what arrived");
+    ApiError::bad_request(
+        "body-interrupted",
+        format!(
+            "the request body was cut off ({e}); send HEAD and resume from Upload-Offset {}",
+            cur.offset_bytes
+        ),
+    )
+}
+
+/// Streams a body straight into parts written in place (the file store): each chunk goes to
+/// disk as it arrives, a part closes (fdatasync) every `part_size` bytes and at the end of
+/// the body, whatever its size, so no tail object is needed. Commits follow the same rules
+/// as [`write_body`].
+async fn write_body_in_place(
+    st: &IngestState,
+    mut cur: Upload,
+    body: Body,
+    limit: u64,
+    progressive: bool,
+    checksum: Option<checksum::Checksum>,
+) -> Result<(Upload, Option<ApiError>), ApiError> {
+    let p = st.part_size as u64;
+    let mut parts = cur.part_list();
+    let mut offset: u64 = parts.iter().map(|p| p.size).sum();
+    // A short last part (the end of an earlier request) is continued rather than followed by
+    // a new one, so small client chunks do not pile up parts: `carried` of its bytes are
+    // already stored and committed.
+    let mut carried = match parts.last() {
+        Some(last) if last.size < p => parts.pop().map_or(0, |l| l.size),
+        _ => 0,
+    };
+    let mut changed = false;
+    let mut writer: Option<Box<dyn lectern_core::storage::PartWriter>> = None;
+    let mut input = BodyReader::new(body, limit, checksum);
+    while let Some(mut chunk) = input.next().await? {
+        while !chunk.is_empty() {
+            let w = match writer.as_mut() {
+                Some(w) => w,
+                None => {
+                    // A continued part keeps its number and starts where its bytes end.
+                    let number = parts.len() as u32 + 1;
+                    let w = st
+                        .store
+                        .part_writer(&cur.multipart_id, number, offset)
+                        .await?
+                        .ok_or_else(|| ApiError::internal("the store has no part writer"))?;
+                    writer.insert(w)
+                }
+            };
+            let take = ((p - carried - w.written()) as usize).min(chunk.len());
+            w.write(chunk.split_to(take)).await?;
+            changed = true;
+            if carried + w.written() == p {
+                let mut part = writer.take().expect("open writer").finish().await?;
+                offset += part.size;
+                part.size += std::mem::take(&mut carried);
+                parts.push(part);
+                if progressive {
+                    cur =
+                        uploads::commit(&st.db, &cur, parts.clone(), None, st.expires_at()).await?;
+                    changed = false;
+                }
+            }
+        }
+    }
+    let interrupted = input.end().await?;
+    if let Some(w) = writer.take() {
+        if w.written() > 0 {
+            let mut part = w.finish().await?;
+            part.size += carried;
+            parts.push(part);
+        }
+    }
+    if changed {
+        cur = uploads::commit(&st.db, &cur, parts, None, st.expires_at()).await?;
+    }
+    let error = interrupted.map(|e| cut_off(&cur, &e));
+    Ok((cur, error))
+}
+
 /// Streams a body into parts of `part_size` and a tail object. Returns the committed upload
 /// and, when the client cut the body off, the error to answer with (what arrived is kept).
 async fn write_body(
@@ -734,7 +904,7 @@ async fn write_body(
     body: Body,
     limit: u64,
     progressive: bool,
-    mut checksum: Option<checksum::Checksum>,
+    checksum: Option<checksum::Checksum>,
 ) -> Result<(Upload, Option<ApiError>), ApiError> {
     let p = st.part_size;
     let mut buf = BytesMut::with_capacity(p);
@@ -753,31 +923,16 @@ async fn write_body(
     // Committed parts followed by those stored during this request; `committed` counts the first.
     let mut parts = cur.part_list();
     let mut committed = parts.len();
-    let mut received = 0u64;
-    let mut stream = body.into_data_stream();
-    let mut interrupted = None;
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                interrupted = Some(e.to_string());
-                break;
-            }
-        };
-        received += chunk.len() as u64;
-        if received > limit {
-            return Err(exceeds(limit));
-        }
-        if let Some(c) = checksum.as_mut() {
-            c.update(chunk.clone()).await;
-        }
+    let mut input = BodyReader::new(body, limit, checksum);
+    while let Some(chunk) = input.next().await? {
         buf.extend_from_slice(&chunk);
         while buf.len() >= p {
             let data = buf.split_to(p).freeze();
             let number = parts.len() as u32 + 1;
+            let at = parts.iter().map(|p| p.size).sum();
             parts.push(
                 st.store
-                    .put_part(&cur.object_key, &cur.multipart_id, number, data)
+                    .put_part(&cur.object_key, &cur.multipart_id, number, at, data)
                     .await?,
             );
             if progressive {
@@ -792,19 +947,7 @@ async fn write_body(
             }
         }
     }
-    if let Some(e) = &interrupted {
-        if checksum.is_some() {
-            return Err(ApiError::bad_request(
-                "body-interrupted",
-                format!("the request body was cut off ({e}); its checksum cannot be verified, so nothing was stored"),
-            ));
-        }
-    }
-    if let Some(c) = checksum {
-        if !c.matches().await {
-            return Err(checksum::mismatch());
-        }
-    }
+    let interrupted = input.end().await?;
     let stored: u64 = parts.iter().map(|p| p.size).sum::<u64>() + buf.len() as u64;
     let unchanged = stored == cur.offset_bytes as u64 && parts.len() == committed;
     if !unchanged {
@@ -812,12 +955,14 @@ async fn write_body(
             // The last part may be smaller than S3's minimum.
             if !buf.is_empty() {
                 let number = parts.len() as u32 + 1;
+                let at = parts.iter().map(|p| p.size).sum();
                 parts.push(
                     st.store
                         .put_part(
                             &cur.object_key,
                             &cur.multipart_id,
                             number,
+                            at,
                             buf.split().freeze(),
                         )
                         .await?,
@@ -840,13 +985,7 @@ async fn write_body(
             }
         }
     }
-    let error = interrupted.map(|e| {
-        tracing::info!(upload = %cur.id, offset = cur.offset_bytes, error = %e, "body cut off; kept what arrived");
-        ApiError::bad_request(
-            "body-interrupted",
-            format!("the request body was cut off ({e}); send HEAD and resume from Upload-Offset {}", cur.offset_bytes),
-        )
-    });
+    let error = interrupted.map(|e| cut_off(&cur, &e));
     Ok((cur, error))
 }
 
@@ -862,11 +1001,12 @@ async fn compose(st: &IngestState, u: &Upload, partials: &[Upload]) -> Result<()
         if size == 0 {
             continue;
         }
-        if buf.is_empty() && (size >= MIN_PART || last) {
+        if buf.is_empty() && (size >= MIN_PART.min(st.store.min_part_size()) || last) {
             let n = parts.len() as u32 + 1;
+            let at = parts.iter().map(|p| p.size).sum();
             parts.push(
                 st.store
-                    .copy_part(&u.object_key, &u.multipart_id, n, &part.object_key)
+                    .copy_part(&u.object_key, &u.multipart_id, n, at, &part.object_key)
                     .await?,
             );
             continue;
@@ -876,10 +1016,11 @@ async fn compose(st: &IngestState, u: &Upload, partials: &[Upload]) -> Result<()
             buf.extend_from_slice(&chunk.map_err(ApiError::unavailable)?);
             while buf.len() >= p {
                 let n = parts.len() as u32 + 1;
+                let at = parts.iter().map(|p| p.size).sum();
                 let data = buf.split_to(p).freeze();
                 parts.push(
                     st.store
-                        .put_part(&u.object_key, &u.multipart_id, n, data)
+                        .put_part(&u.object_key, &u.multipart_id, n, at, data)
                         .await?,
                 );
             }
@@ -887,9 +1028,10 @@ async fn compose(st: &IngestState, u: &Upload, partials: &[Upload]) -> Result<()
     }
     if !buf.is_empty() {
         let n = parts.len() as u32 + 1;
+        let at = parts.iter().map(|p| p.size).sum();
         parts.push(
             st.store
-                .put_part(&u.object_key, &u.multipart_id, n, buf.freeze())
+                .put_part(&u.object_key, &u.multipart_id, n, at, buf.freeze())
                 .await?,
         );
     }

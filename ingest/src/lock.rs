@@ -82,6 +82,23 @@ impl Locks {
     }
 }
 
+impl Guard {
+    /// Releases the lock before the answer goes out, so the client's next request (to this
+    /// node or another) finds it free; dropping the guard releases it too, a moment later.
+    pub async fn release(mut self) {
+        if let Some((mut conn, k)) = self.pg.take() {
+            let res = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(k)
+                .execute(&mut *conn)
+                .await;
+            if res.is_err() {
+                // Closing the session releases every lock it holds.
+                let _ = conn.close().await;
+            }
+        }
+    }
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         self.local

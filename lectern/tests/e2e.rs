@@ -121,14 +121,14 @@ async fn upload_transcode_and_play_on_sqlite() {
     let f = app.data.path().join("480p.mp4");
     std::fs::write(&f, &renditions[&(854, 480)].bytes).unwrap();
     let d = discover(&f);
-    let dur = d.duration_s;
     assert_eq!(
         (d.width, d.height, d.caps.as_str()),
         (854, 480, "video/x-h264")
     );
+    let frames = common::count_frames(&f);
     assert!(
-        dur == 0.0 || (2.5..3.6).contains(&dur),
-        "rendition duration {dur}"
+        (88..=92).contains(&frames),
+        "3 s at 30 fps across every segment: {frames} frames"
     );
 
     // HTTP semantics a CDN relies on: validators, 304, HEAD and ranges.

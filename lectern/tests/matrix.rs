@@ -130,27 +130,6 @@ async fn tricky_sources_get_the_contract_ladder() {
     assert_eq!(st["error"]["code"], "corrupt-input");
 }
 
-/// Frames ffprobe decodes from the first video stream.
-fn count_frames(f: &Path) -> u64 {
-    let o = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=nb_read_frames",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(f)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
-}
-
 /// Fetches the master and the lowest rendition and checks what the contract promises.
 async fn check_output(app: &TestApp, t: &str, id: &str, case: &Case) {
     let pb = app.playback(t, id).await;
@@ -201,7 +180,7 @@ async fn check_output(app: &TestApp, t: &str, id: &str, case: &Case) {
     if case.name == "variable frame rate" {
         // Constant-rate output: as many frames as the declared rate over the duration.
         let rate = master.variants[0].frame_rate.expect("FRAME-RATE");
-        let frames = count_frames(&f);
+        let frames = common::count_frames(&f);
         let want = rate * 2.0;
         assert!(
             (frames as f64 - want).abs() <= 2.0,

@@ -200,15 +200,18 @@ async fn check_segments(app: &TestApp, token: &str, id: &str) {
             let (_, _, data) = fetch(app, &join(&media_url, &seg.uri)).await;
             let f = app.data.path().join(format!("probe-{n}.mp4"));
             std::fs::write(&f, [init.clone(), data].concat()).unwrap();
-            let packets = ffprobe_csv(&f, "packet=pts_time,flags");
+            // Decode time of the segment's first sample (its tfdt): the same in every rung
+            // when keyframes line up. (A lone segment's presentation times depend on how a
+            // probe seeds the B-frame delay, so they are not compared.)
+            let packets = ffprobe_csv(&f, "packet=dts_time,flags");
             let first = packets.lines().next().expect("a packet");
-            let (pts, flags) = first.split_once(',').unwrap();
+            let (dts, flags) = first.split_once(',').unwrap();
             assert!(
                 flags.starts_with('K'),
                 "{} segment {n} starts on a keyframe: {first}",
                 v.uri
             );
-            starts.entry(n).or_default().push(pts.parse().unwrap());
+            starts.entry(n).or_default().push(dts.parse().unwrap());
             if n == 0 {
                 let s = ffprobe(&f, "stream=codec_name,profile,level,pix_fmt");
                 let field = |k: &str| {

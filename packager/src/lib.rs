@@ -82,6 +82,9 @@ struct TrackState {
     spec: Track,
     has_init: bool,
     segments: Vec<(String, f32, u64)>,
+    /// Fragments waiting to be grouped into the next segment, and their duration.
+    pending: Vec<Bytes>,
+    pending_s: f64,
 }
 
 impl TrackState {
@@ -114,6 +117,8 @@ pub struct Packager {
     /// `Some(target duration)` when playlists are published while encoding.
     live: Option<u64>,
     playable: bool,
+    /// CMAF fragments per segment: for the first segment, then for every other one.
+    grouping: (usize, usize),
 }
 
 impl Packager {
@@ -125,6 +130,8 @@ impl Packager {
                 spec,
                 has_init: false,
                 segments: Vec::new(),
+                pending: Vec::new(),
+                pending_s: 0.0,
             })
             .collect();
         Self {
@@ -133,7 +140,50 @@ impl Packager {
             tracks,
             live: None,
             playable: false,
+            grouping: (1, 1),
         }
+    }
+
+    /// Groups [`Packager::fragment`]s into segments: `first` fragments make the first segment
+    /// (one keyframe interval gets a lecture playable soonest), then `rest` per segment (the
+    /// target length).
+    pub fn grouping(mut self, first: usize, rest: usize) -> Self {
+        self.grouping = (first.max(1), rest.max(1));
+        self
+    }
+
+    /// Takes the next CMAF fragment (`moof` + `mdat`) of a track; fragments become segments as
+    /// [`Packager::grouping`] says. Returns true when this made the attempt playable.
+    pub async fn fragment(
+        &mut self,
+        track: usize,
+        data: Bytes,
+        duration_s: f64,
+    ) -> Result<bool, PackError> {
+        let (first, rest) = self.grouping;
+        let t = self.track(track)?;
+        t.pending.push(data);
+        t.pending_s += duration_s;
+        let need = if t.segments.is_empty() { first } else { rest };
+        if t.pending.len() < need {
+            return Ok(false);
+        }
+        self.flush_pending(track).await
+    }
+
+    async fn flush_pending(&mut self, track: usize) -> Result<bool, PackError> {
+        let t = self.track(track)?;
+        if t.pending.is_empty() {
+            return Ok(false);
+        }
+        let frags = std::mem::take(&mut t.pending);
+        let secs = std::mem::take(&mut t.pending_s);
+        let data = if frags.len() == 1 {
+            frags.into_iter().next().expect("one fragment")
+        } else {
+            frags.concat().into()
+        };
+        self.segment(track, data, secs).await
     }
 
     /// Publishes `EVENT` playlists while encoding, with `target_duration_s` (the ladder's
@@ -252,7 +302,10 @@ impl Packager {
 
     /// Writes the VOD media playlists and the master playlist with measured bandwidths; returns
     /// the video renditions as the status API shows them.
-    pub async fn finish(self) -> Result<Vec<RenditionInfo>, PackError> {
+    pub async fn finish(mut self) -> Result<Vec<RenditionInfo>, PackError> {
+        for i in 0..self.tracks.len() {
+            self.flush_pending(i).await?;
+        }
         for t in &self.tracks {
             if t.segments.is_empty() {
                 return Err(PackError::Invalid(format!(
@@ -548,6 +601,53 @@ mod tests {
         }
         let parsed = m3u8_rs::parse_media_playlist_res(media.as_bytes()).unwrap();
         assert_eq!(parsed.segments.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn fragments_group_into_a_short_first_segment_then_full_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(FileStore::new(dir.path()).await.unwrap());
+        let tracks = vec![Track {
+            name: "480p".into(),
+            kind: TrackKind::Video {
+                width: 854,
+                height: 480,
+                fps: 30.0,
+            },
+            codec: Some("avc1.64001f".into()),
+            nominal_bps: (1_498_000, 1_400_000),
+        }];
+        let mut p = Packager::new(store.clone(), "videos/v/t/", tracks)
+            .live(6)
+            .grouping(1, 3);
+        p.init(0, Bytes::from_static(b"init")).await.unwrap();
+        assert!(
+            p.fragment(0, Bytes::from_static(b"f1"), 2.0).await.unwrap(),
+            "one fragment makes the first segment"
+        );
+        for f in [b"f2", b"f3", b"f4", b"f5", b"f6"] {
+            p.fragment(0, Bytes::from_static(f), 2.0).await.unwrap();
+        }
+        p.finish().await.unwrap();
+        let media = text(&store, "videos/v/t/480p/index.m3u8").await;
+        let pl = m3u8_rs::parse_media_playlist_res(media.as_bytes()).unwrap();
+        let d: Vec<f32> = pl.segments.iter().map(|s| s.duration).collect();
+        assert_eq!(d, [2.0, 6.0, 4.0], "{media}");
+        assert_eq!(
+            &store
+                .get_bytes("videos/v/t/480p/seg00002.m4s")
+                .await
+                .unwrap()[..],
+            b"f2f3f4"
+        );
+        assert_eq!(
+            &store
+                .get_bytes("videos/v/t/480p/seg00003.m4s")
+                .await
+                .unwrap()[..],
+            b"f5f6",
+            "what is left at the end is the last segment"
+        );
     }
 
     async fn text(store: &Arc<dyn ObjectStore>, key: &str) -> String {

@@ -424,13 +424,17 @@ async fn run_attempt(ctx: &WorkerContext, v: &Video, attempt: i64) -> Result<Pub
             ladder.audio.channels,
             ladder.audio.rate,
         )),
-        segment_s: ladder.segment_duration_s,
+        fragment_s: ladder.keyframe_interval_s,
         gop_frames: ((fps_f * ladder.keyframe_interval_s as f64).round() as u32).max(1),
         preset: ladder.x264_preset.clone(),
     };
     // Live: learners can start watching once the first segment of every track is stored.
-    let packager =
-        Packager::new(ctx.store.clone(), prefix.clone(), tracks).live(ladder.segment_duration_s);
+    // The pipeline cuts a CMAF fragment per keyframe interval; the first segment is one
+    // fragment (playable after 2 s of encoding), the others the ladder's segment length.
+    let per_segment = (ladder.segment_duration_s / ladder.keyframe_interval_s.max(1)).max(1);
+    let packager = Packager::new(ctx.store.clone(), prefix.clone(), tracks)
+        .live(ladder.segment_duration_s)
+        .grouping(1, per_segment as usize);
     let limit = ladder.attempt_timeout(duration_s);
     let poster_input = spec.input.clone();
     let (pw, ph) = poster_size(&renditions);
@@ -534,7 +538,7 @@ async fn encode_and_package(
                         if track == 0 {
                             produced += duration;
                         }
-                        match packager.segment(track, data, duration).await {
+                        match packager.fragment(track, data, duration).await {
                             Ok(true) => {
                                 let prefix = packager.prefix().to_string();
                                 if let Err(e) = videos::set_live(&ctx.db, &v.id, attempt, &prefix).await {

@@ -71,8 +71,9 @@ pub struct Spec {
     pub video: Vec<VideoOut>,
     /// Audio (bitrate, channels, rate) when the source has sound.
     pub audio: Option<(u32, u32, u32)>,
-    /// Target segment length, seconds.
-    pub segment_s: u32,
+    /// CMAF fragment length, seconds (one keyframe interval; the packager groups fragments
+    /// into segments).
+    pub fragment_s: u32,
     /// Keyframe interval, frames.
     pub gop_frames: u32,
     /// x264 speed preset.
@@ -154,7 +155,7 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
     src.link(&dbin)
         .map_err(|e| JobError::retry(e.to_string()))?;
     let position_ns = Arc::new(AtomicU64::new(0));
-    let fragment = gst::ClockTime::from_seconds(spec.segment_s as u64);
+    let fragment = gst::ClockTime::from_seconds(spec.fragment_s as u64);
     let mut parsers = Vec::new();
 
     // Video: normalise once, then branch per rung.

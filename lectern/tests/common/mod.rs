@@ -679,6 +679,28 @@ pub fn discover(path: &std::path::Path) -> Discovered {
     }
 }
 
+/// Frames ffprobe decodes from the first video stream (reads every fragment, unlike a
+/// duration estimate from the first one).
+pub fn count_frames(f: &Path) -> u64 {
+    let o = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(f)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+}
+
 /// A free TCP port on loopback (bound and released: good enough for a test's own server).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
