@@ -86,16 +86,20 @@ impl Guard {
     /// Releases the lock before the answer goes out, so the client's next request (to this
     /// node or another) finds it free; dropping the guard releases it too, a moment later.
     pub async fn release(mut self) {
-        if let Some((mut conn, k)) = self.pg.take() {
-            let res = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(k)
-                .execute(&mut *conn)
-                .await;
-            if res.is_err() {
-                // Closing the session releases every lock it holds.
-                let _ = conn.close().await;
-            }
+        if let Some((conn, k)) = self.pg.take() {
+            unlock(conn, k).await;
         }
+    }
+}
+
+async fn unlock(mut conn: PoolConnection<Any>, k: i64) {
+    let res = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(k)
+        .execute(&mut *conn)
+        .await;
+    if res.is_err() {
+        // Closing the session releases every lock it holds.
+        let _ = conn.close().await;
     }
 }
 
@@ -105,17 +109,8 @@ impl Drop for Guard {
             .lock()
             .expect("lock set poisoned")
             .remove(&self.id);
-        if let Some((mut conn, k)) = self.pg.take() {
-            tokio::spawn(async move {
-                let res = sqlx::query("SELECT pg_advisory_unlock($1)")
-                    .bind(k)
-                    .execute(&mut *conn)
-                    .await;
-                if res.is_err() {
-                    // Closing the session releases every lock it holds.
-                    let _ = conn.close().await;
-                }
-            });
+        if let Some((conn, k)) = self.pg.take() {
+            tokio::spawn(unlock(conn, k));
         }
     }
 }
