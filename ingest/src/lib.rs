@@ -751,6 +751,9 @@ async fn write_request(
     })
 }
 
+/// Bytes per part (and per flush) of a long body written in place on disk.
+const DISK_PART: u64 = 64 << 20;
+
 /// A request body read chunk by chunk, held to the bytes the upload has left and fed to the
 /// checksum when there is one.
 struct BodyReader {
@@ -837,7 +840,9 @@ async fn write_body_in_place(
     progressive: bool,
     checksum: Option<checksum::Checksum>,
 ) -> Result<(Upload, Option<ApiError>), ApiError> {
-    let p = st.part_size as u64;
+    // Parts on disk have no size limits; a larger one means fewer flushes of a long body
+    // (each costs a device cache flush), at the price of re-sending up to 64 MiB after a crash.
+    let p = (st.part_size as u64).max(DISK_PART);
     let mut parts = cur.part_list();
     let mut offset: u64 = parts.iter().map(|p| p.size).sum();
     // A short last part (the end of an earlier request) is continued rather than followed by

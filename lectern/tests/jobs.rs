@@ -211,20 +211,28 @@ async fn upload_meta(app: &TestApp, token: &str, path: &std::path::Path, meta: &
 
 /// Every job of the deployment, in the order workers started them.
 async fn start_order(app: &TestApp) -> Vec<String> {
+    start_order_of(app, "").await
+}
+
+/// The started jobs in the given states (comma-separated; all when empty), in start order.
+async fn start_order_of(app: &TestApp, states: &str) -> Vec<String> {
     let op = app.token(Role::Operator, "platform");
-    let (s, page) = get(app, &op, "/api/v1/admin/jobs?limit=100").await;
-    assert_eq!(s, 200);
-    let mut jobs: Vec<(String, String)> = page["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| {
-            (
-                j["started_at"].as_str().expect("started").to_string(),
+    let mut jobs: Vec<(String, String)> = Vec::new();
+    for state in states.split(',') {
+        let q = if state.is_empty() {
+            "/api/v1/admin/jobs?limit=100".to_string()
+        } else {
+            format!("/api/v1/admin/jobs?limit=100&state={state}")
+        };
+        let (s, page) = get(app, &op, &q).await;
+        assert_eq!(s, 200);
+        jobs.extend(page["jobs"].as_array().unwrap().iter().filter_map(|j| {
+            Some((
+                j["started_at"].as_str()?.to_string(),
                 j["id"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+            ))
+        }));
+    }
     jobs.sort();
     jobs.into_iter().map(|(_, id)| id).collect()
 }
@@ -315,6 +323,49 @@ async fn orgs_take_turns_classes_order_the_queue_and_admins_change_priority() {
     let (s, e) = patch_priority(&api, &admin_a, &late, json!({"priority": 10})).await;
     assert_eq!((s, e["code"].as_str()), (409, Some("not-queued")));
     drop(worker);
+}
+
+#[tokio::test]
+async fn one_lecture_of_org_b_passes_fifty_of_org_a_on_postgres() {
+    // Org A bulk-queues 50 lectures while a single-slot worker is busy with its first one;
+    // org B's only lecture must start in the next free slot.
+    let api = Opts::new(Db::Postgres).roles("api,ingest,origin").spawn();
+    let clip = common::clip("clip-360p.mp4");
+    let a = api.token(Role::Instructor, "org-a");
+    let b = api.token(Role::Instructor, "org-b");
+    let name = "filename Y2xpcC5tcDQ=";
+    let worker = api.peer_with("worker", &[("LECTERN_WORKERS", "1")]);
+    // A first lecture long enough to keep the slot busy while the others queue.
+    let long = common::long_clip(api.data.path(), "long.mp4", 20, "1280x720");
+    let first = upload_meta(&api, &a, &long, name).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while api.status(&a, &first).await["state"] != "processing" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first job never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut rest = Vec::new();
+    for _ in 0..49 {
+        rest.push(upload_meta(&api, &a, &clip, name).await);
+    }
+    let b1 = upload_meta(&api, &b, &clip, name).await;
+    let started_before = start_order_of(&api, "processing,ready").await.len();
+    let st = api.status(&b, &b1).await;
+    if api.status(&a, &first).await["state"] == "processing" {
+        assert_eq!(st["queue_position"], 1, "B is next of 50 queued: {st}");
+    }
+    let (st, _) = api.wait_done(&b, &b1).await;
+    assert_eq!(st["state"], "ready", "{st}");
+    drop(worker);
+    let order = start_order_of(&api, "processing,ready").await;
+    assert_eq!(order[0], first);
+    let at = order.iter().position(|x| *x == b1).unwrap();
+    assert!(
+        at <= started_before,
+        "org B's lecture started in the next free slot (start #{at}, {started_before} had started when it was queued)"
+    );
 }
 
 #[tokio::test]
@@ -431,7 +482,11 @@ async fn sigterm_hands_a_running_job_back() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let st = app.status(&t, &id).await;
-        if st["state"] == "processing" && st["progress"].as_f64().unwrap() > 0.0 {
+        if st["state"] == "processing" && st["progress"].as_f64().unwrap() >= 0.05 {
+            let eta = st["eta_s"].as_f64().expect("eta_s while processing");
+            // The 20 s source encodes at a few fps on 2 cores: minutes, not zero or days.
+            assert!(eta > 1.0 && eta < 3600.0, "{st}");
+            assert_eq!(st["queue_position"], Value::Null, "{st}");
             let (_, jobs) = get(&app, &t, "/api/v1/admin/jobs?state=processing").await;
             let fps = jobs["jobs"][0]["fps"].as_f64();
             assert!(

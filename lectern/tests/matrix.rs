@@ -70,6 +70,7 @@ fn cases() -> Vec<Case> {
         c("odd size", "odd.mkv", format!("{V}:size=853x479:rate=30 -c:v ffv1"), Ok(vec![(852, 478)])),
         c("60 fps", "sixty.mp4", format!("{V}:size=1280x720:rate=60 -c:v libx264 -pix_fmt yuv420p"), Ok(vec![(854, 480), (1280, 720)])),
         c("HEVC 10-bit", "hevc10.mp4", format!("{V}:size=1280x720:rate=30 -c:v libx265 -pix_fmt yuv420p10le -x265-params log-level=error"), Ok(vec![(854, 480), (1280, 720)])),
+        c("4:2:2 10-bit", "422.mov", format!("{V}:size=1280x720:rate=30 -c:v libx264 -pix_fmt yuv422p10le"), Ok(vec![(854, 480), (1280, 720)])),
         c("4:4:4", "444.mp4", format!("{V}:size=1280x720:rate=30 -c:v libx264 -pix_fmt yuv444p"), Ok(vec![(854, 480), (1280, 720)])),
         c(
             "interlaced",
@@ -205,4 +206,24 @@ async fn check_output(app: &TestApp, t: &str, id: &str, case: &Case) {
         "{}: 8-bit output (depth {depth})",
         case.name
     );
+    // What ffprobe reads from the stream itself: 8-bit 4:2:0 High profile, level ≤ 4.2.
+    let o = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .args(["stream=profile,pix_fmt,level", "-of", "default=nw=1"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let probe = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(probe.contains("profile=High\n"), "{}: {probe}", case.name);
+    assert!(
+        probe.contains("pix_fmt=yuv420p\n"),
+        "{}: {probe}",
+        case.name
+    );
+    let level: u32 = probe
+        .lines()
+        .find_map(|l| l.strip_prefix("level="))
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(99);
+    assert!(level <= 42, "{}: level {level}", case.name);
 }

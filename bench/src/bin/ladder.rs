@@ -231,12 +231,23 @@ fn lectern_rung_file(prefix: &Path, rung: &str, to: &Path) -> anyhow::Result<()>
 }
 
 /// PSNR (average, dB) and SSIM (All) of `dist` against the source scaled to its size.
-fn quality(dist: &Path, src: &Path, w: u32, h: u32) -> anyhow::Result<(f64, f64)> {
-    let graph = format!(
-        "[0:v]setpts=PTS-STARTPTS,format=yuv420p,split[d1][d2];\
-         [1:v]setpts=PTS-STARTPTS,scale={w}:{h}:flags=bicubic,format=yuv420p,split[r1][r2];\
+/// PSNR and SSIM of a rung against the source. `at_source = false` scales the source down to
+/// the rung with ffmpeg's bicubic (which favours an encoder that scaled the same way);
+/// `true` scales the rung up to the source's size with lanczos and compares there, which
+/// treats every downscaler alike.
+fn quality(dist: &Path, src: &Path, w: u32, h: u32, at_source: bool) -> anyhow::Result<(f64, f64)> {
+    let graph = if at_source {
+        "[0:v]setpts=PTS-STARTPTS,scale=1920:1080:flags=lanczos,format=yuv420p,split[d1][d2];\
+         [1:v]setpts=PTS-STARTPTS,format=yuv420p,split[r1][r2];\
          [d1][r1]psnr;[d2][r2]ssim"
-    );
+            .to_string()
+    } else {
+        format!(
+            "[0:v]setpts=PTS-STARTPTS,format=yuv420p,split[d1][d2];\
+             [1:v]setpts=PTS-STARTPTS,scale={w}:{h}:flags=bicubic,format=yuv420p,split[r1][r2];\
+             [d1][r1]psnr;[d2][r2]ssim"
+        )
+    };
     let log = ffmpeg(&[
         "-hide_banner",
         "-i",
@@ -326,18 +337,21 @@ async fn main() -> anyhow::Result<()> {
         busy("lectern"),
         busy("ffmpeg")
     );
-    println!("\n| rung | PSNR Lectern | PSNR ffmpeg | Δ dB | SSIM Lectern | SSIM ffmpeg | B-frames/profile/level L · F |\n|---|---|---|---|---|---|---|");
+    println!("\n| rung | PSNR Lectern | PSNR ffmpeg | Δ dB | SSIM Lectern | SSIM ffmpeg | at 1080p: PSNR L · F (Δ) | B-frames/profile/level L · F |\n|---|---|---|---|---|---|---|---|");
     let prefix = last_lectern.expect("at least one run");
     for r in ladder.renditions_for(1920, 1080) {
         let lf = work.join(format!("lectern-{}.mp4", r.name));
         lectern_rung_file(&prefix, &r.name, &lf)?;
         let ff = ff_out.join(format!("{}.mp4", r.name));
-        let (lp, ls) = quality(&lf, &src, r.width, r.height)?;
-        let (fp, fs) = quality(&ff, &src, r.width, r.height)?;
+        let (lp, ls) = quality(&lf, &src, r.width, r.height, false)?;
+        let (fp, fs) = quality(&ff, &src, r.width, r.height, false)?;
+        let (lu, _) = quality(&lf, &src, r.width, r.height, true)?;
+        let (fu, _) = quality(&ff, &src, r.width, r.height, true)?;
         println!(
-            "| {} | {lp:.2} | {fp:.2} | {:+.2} | {ls:.4} | {fs:.4} | {} · {} |",
+            "| {} | {lp:.2} | {fp:.2} | {:+.2} | {ls:.4} | {fs:.4} | {lu:.2} · {fu:.2} ({:+.2}) | {} · {} |",
             r.name,
             lp - fp,
+            lu - fu,
             has_b_frames(&lf),
             has_b_frames(&ff)
         );
