@@ -187,12 +187,17 @@ pub fn router(state: IngestState) -> Router {
         .with_state(state)
 }
 
-/// Honours `X-HTTP-Method-Override`, which clients behind restrictive proxies use.
+/// Honours `X-HTTP-Method-Override` on POST, which clients behind restrictive proxies send
+/// (tus-js-client's `overridePatchMethod`). Other methods are taken as they are, as tusd does,
+/// so no GET can turn into a DELETE.
 fn effective_method(req: &Request) -> Method {
+    if req.method() != Method::POST {
+        return req.method().clone();
+    }
     req.headers()
         .get("x-http-method-override")
         .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
-        .unwrap_or_else(|| req.method().clone())
+        .unwrap_or(Method::POST)
 }
 
 async fn collection(State(st): State<IngestState>, req: Request) -> Response {

@@ -35,11 +35,13 @@ const ALLOW_HEADERS: [&str; 13] = [
     "x-requested-with",
 ];
 /// Headers browsers may read (tus needs Location and the Upload-* headers).
-const EXPOSE_HEADERS: [&str; 14] = [
+const EXPOSE_HEADERS: [&str; 16] = [
     "location",
     "upload-offset",
     "upload-length",
     "upload-metadata",
+    "upload-defer-length",
+    "upload-concat",
     "upload-expires",
     "tus-resumable",
     "tus-version",

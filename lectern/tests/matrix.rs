@@ -70,7 +70,7 @@ fn cases() -> Vec<Case> {
         c("odd size", "odd.mkv", format!("{V}:size=853x479:rate=30 -c:v ffv1"), Ok(vec![(852, 478)])),
         c("60 fps", "sixty.mp4", format!("{V}:size=1280x720:rate=60 -c:v libx264 -pix_fmt yuv420p"), Ok(vec![(854, 480), (1280, 720)])),
         c("HEVC 10-bit", "hevc10.mp4", format!("{V}:size=1280x720:rate=30 -c:v libx265 -pix_fmt yuv420p10le -x265-params log-level=error"), Ok(vec![(854, 480), (1280, 720)])),
-        c("4:2:2 10-bit", "422.mov", format!("{V}:size=1280x720:rate=30 -c:v libx264 -pix_fmt yuv422p10le"), Ok(vec![(854, 480), (1280, 720)])),
+        c("4:2:2 10-bit (ProRes)", "prores422.mov", format!("{V}:size=1280x720:rate=30 -c:v prores_ks -profile:v 2 -pix_fmt yuv422p10le"), Ok(vec![(854, 480), (1280, 720)])),
         c("4:4:4", "444.mp4", format!("{V}:size=1280x720:rate=30 -c:v libx264 -pix_fmt yuv444p"), Ok(vec![(854, 480), (1280, 720)])),
         c(
             "interlaced",

@@ -182,6 +182,19 @@ async fn tus_core_and_creation_conformance() {
         .await
         .unwrap();
     assert_eq!(r.headers()["upload-offset"], "40000");
+    // Only a POST is overridden: a GET asking to be a DELETE stays a GET.
+    let r = app
+        .http
+        .get(&url)
+        .bearer_auth(&token)
+        .header("X-HTTP-Method-Override", "DELETE")
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 204, "a GET never terminates an upload");
+    let (status, off) = app.head(&url, &token).await;
+    assert_eq!((status, off), (200, Some(40_000)));
     // X-HTTP-Method-Override turns a POST into the PATCH that finishes the upload.
     let r = app
         .http
@@ -479,7 +492,15 @@ async fn browsers_may_use_tus_through_cors() {
     for h in [
         "location",
         "upload-offset",
+        "upload-length",
+        "upload-metadata",
+        "upload-defer-length",
+        "upload-concat",
         "tus-resumable",
+        "tus-version",
+        "tus-extension",
+        "tus-max-size",
+        "tus-checksum-algorithm",
         "upload-expires",
     ] {
         assert!(exposed.contains(h), "{h} not exposed: {exposed}");
