@@ -735,6 +735,24 @@ async fn every_endpoint_hides_other_orgs_and_checks_roles() {
             true,
         ),
         (
+            Method::GET,
+            format!("/api/v1/videos/{video}/captions"),
+            None,
+            false,
+        ),
+        (
+            Method::PUT,
+            format!("/api/v1/videos/{video}/captions/en"),
+            Some(json!("WEBVTT")),
+            false,
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/videos/{video}/captions/en"),
+            None,
+            false,
+        ),
+        (
             Method::DELETE,
             format!("/api/v1/lessons/{lid}"),
             None,
@@ -1130,6 +1148,30 @@ async fn webhooks_are_signed_retried_and_logged() {
     );
     let (_, list) = call(&app, Method::GET, "/api/v1/webhooks", Some(&foreign), None).await;
     assert_eq!(list["webhooks"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        call(
+            &app,
+            Method::DELETE,
+            &format!("/api/v1/webhooks/{hid}"),
+            Some(&foreign),
+            None
+        )
+        .await
+        .0,
+        404,
+        "another org's admin cannot remove it"
+    );
+    // Plain http is refused unless the operator allowed it (this server did).
+    let strict = TestApp::spawn(Db::Sqlite);
+    let (s, e) = call(
+        &strict,
+        Method::POST,
+        "/api/v1/webhooks",
+        Some(&admin),
+        Some(json!({"url": "http://hooks.example/h", "events": events})),
+    )
+    .await;
+    assert_eq!((s, e["code"].as_str()), (422, Some("invalid-url")), "{e}");
     assert_eq!(
         call(
             &app,
