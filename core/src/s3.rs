@@ -52,7 +52,11 @@ impl S3Store {
             .region(aws_config::Region::new(region))
             .load()
             .await;
-        let mut conf = aws_sdk_s3::config::Builder::from(&sdk);
+        // Part bodies are fresh bytes over TLS (or loopback): the SDK's default CRC32 over
+        // every part is one more pass over each byte for nothing the transport lacks.
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk).request_checksum_calculation(
+            aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+        );
         if let Some(ep) = endpoint {
             conf = conf.endpoint_url(ep).force_path_style(true);
         }

@@ -27,7 +27,7 @@ use lectern_core::auth::{Auth, Claims, HasKeys, Keys};
 use lectern_core::db::Db;
 use lectern_core::error::ApiError;
 use lectern_core::queue::Queue;
-use lectern_core::storage::{object_response, request_range, ObjectStore, Part};
+use lectern_core::storage::{object_response, request_range, ObjectStore, Part, StoreError};
 use lectern_core::videos::{self, priority, NewVideo};
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -934,16 +934,14 @@ async fn write_body(
     let mut parts = cur.part_list();
     let mut committed = parts.len();
     let mut input = BodyReader::new(body, limit, checksum);
-    while let Some(chunk) = input.next().await? {
-        buf.extend_from_slice(&chunk);
-        while buf.len() >= p {
-            let data = buf.split_to(p).freeze();
-            let number = parts.len() as u32 + 1;
-            let at = parts.iter().map(|p| p.size).sum();
+    // One part uploads while the next one is received (two part buffers at most): parts land,
+    // and are committed, in order.
+    let mut inflight: Option<tokio::task::JoinHandle<Result<Part, StoreError>>> = None;
+    macro_rules! land {
+        ($h:expr) => {
             parts.push(
-                st.store
-                    .put_part(&cur.object_key, &cur.multipart_id, number, at, data)
-                    .await?,
+                $h.await
+                    .map_err(|e| ApiError::internal(format!("part upload task: {e}")))??,
             );
             if progressive {
                 cur = uploads::commit(&st.db, &cur, parts.clone(), None, st.expires_at()).await?;
@@ -955,7 +953,29 @@ async fn write_body(
                     }
                 }
             }
+        };
+    }
+    while let Some(chunk) = input.next().await? {
+        buf.extend_from_slice(&chunk);
+        while buf.len() >= p {
+            let data = buf.split_to(p).freeze();
+            if let Some(h) = inflight.take() {
+                land!(h);
+            }
+            let number = parts.len() as u32 + 1;
+            let at = parts.iter().map(|p| p.size).sum();
+            let (store, key, id) = (
+                st.store.clone(),
+                cur.object_key.clone(),
+                cur.multipart_id.clone(),
+            );
+            inflight = Some(tokio::spawn(async move {
+                store.put_part(&key, &id, number, at, data).await
+            }));
         }
+    }
+    if let Some(h) = inflight.take() {
+        land!(h);
     }
     let interrupted = input.end().await?;
     let stored: u64 = parts.iter().map(|p| p.size).sum::<u64>() + buf.len() as u64;
@@ -990,7 +1010,8 @@ async fn write_body(
         let new_tail = tail.as_ref().map(|t| t.0.clone());
         cur = uploads::commit(&st.db, &cur, parts, tail, st.expires_at()).await?;
         if let Some(t) = &old_tail {
-            if new_tail.as_ref() != Some(t) {
+            // A tail already folded into a committed part was deleted then.
+            if !tail_consumed && new_tail.as_ref() != Some(t) {
                 let _ = st.store.delete(t).await;
             }
         }
