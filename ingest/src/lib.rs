@@ -782,7 +782,22 @@ impl BodyReader {
 
     /// The next chunk; `None` at the end or when the client cut the body off (then noted).
     async fn next(&mut self) -> Result<Option<bytes::Bytes>, ApiError> {
-        match self.stream.next().await {
+        let raw = self.next_raw().await;
+        self.accept(raw).await
+    }
+
+    /// The next frame as the connection gives it. Cancel-safe, so it can race other work in
+    /// a `select!`; pass what it returns to [`BodyReader::accept`].
+    async fn next_raw(&mut self) -> Option<Result<bytes::Bytes, axum::Error>> {
+        self.stream.next().await
+    }
+
+    /// Accounts for a frame from [`BodyReader::next_raw`]: the upload's limit, the checksum.
+    async fn accept(
+        &mut self,
+        raw: Option<Result<bytes::Bytes, axum::Error>>,
+    ) -> Result<Option<bytes::Bytes>, ApiError> {
+        match raw {
             None => Ok(None),
             Some(Err(e)) => {
                 self.interrupted = Some(e.to_string());
@@ -938,11 +953,8 @@ async fn write_body(
     // and are committed, in order.
     let mut inflight: Option<tokio::task::JoinHandle<Result<Part, StoreError>>> = None;
     macro_rules! land {
-        ($h:expr) => {
-            parts.push(
-                $h.await
-                    .map_err(|e| ApiError::internal(format!("part upload task: {e}")))??,
-            );
+        ($joined:expr) => {
+            parts.push($joined.map_err(|e| ApiError::internal(format!("part upload task: {e}")))??);
             if progressive {
                 cur = uploads::commit(&st.db, &cur, parts.clone(), None, st.expires_at()).await?;
                 committed = parts.len();
@@ -955,12 +967,28 @@ async fn write_body(
             }
         };
     }
-    while let Some(chunk) = input.next().await? {
+    loop {
+        // A part that finishes uploading is committed at once, even while the client is slow
+        // to send more.
+        let raw = match inflight.as_mut() {
+            Some(h) => tokio::select! {
+                joined = h => {
+                    inflight = None;
+                    land!(joined);
+                    continue;
+                }
+                raw = input.next_raw() => raw,
+            },
+            None => input.next_raw().await,
+        };
+        let Some(chunk) = input.accept(raw).await? else {
+            break;
+        };
         buf.extend_from_slice(&chunk);
         while buf.len() >= p {
             let data = buf.split_to(p).freeze();
             if let Some(h) = inflight.take() {
-                land!(h);
+                land!(h.await);
             }
             let number = parts.len() as u32 + 1;
             let at = parts.iter().map(|p| p.size).sum();
@@ -975,7 +1003,7 @@ async fn write_body(
         }
     }
     if let Some(h) = inflight.take() {
-        land!(h);
+        land!(h.await);
     }
     let interrupted = input.end().await?;
     let stored: u64 = parts.iter().map(|p| p.size).sum::<u64>() + buf.len() as u64;
