@@ -17,7 +17,15 @@ mkdir -p target
 ensure_test_venv
 MOTO_PID=""
 ensure_s3 5055
-trap '[ -n "$MOTO_PID" ] && kill "$MOTO_PID" 2>/dev/null || true' EXIT
+TESTS_SID=""
+cleanup() {
+  [ -n "$MOTO_PID" ] && kill "$MOTO_PID" 2>/dev/null
+  # Ctrl-C does not reach the tests' own session; stop it with the script.
+  [ -n "$TESTS_SID" ] && pkill -9 -s "$TESTS_SID" 2>/dev/null
+  true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 bash testdata/videos/generate.sh
 # tus-js-client, hls.js and playwright-core, pinned by lectern/tests/clients/package-lock.json.
 command -v npm >/dev/null 2>&1 || apt_install_missing nodejs npm
@@ -41,7 +49,24 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
 log=target/test-output.log
-cargo test --workspace --locked 2>&1 | tee "$log"
+# The tests run in a session of their own and write to a file that is followed here, so that a
+# process a test leaves behind can neither hold this script's output open nor outlive the run.
+set +e
+setsid cargo test --workspace --locked >"$log" 2>&1 </dev/null &
+tests=$!
+TESTS_SID=$tests
+tail -n +1 -f --pid="$tests" "$log"
+wait "$tests"
+status=$?
+set -e
+left=$(pgrep -s "$tests" || true)
+TESTS_SID=""
+if [ -n "$left" ]; then
+  echo "warning: the tests left these processes running; stopping them:"
+  ps -o pid=,args= -p $left || true
+  kill -9 $left 2>/dev/null || true
+fi
 # One closing line for the whole suite (cargo prints one per test binary, the last often 0).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

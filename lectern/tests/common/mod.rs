@@ -780,18 +780,25 @@ http {{
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new("nginx")
+        let mut child = Command::new("nginx")
             .arg("-c")
             .arg(&conf_path)
             .arg("-p")
             .arg(dir.path())
-            .stderr(Stdio::inherit())
+            // Its log goes to error.log; a stray worker must never hold the test output open.
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("nginx is installed by scripts/test.sh");
         let base = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not start");
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+                panic!("nginx did not start ({exited:?}); run `nginx -t -c {conf_path:?}`: {log}");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         Nginx {
@@ -804,6 +811,18 @@ http {{
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: a killed master orphans its worker and cache-manager processes,
+        // which then hold the suite's output pipe open forever.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
