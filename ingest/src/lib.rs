@@ -506,8 +506,8 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
             .is_some_and(|n| n > 0)
             || headers.contains_key(header::TRANSFER_ENCODING);
         if has_body && is_octet_stream(&headers) {
-            let _guard = st.locks.acquire(&id).await?;
-            let w = write_request(&st, upload, &headers, req.into_body()).await?;
+            let guard = st.locks.acquire(&id).await?;
+            let w = write_locked(&st, guard, upload, req).await?;
             offset = w.offset;
             expires = w.expires;
         } else if length == 0 {
@@ -611,8 +611,11 @@ async fn patch(st: IngestState, id: &str, req: Request) -> Result<Response, ApiE
             return Err(busy);
         }
     };
-    let r = patch_locked(&st, id, &claims, client_offset, req).await;
-    guard.release().await;
+    let mut guard = Some(guard);
+    let r = patch_locked(&st, id, &claims, client_offset, req, &mut guard).await;
+    if let Some(g) = guard {
+        g.release().await;
+    }
     r
 }
 
@@ -623,6 +626,7 @@ async fn patch_locked(
     claims: &lectern_core::auth::Claims,
     client_offset: u64,
     req: Request,
+    guard: &mut Option<lock::Guard>,
 ) -> Result<Response, ApiError> {
     let st = st.clone();
     let mut u = load(&st, id, &claims.org).await?;
@@ -678,8 +682,8 @@ async fn patch_locked(
             return Err(exceeds(remaining));
         }
     }
-    let headers = req.headers().clone();
-    let written = write_request(&st, u, &headers, req.into_body()).await?;
+    let guard = guard.take().expect("the caller holds the lock");
+    let written = write_locked(&st, guard, u, req).await?;
     if let Some(e) = written.error {
         return Err(e);
     }
@@ -706,6 +710,27 @@ struct Written {
     offset: u64,
     expires: Option<i64>,
     error: Option<ApiError>,
+}
+
+/// Runs [`write_request`] in a task of its own that holds the upload's lock, so a request
+/// future that is dropped (client gone, server shutting down) cannot leave a write half-done
+/// while another request takes the lock: the task ends when the body ends or fails, keeps
+/// what arrived, and only then releases the lock.
+async fn write_locked(
+    st: &IngestState,
+    guard: lock::Guard,
+    u: Upload,
+    req: Request,
+) -> Result<Written, ApiError> {
+    let st = st.clone();
+    let (parts, body) = req.into_parts();
+    tokio::spawn(async move {
+        let r = write_request(&st, u, &parts.headers, body).await;
+        guard.release().await;
+        r
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("upload write task: {e}")))?
 }
 
 /// Writes one request body (PATCH, or POST with creation-with-upload), honouring
@@ -756,6 +781,9 @@ async fn write_request(
     })
 }
 
+/// How long a request body may send nothing before it counts as cut off.
+const BODY_IDLE: Duration = Duration::from_secs(60);
+
 /// Bytes per part (and per flush) of a long body written in place on disk.
 const DISK_PART: u64 = 64 << 20;
 
@@ -789,7 +817,15 @@ impl BodyReader {
     /// The next frame as the connection gives it. Cancel-safe, so it can race other work in
     /// a `select!`; pass what it returns to [`BodyReader::accept`].
     async fn next_raw(&mut self) -> Option<Result<bytes::Bytes, axum::Error>> {
-        self.stream.next().await
+        // A half-open connection would otherwise keep the upload locked for good (tusd's
+        // network timeout is the same 60 s).
+        match tokio::time::timeout(BODY_IDLE, self.stream.next()).await {
+            Ok(frame) => frame,
+            Err(_) => Some(Err(axum::Error::new(format!(
+                "no data for {} s",
+                BODY_IDLE.as_secs()
+            )))),
+        }
     }
 
     /// Accounts for a frame from [`BodyReader::next_raw`]: the upload's limit, the checksum.
@@ -967,43 +1003,61 @@ async fn write_body(
             }
         };
     }
-    loop {
-        // A part that finishes uploading is committed at once, even while the client is slow
-        // to send more.
-        let raw = match inflight.as_mut() {
-            Some(h) => tokio::select! {
-                joined = h => {
-                    inflight = None;
-                    land!(joined);
+    let received: Result<(), ApiError> = async {
+        loop {
+            // A part that finishes uploading is committed at once, even while the client is
+            // slow to send more.
+            let raw = match inflight.as_mut() {
+                Some(h) => tokio::select! {
+                    joined = h => {
+                        inflight = None;
+                        land!(joined);
+                        continue;
+                    }
+                    raw = input.next_raw() => raw,
+                },
+                None => input.next_raw().await,
+            };
+            let Some(mut chunk) = input.accept(raw).await? else {
+                break;
+            };
+            while !chunk.is_empty() {
+                let take = (p - buf.len()).min(chunk.len());
+                buf.extend_from_slice(&chunk.split_to(take));
+                if buf.len() < p {
                     continue;
                 }
-                raw = input.next_raw() => raw,
-            },
-            None => input.next_raw().await,
-        };
-        let Some(chunk) = input.accept(raw).await? else {
-            break;
-        };
-        buf.extend_from_slice(&chunk);
-        while buf.len() >= p {
-            let data = buf.split_to(p).freeze();
-            if let Some(h) = inflight.take() {
-                land!(h.await);
+                // Each part owns a buffer of exactly one part: sliced out of a growing buffer,
+                // it would keep twice its size alive.
+                let data = std::mem::replace(&mut buf, BytesMut::with_capacity(p)).freeze();
+                if let Some(h) = inflight.take() {
+                    land!(h.await);
+                }
+                let number = parts.len() as u32 + 1;
+                let at = parts.iter().map(|p| p.size).sum();
+                let (store, key, id) = (
+                    st.store.clone(),
+                    cur.object_key.clone(),
+                    cur.multipart_id.clone(),
+                );
+                inflight = Some(tokio::spawn(async move {
+                    store.put_part(&key, &id, number, at, data).await
+                }));
             }
-            let number = parts.len() as u32 + 1;
-            let at = parts.iter().map(|p| p.size).sum();
-            let (store, key, id) = (
-                st.store.clone(),
-                cur.object_key.clone(),
-                cur.multipart_id.clone(),
-            );
-            inflight = Some(tokio::spawn(async move {
-                store.put_part(&key, &id, number, at, data).await
-            }));
         }
+        if let Some(h) = inflight.take() {
+            land!(h.await);
+        }
+        Ok(())
     }
-    if let Some(h) = inflight.take() {
-        land!(h.await);
+    .await;
+    if let Err(e) = received {
+        // A part still uploading finishes before the lock goes, so no later request's part of
+        // the same number can be overtaken by it; not committed, it is simply replaced.
+        if let Some(h) = inflight.take() {
+            let _ = h.await;
+        }
+        return Err(e);
     }
     let interrupted = input.end().await?;
     let stored: u64 = parts.iter().map(|p| p.size).sum::<u64>() + buf.len() as u64;
