@@ -100,6 +100,9 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 pub fn fresh_dir(root: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let d = root.join(name);
     let _ = std::fs::remove_dir_all(&d);
+    // On a `discard` mount the freed blocks are trimmed at the next journal commit; without
+    // this they would be trimmed inside whichever measurement comes next.
+    let _ = Command::new("sync").status();
     std::fs::create_dir_all(&d)?;
     Ok(d)
 }
