@@ -20,7 +20,7 @@ ensure_s3 5055
 TESTS_SID=""
 cleanup() {
   [ -n "$MOTO_PID" ] && kill "$MOTO_PID" 2>/dev/null
-  # Ctrl-C does not reach the tests' own session; stop it with the script.
+  # Ctrl-C does not reach the tests' own session, and a test may leave a process behind.
   [ -n "$TESTS_SID" ] && pkill -9 -s "$TESTS_SID" 2>/dev/null
   true
 }
@@ -53,18 +53,14 @@ log=target/test-output.log
 # process a test leaves behind can neither hold this script's output open nor outlive the run.
 set +e
 setsid cargo test --workspace --locked >"$log" 2>&1 </dev/null &
-tests=$!
-TESTS_SID=$tests
-tail -n +1 -f --pid="$tests" "$log"
-wait "$tests"
+TESTS_SID=$!
+tail -n +1 -f --pid="$TESTS_SID" "$log"
+wait "$TESTS_SID"
 status=$?
 set -e
-left=$(pgrep -s "$tests" || true)
-TESTS_SID=""
-if [ -n "$left" ]; then
+if pgrep -s "$TESTS_SID" >/dev/null; then
   echo "warning: the tests left these processes running; stopping them:"
-  ps -o pid=,args= -p $left || true
-  kill -9 $left 2>/dev/null || true
+  pgrep -a -s "$TESTS_SID" || true
 fi
 # One closing line for the whole suite (cargo prints one per test binary, the last often 0).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -507,7 +507,11 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
             || headers.contains_key(header::TRANSFER_ENCODING);
         if has_body && is_octet_stream(&headers) {
             let guard = st.locks.acquire(&id).await?;
-            let w = write_locked(&st, guard, upload, req).await?;
+            let st = st.clone();
+            let w = under_lock(guard, async move {
+                write_request(&st, upload, &headers, req.into_body()).await
+            })
+            .await?;
             offset = w.offset;
             expires = w.expires;
         } else if length == 0 {
@@ -611,12 +615,11 @@ async fn patch(st: IngestState, id: &str, req: Request) -> Result<Response, ApiE
             return Err(busy);
         }
     };
-    let mut guard = Some(guard);
-    let r = patch_locked(&st, id, &claims, client_offset, req, &mut guard).await;
-    if let Some(g) = guard {
-        g.release().await;
-    }
-    r
+    let id = id.to_string();
+    under_lock(guard, async move {
+        patch_locked(&st, &id, &claims, client_offset, req).await
+    })
+    .await
 }
 
 /// The PATCH itself, under the upload's lock.
@@ -626,7 +629,6 @@ async fn patch_locked(
     claims: &lectern_core::auth::Claims,
     client_offset: u64,
     req: Request,
-    guard: &mut Option<lock::Guard>,
 ) -> Result<Response, ApiError> {
     let st = st.clone();
     let mut u = load(&st, id, &claims.org).await?;
@@ -682,8 +684,8 @@ async fn patch_locked(
             return Err(exceeds(remaining));
         }
     }
-    let guard = guard.take().expect("the caller holds the lock");
-    let written = write_locked(&st, guard, u, req).await?;
+    let headers = req.headers().clone();
+    let written = write_request(&st, u, &headers, req.into_body()).await?;
     if let Some(e) = written.error {
         return Err(e);
     }
@@ -712,20 +714,16 @@ struct Written {
     error: Option<ApiError>,
 }
 
-/// Runs [`write_request`] in a task of its own that holds the upload's lock, so a request
-/// future that is dropped (client gone, server shutting down) cannot leave a write half-done
-/// while another request takes the lock: the task ends when the body ends or fails, keeps
-/// what arrived, and only then releases the lock.
-async fn write_locked(
-    st: &IngestState,
+/// Runs `work` (a write to the upload) in a task of its own that holds the upload's lock, so
+/// a request future that is dropped (client gone, server shutting down) cannot leave a write
+/// half-done while another request takes the lock: the task ends when the body ends or fails,
+/// keeps what arrived, and only then releases the lock, before the answer goes out.
+async fn under_lock<T: Send + 'static>(
     guard: lock::Guard,
-    u: Upload,
-    req: Request,
-) -> Result<Written, ApiError> {
-    let st = st.clone();
-    let (parts, body) = req.into_parts();
+    work: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::spawn(async move {
-        let r = write_request(&st, u, &parts.headers, body).await;
+        let r = work.await;
         guard.release().await;
         r
     })

@@ -332,11 +332,7 @@ impl TestApp {
     pub fn sigterm_and_wait(&mut self) -> Duration {
         let mut c = self.child.take().expect("running");
         let started = Instant::now();
-        let st = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        assert!(sigterm(&c), "SIGTERM sent");
         let status = c.wait().unwrap();
         assert!(status.success(), "clean exit after SIGTERM: {status}");
         started.elapsed()
@@ -813,9 +809,7 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM, not SIGKILL: a killed master orphans its worker and cache-manager processes,
         // which then hold the suite's output pipe open forever.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        sigterm(&self.child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -826,6 +820,14 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends SIGTERM to `child`; false when it could not be sent.
+fn sigterm(child: &std::process::Child) -> bool {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn unsafe_is_root() -> bool {
