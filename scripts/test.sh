@@ -19,10 +19,10 @@ MOTO_PID=""
 ensure_s3 5055
 TESTS_SID=""
 cleanup() {
-  [ -n "$MOTO_PID" ] && kill "$MOTO_PID" 2>/dev/null
+  # (`|| true`: under `set -e` a failing last command here would become the script's status.)
+  [ -n "$MOTO_PID" ] && kill "$MOTO_PID" 2>/dev/null || true
   # Ctrl-C does not reach the tests' own session, and a test may leave a process behind.
-  [ -n "$TESTS_SID" ] && pkill -9 -s "$TESTS_SID" 2>/dev/null
-  true
+  [ -n "$TESTS_SID" ] && pkill -9 -s "$TESTS_SID" 2>/dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
