@@ -67,6 +67,10 @@ pub struct Config {
     /// A command run when a video is deleted, with the CDN path to purge (`/v/{id}/`) as its
     /// argument (and `LECTERN_PURGE_PATH`, `LECTERN_VIDEO_ID` in its environment).
     pub cdn_purge_command: Option<String>,
+    /// Address-space limit of each encoder child process, MiB (0 = none).
+    pub encoder_memory_mb: u64,
+    /// Seconds an encoder child may go without reporting before it is killed as hung.
+    pub encoder_stall_s: u64,
 }
 
 impl Default for Config {
@@ -102,6 +106,10 @@ impl Default for Config {
             redis_url: None,
             origin_cache_mb: 256,
             cdn_purge_command: None,
+            // Virtual size, not RSS: a full 1080p ladder peaks near 700 MiB resident but maps
+            // far more (thread stacks, x264 lookahead); this only stops a runaway decoder.
+            encoder_memory_mb: 8192,
+            encoder_stall_s: 120,
         }
     }
 }
@@ -230,6 +238,12 @@ impl Config {
         }
         if let Some(v) = env("LECTERN_QUEUE_DB_CONNECTIONS") {
             self.queue_db_connections = parse("LECTERN_QUEUE_DB_CONNECTIONS", v)?;
+        }
+        if let Some(v) = env("LECTERN_ENCODER_MEMORY_MB") {
+            self.encoder_memory_mb = parse("LECTERN_ENCODER_MEMORY_MB", v)?;
+        }
+        if let Some(v) = env("LECTERN_ENCODER_STALL_S") {
+            self.encoder_stall_s = parse("LECTERN_ENCODER_STALL_S", v)?;
         }
         if let Some(v) = env("LECTERN_DB_MAX_CONNECTIONS") {
             self.db_max_connections = parse("LECTERN_DB_MAX_CONNECTIONS", v)?;
@@ -417,7 +431,7 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 26] = [
+    const KEYS: [&str; 28] = [
         "listen",
         "data_dir",
         "database_url",
@@ -444,5 +458,7 @@ mod tests {
         "redis_url",
         "origin_cache_mb",
         "cdn_purge_command",
+        "encoder_memory_mb",
+        "encoder_stall_s",
     ];
 }

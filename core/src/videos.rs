@@ -367,6 +367,20 @@ pub async fn mark_failed(
     Ok(())
 }
 
+/// Counts a crash of the encoder process on this video's attempt; returns the crashes so far.
+pub async fn record_crash(db: &Db, id: &str, attempt: i64) -> Result<i64, ApiError> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "UPDATE videos SET encoder_crashes = encoder_crashes + 1, updated_at = $1 \
+         WHERE id = $2 AND attempts = $3 RETURNING encoder_crashes",
+    )
+    .bind(now_ms())
+    .bind(id)
+    .bind(attempt)
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(row.map(|r| r.0).unwrap_or(0))
+}
+
 /// Hands an attempt back to the queue after a transient fault.
 pub async fn requeue(db: &Db, id: &str, attempt: i64) -> Result<(), ApiError> {
     sqlx::query(
@@ -467,7 +481,7 @@ pub async fn retry(db: &Db, id: &str, task_id: &str) -> Result<bool, ApiError> {
     let now = now_ms();
     let res = sqlx::query(
         "UPDATE videos SET state = $1, progress = 0.0, error_code = NULL, error_message = NULL, worker = NULL, \
-         queued_at = $2, started_at = NULL, finished_at = NULL, updated_at = $2, task_id = $6 \
+         encoder_crashes = 0, queued_at = $2, started_at = NULL, finished_at = NULL, updated_at = $2, task_id = $6 \
          WHERE id = $3 AND state IN ($4, $5)",
     )
     .bind(state::QUEUED)

@@ -67,6 +67,9 @@ enum Command {
     },
     /// Upload a video with tus, resuming where a previous run stopped.
     Upload(upload::UploadArgs),
+    /// Internal: one encoder process, started by a transcode worker for each attempt.
+    #[command(name = "__encoder", hide = true)]
+    Encoder,
 }
 
 fn load_config(common: &Common) -> anyhow::Result<Config> {
@@ -110,6 +113,10 @@ fn main() -> std::process::ExitCode {
             Ok(())
         }),
         Command::Upload(args) => upload::run(args),
+        Command::Encoder => {
+            serve::init_tracing();
+            std::process::exit(lectern_transcoder::isolate::child_main());
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

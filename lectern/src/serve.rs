@@ -63,7 +63,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .block_on(serve(cfg))
 }
 
-fn init_tracing() {
+/// Logging for every process of the binary (the server and its encoder children alike).
+pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LECTERN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,apalis=warn"));
     let builder = tracing_subscriber::fmt()
@@ -253,6 +254,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             scratch_dir: cfg.data_dir.join("scratch"),
             name: format!("{}/{}", hostname(), std::process::id()),
             stopping: Default::default(),
+            isolation: lectern_transcoder::isolate::Isolation::current_exe(
+                cfg.encoder_memory_mb,
+                std::time::Duration::from_secs(cfg.encoder_stall_s.max(1)),
+            )?,
         };
         Some(tokio::spawn(lectern_transcoder::run_workers(
             ctx,

@@ -227,3 +227,128 @@ async fn check_output(app: &TestApp, t: &str, id: &str, case: &Case) {
         .unwrap_or(99);
     assert!(level <= 42, "{}: level {level}", case.name);
 }
+
+/// What a container or timestamp oddity may end as.
+enum Outcome {
+    /// `ready`, and a player decodes every stream with strictly increasing timestamps.
+    Ready,
+    /// `ready`, or `failed` with one of these codes (damaged files: the decoder decides).
+    ReadyOr(&'static [&'static str]),
+}
+
+/// How a damaged file is made from a good one.
+#[derive(Clone, Copy)]
+enum Damage {
+    None,
+    /// Every 997th byte past the first tenth flipped.
+    BitFlips,
+    /// The first 64 bytes (the container's header) overwritten.
+    Header,
+    /// Remuxed with `-ss 1.3 -c copy`: a cut that does not start on a keyframe, so the
+    /// MOV carries an edit list.
+    EditListCut,
+}
+
+fn damaged(dir: &Path, src: PathBuf, damage: Damage) -> PathBuf {
+    match damage {
+        Damage::None => src,
+        Damage::BitFlips | Damage::Header => {
+            let mut b = std::fs::read(&src).unwrap();
+            if matches!(damage, Damage::Header) {
+                for (i, x) in b.iter_mut().take(64).enumerate() {
+                    *x = (i as u8).wrapping_mul(37) ^ 0x5a;
+                }
+            } else {
+                let from = b.len() / 10;
+                for i in (from..b.len()).step_by(997) {
+                    b[i] ^= 0xff;
+                }
+            }
+            std::fs::write(&src, b).unwrap();
+            src
+        }
+        Damage::EditListCut => {
+            let out = dir.join(format!(
+                "cut-{}",
+                src.file_name().unwrap().to_string_lossy()
+            ));
+            let o = Command::new("ffmpeg")
+                .args(["-v", "error", "-y", "-ss", "1.3", "-i"])
+                .arg(&src)
+                .args(["-c", "copy"])
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            out
+        }
+    }
+}
+
+/// Containers, codecs and timestamp oddities from phones, screen recorders and editors: each
+/// ends `ready` with clean timestamps or `failed` with a code, and none crashes anything.
+#[tokio::test]
+async fn container_and_timestamp_oddities_never_crash() {
+    let small = "size=640x360:rate=30";
+    let v = |secs: u32| format!("-f lavfi -i testsrc2=duration={secs}:{small}");
+    let a = |secs: u32| format!("-f lavfi -i sine=frequency=1000:duration={secs}");
+    let x265 = "-c:v libx265 -x265-params log-level=error";
+    let cases: Vec<(&str, &str, String, Damage, Outcome)> = vec![
+        ("HEVC 10-bit + AAC in MKV", "hevc10.mkv", format!("{} {} {x265} -pix_fmt yuv420p10le -c:a aac -shortest", v(2), a(2)), Damage::None, Outcome::Ready),
+        ("HEVC 8-bit + AAC in MKV", "hevc8.mkv", format!("{} {} {x265} -pix_fmt yuv420p -c:a aac -shortest", v(2), a(2)), Damage::None, Outcome::Ready),
+        ("HEVC 8-bit + AAC in MP4", "hevc8.mp4", format!("{} {} {x265} -pix_fmt yuv420p -tag:v hvc1 -c:a aac -shortest", v(2), a(2)), Damage::None, Outcome::Ready),
+        ("H.264 B-frames + AAC in MKV", "bframes.mkv", format!("{} {} -c:v libx264 -bf 3 -pix_fmt yuv420p -c:a aac -shortest", v(2), a(2)), Damage::None, Outcome::Ready),
+        ("H.264 B-frames + AAC in MPEG-TS", "bframes.ts", format!("{} {} -c:v libx264 -bf 3 -pix_fmt yuv420p -c:a aac -shortest", v(2), a(2)), Damage::None, Outcome::Ready),
+        ("H.264 + Opus in MKV", "opus.mkv", format!("{} {} -c:v libx264 -pix_fmt yuv420p -c:a libopus -shortest", v(2), a(2)), Damage::None, Outcome::Ready),
+        ("MPEG-4 Part 2 + MP3 in AVI", "mpeg4.avi", format!("{} {} -c:v mpeg4 -q:v 5 -c:a libmp3lame -shortest", v(2), a(2)), Damage::None, Outcome::Ready),
+        ("audio starts 0.5 s before video", "late-video.mp4", format!("-itsoffset 0.5 {} {} -c:v libx264 -pix_fmt yuv420p -c:a aac", v(2), a(3)), Damage::None, Outcome::Ready),
+        ("audio starts 0.5 s after video", "late-audio.mkv", format!("{} -itsoffset 0.5 {} -c:v libx264 -pix_fmt yuv420p -c:a aac", v(3), a(2)), Damage::None, Outcome::Ready),
+        ("frame rate changes mid-file", "fps-change.mkv", format!("-f lavfi -i testsrc2=duration=1:{small} -f lavfi -i testsrc2=duration=1:size=640x360:rate=15 -filter_complex [0:v][1:v]concat=n=2:v=1:a=0 -vsync vfr -c:v libx264 -pix_fmt yuv420p"), Damage::None, Outcome::Ready),
+        ("MOV with an edit list (cut off a keyframe)", "edit.mov", format!("{} {} -c:v libx264 -g 30 -pix_fmt yuv420p -c:a aac -shortest", v(4), a(4)), Damage::EditListCut, Outcome::Ready),
+        ("bit-flipped MP4", "flipped.mp4", format!("{} {} -c:v libx264 -pix_fmt yuv420p -c:a aac -shortest", v(2), a(2)), Damage::BitFlips, Outcome::ReadyOr(&["corrupt-input", "unsupported-input"])),
+        ("bit-flipped MKV", "flipped.mkv", format!("{} {} -c:v libx264 -pix_fmt yuv420p -c:a aac -shortest", v(2), a(2)), Damage::BitFlips, Outcome::ReadyOr(&["corrupt-input", "unsupported-input"])),
+        ("header-damaged MP4", "header.mp4", format!("{} {} -c:v libx264 -pix_fmt yuv420p -c:a aac -shortest -movflags +faststart", v(2), a(2)), Damage::Header, Outcome::ReadyOr(&["corrupt-input", "unsupported-input", "no-video-stream"])),
+    ];
+    let app = TestApp::spawn(Db::Sqlite);
+    let pid = app.pid();
+    let t = app.token(Role::Instructor, "org-o");
+    let dir = app.data.path().join("odd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ids = Vec::new();
+    for (name, file, args, damage, outcome) in cases {
+        let f = damaged(&dir, make(&dir, file, &args), damage);
+        ids.push((app.upload(&t, &f, 1).await, name, outcome));
+    }
+    for (id, name, outcome) in &ids {
+        let (st, _) = app.wait_done(&t, id).await;
+        let state = st["state"].as_str().unwrap();
+        match (outcome, state) {
+            (_, "ready") => check_player_timestamps(&app, &t, id, name).await,
+            (Outcome::ReadyOr(codes), "failed") => {
+                let code = st["error"]["code"].as_str().unwrap();
+                assert!(codes.contains(&code), "{name}: {st}");
+            }
+            _ => panic!("{name}: {st}"),
+        }
+    }
+    assert_eq!(app.pid(), pid, "one server process throughout");
+}
+
+/// What a player decodes from the signed master: every stream (`-map 0`), no errors, and no
+/// decode timestamps that repeat or go backwards.
+async fn check_player_timestamps(app: &TestApp, t: &str, id: &str, name: &str) {
+    let url = app.playback(t, id).await["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = Command::new("ffmpeg")
+        .args(["-v", "warning", "-i", &url, "-map", "0", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{name}: {err}");
+    assert!(
+        !err.contains("non monotonically increasing dts") && !err.contains("Error"),
+        "{name}: {err}"
+    );
+}

@@ -5,6 +5,7 @@
 //! only by the database update that marks the video ready, so a crashed or superseded attempt
 //! never exposes half-written output and never overwrites a published object.
 
+pub mod isolate;
 pub mod pipeline;
 pub mod poster;
 pub mod probe;
@@ -26,7 +27,6 @@ use lectern_core::storage::ObjectStore;
 use lectern_core::videos::{self, Published, SourceInfo, Video};
 use lectern_packager::{Packager, Track, TrackKind};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, watch};
 
 /// How a job failed: bad input never retries; anything else may succeed later.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,9 @@ pub enum JobError {
     /// An admin canceled the job while it ran.
     #[error("canceled")]
     Canceled,
+    /// The encoder process crashed, was killed, or hung: the input may be to blame.
+    #[error("encoder crashed: {0}")]
+    Crashed(String),
 }
 
 impl JobError {
@@ -89,6 +92,8 @@ pub struct WorkerContext {
     pub name: String,
     /// Set when the process is stopping: running attempts hand their jobs back.
     pub stopping: Arc<AtomicBool>,
+    /// How encoder processes are started and bounded.
+    pub isolation: isolate::Isolation,
 }
 
 /// Runs `concurrency` transcode slots until `stop` resolves; running jobs get time to finish.
@@ -196,16 +201,6 @@ async fn handle(
     }
 }
 
-/// Sets the cancel flag when the job future is dropped (timeout, shutdown), so the blocking
-/// pipeline thread stops too.
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// Runs one attempt for a video, as apalis task `task`, and records the outcome on it.
 pub async fn transcode(ctx: &WorkerContext, video_id: &str, task: &str) -> Result<(), JobError> {
     let Some(attempt) = videos::start_attempt(&ctx.db, video_id, &ctx.name, task).await? else {
@@ -251,6 +246,24 @@ pub async fn transcode(ctx: &WorkerContext, video_id: &str, task: &str) -> Resul
             emit_failed(ctx, &video, code, &message).await?;
             Err(JobError::Abort { code, message })
         }
+        Err(JobError::Crashed(why)) => {
+            // The child took the blow; this process, and every other role in it, carries on.
+            let crashes = videos::record_crash(&ctx.db, video_id, attempt).await?;
+            if crashes >= CRASHES_TO_FAIL || attempt >= MAX_ATTEMPTS as i64 {
+                tracing::error!(video = %video_id, attempt, crashes, %why, "the encoder keeps crashing on this input; giving up");
+                metrics::counter!("lectern_transcode_jobs_total", "outcome" => "failed")
+                    .increment(1);
+                let (code, msg) = ("encoder-crashed", "The video encoder crashed on this file twice, so it was not published. Re-export the recording as H.264 MP4 (for example with HandBrake's Fast 1080p30 preset) and upload it again.");
+                videos::mark_failed(&ctx.db, video_id, attempt, code, msg).await?;
+                emit_failed(ctx, &video, code, msg).await?;
+                return Err(JobError::abort(code, msg));
+            }
+            tracing::warn!(video = %video_id, attempt, crashes, %why, "the encoder process crashed; will retry");
+            metrics::counter!("lectern_transcode_jobs_total", "outcome" => "crashed").increment(1);
+            videos::requeue(&ctx.db, video_id, attempt).await?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Err(JobError::Crashed(why))
+        }
         Err(JobError::Retry(why)) if ctx.stopping.load(Ordering::Relaxed) => {
             // Handed back: another worker (or this one after a restart) takes it at once.
             tracing::info!(video = %video_id, attempt, %why, "worker stopping; job handed back");
@@ -295,6 +308,9 @@ async fn emit_failed(
     lectern_core::webhooks::emit(&ctx.db, &v.org, "video.failed", data).await?;
     Ok(())
 }
+
+/// Crashes of the encoder on one input before the video fails with `encoder-crashed`.
+const CRASHES_TO_FAIL: i64 = 2;
 
 /// How a timed-out attempt's retry reason starts.
 const TIMED_OUT: &str = "attempt timed out";
@@ -348,10 +364,7 @@ async fn source_path(
 
 async fn run_attempt(ctx: &WorkerContext, v: &Video, attempt: i64) -> Result<Published, JobError> {
     let (input, _staged) = source_path(ctx, v, attempt).await?;
-    let probe_input = input.clone();
-    let probe = tokio::task::spawn_blocking(move || probe::probe(&probe_input))
-        .await
-        .map_err(|e| JobError::retry(e.to_string()))??;
+    let probe = isolate::probe(&ctx.isolation, input.clone()).await?;
     let vp = probe
         .video
         .clone()
@@ -408,7 +421,7 @@ async fn run_attempt(ctx: &WorkerContext, v: &Video, attempt: i64) -> Result<Pub
     let prefix = format!("videos/{}/{}/", v.id, lectern_core::new_id());
     let spec = pipeline::Spec {
         input,
-        fps,
+        fps: (fps.numer(), fps.denom()),
         interlaced: vp.interlaced,
         video: renditions
             .iter()
@@ -441,7 +454,7 @@ async fn run_attempt(ctx: &WorkerContext, v: &Video, attempt: i64) -> Result<Pub
     // Dropping the future on timeout sets the cancel flag, so the pipeline thread stops too.
     let result = match tokio::time::timeout(
         limit,
-        encode_and_package(ctx, v, attempt, spec, packager, duration_s, fps_f),
+        encode_and_package(ctx, v, attempt, spec, packager, duration_s, limit),
     )
     .await
     {
@@ -478,18 +491,16 @@ async fn make_poster(
     h: u32,
     prefix: &str,
 ) -> Option<String> {
-    let input = input.to_path_buf();
     let at = poster::poster_time(duration_s);
-    let job = tokio::task::spawn_blocking(move || poster::grab(&input, at, w, h));
-    let jpeg = match tokio::time::timeout(poster::TIMEOUT, job).await {
-        Ok(Ok(Ok(j))) if !j.is_empty() => j,
+    let jpeg = match isolate::poster(&ctx.isolation, input.to_path_buf(), at, w, h).await {
+        Ok(j) if !j.is_empty() => j,
         other => {
-            tracing::warn!(prefix, outcome = ?other.map(|r| r.map(|r| r.map(|j| j.len()))), "no poster");
+            tracing::warn!(prefix, outcome = ?other.map(|j| j.len()), "no poster");
             return None;
         }
     };
     let key = format!("{prefix}poster/poster.jpg");
-    match ctx.store.put_bytes(&key, bytes::Bytes::from(jpeg)).await {
+    match ctx.store.put_bytes(&key, jpeg).await {
         Ok(()) => Some(key),
         Err(e) => {
             tracing::warn!(prefix, error = %e, "poster not stored");
@@ -505,90 +516,85 @@ async fn encode_and_package(
     spec: pipeline::Spec,
     mut packager: Packager,
     duration_s: f64,
-    fps: f64,
+    limit: Duration,
 ) -> Result<Published, JobError> {
-    let (tx, mut rx) = mpsc::channel(4);
-    let cancel = Arc::new(AtomicBool::new(false));
-    let _cancel_on_drop = CancelOnDrop(cancel.clone());
-    let (ptx, mut prx) = watch::channel(0.0f64);
-    let cancel2 = cancel.clone();
-    let handle = tokio::task::spawn_blocking(move || {
-        pipeline::run(&spec, tx, cancel2, |pos| {
-            ptx.send_replace(pos);
-        })
-    });
-    let mut produced = 0.0;
+    let fps = spec.fps.0 as f64 / spec.fps.1.max(1) as f64;
+    // x264 keeps every core busy, so CPU time can reach cores × the wall-clock limit.
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2) as u32;
+    let mut child = isolate::spawn(
+        &ctx.isolation,
+        &isolate::Request::Encode { spec },
+        limit * cores,
+    )
+    .await?;
     let mut last_write = Instant::now();
     let mut last_pos = 0.0;
-    let mut pack_err = None;
+    let mut produced = 0.0;
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
-    loop {
+    let outcome = loop {
         tokio::select! {
             _ = ticker.tick() => {
                 if ctx.stopping.load(Ordering::Relaxed) {
-                    pack_err = Some(JobError::retry("worker stopping"));
-                    break;
+                    break Err(JobError::retry("worker stopping"));
                 }
             }
-            ev = rx.recv() => {
-                let Some(ev) = ev else { break };
-                let res = match ev {
-                    pipeline::Event::Init { track, data } => packager.init(track, data).await,
-                    pipeline::Event::Segment { track, data, duration } => {
+            frame = child.next() => {
+                let Some(frame) = frame else {
+                    break Err(JobError::Crashed("the encoder process ended without a result".into()));
+                };
+                let res = match frame {
+                    Err(e) => break Err(e),
+                    Ok(isolate::Frame::Done(v)) => break isolate::outcome(v),
+                    Ok(isolate::Frame::Blob(_)) => Ok(()),
+                    Ok(isolate::Frame::Init { track, data }) => packager.init(track, data).await.map_err(JobError::from),
+                    Ok(isolate::Frame::Segment { track, data, duration }) => {
                         if track == 0 {
                             produced += duration;
                         }
                         match packager.fragment(track, data, duration).await {
-                            Ok(true) => {
-                                let prefix = packager.prefix().to_string();
-                                if let Err(e) = videos::set_live(&ctx.db, &v.id, attempt, &prefix).await {
-                                    pack_err = Some(JobError::from(e));
-                                    break;
+                            Ok(true) => match videos::set_live(&ctx.db, &v.id, attempt, packager.prefix()).await {
+                                Ok(_) => {
+                                    tracing::info!(video = %v.id, attempt, "playable while encoding");
+                                    Ok(())
                                 }
-                                tracing::info!(video = %v.id, attempt, "playable while encoding");
+                                Err(e) => Err(JobError::from(e)),
+                            },
+                            Ok(false) => Ok(()),
+                            Err(e) => Err(JobError::from(e)),
+                        }
+                    }
+                    Ok(isolate::Frame::Progress(pos)) => {
+                        let since = last_write.elapsed();
+                        if since >= Duration::from_secs(1) {
+                            last_write = Instant::now();
+                            let enc_fps = (pos - last_pos).max(0.0) * fps / since.as_secs_f64();
+                            last_pos = pos;
+                            metrics::gauge!("lectern_transcode_fps", "worker" => ctx.name.clone()).set(enc_fps);
+                            if duration_s > 0.0 {
+                                let _ = videos::set_progress(&ctx.db, &v.id, attempt, (pos / duration_s).min(0.99), enc_fps).await;
+                            }
+                            // An admin may cancel while we encode: stop the encoder, publish nothing.
+                            if videos::current_state(&ctx.db, &v.id).await.ok().flatten().as_deref() != Some(videos::state::PROCESSING) {
+                                Err(JobError::Canceled)
+                            } else {
                                 Ok(())
                             }
-                            Ok(false) => Ok(()),
-                            Err(e) => Err(e),
+                        } else {
+                            Ok(())
                         }
                     }
                 };
                 if let Err(e) = res {
-                    pack_err = Some(JobError::from(e));
-                    break;
-                }
-            }
-            changed = prx.changed() => {
-                let since = last_write.elapsed();
-                if changed.is_ok() && since >= Duration::from_secs(1) {
-                    last_write = Instant::now();
-                    let pos = *prx.borrow_and_update();
-                    let enc_fps = (pos - last_pos).max(0.0) * fps / since.as_secs_f64();
-                    last_pos = pos;
-                    metrics::gauge!("lectern_transcode_fps", "worker" => ctx.name.clone()).set(enc_fps);
-                    if duration_s > 0.0 {
-                        let _ = videos::set_progress(&ctx.db, &v.id, attempt, (pos / duration_s).min(0.99), enc_fps).await;
-                    }
-
-                    // An admin may cancel while we encode: stop the pipeline, publish nothing.
-                    if videos::current_state(&ctx.db, &v.id).await.ok().flatten().as_deref() != Some(videos::state::PROCESSING) {
-                        pack_err = Some(JobError::Canceled);
-                        break;
-                    }
+                    break Err(e);
                 }
             }
         }
-    }
-    if pack_err.is_some() {
-        cancel.store(true, Ordering::Relaxed);
-    }
-    drop(rx);
-    let outcome = handle
-        .await
-        .map_err(|e| JobError::retry(format!("pipeline thread: {e}")))?;
-    if let Some(e) = pack_err {
-        return Err(e);
-    }
+    };
+    // Whatever ended the loop, the encoder process goes with it (a no-op once it has exited).
+    child.kill();
+    drop(child);
     let outcome = outcome?;
     let decoded = outcome.decoded_s;
     // A faststart MP4 cut short decodes cleanly to an early end; compare with the declared length.

@@ -46,7 +46,7 @@ pub enum Event {
 }
 
 /// One video rung to encode.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VideoOut {
     /// Output width, even.
     pub width: u32,
@@ -58,13 +58,13 @@ pub struct VideoOut {
     pub vbv_ms: u32,
 }
 
-/// Everything the pipeline needs.
-#[derive(Debug, Clone)]
+/// Everything the pipeline needs (sent to the encoder process as JSON).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Spec {
     /// Local source file.
     pub input: PathBuf,
-    /// Output frame rate.
-    pub fps: gst::Fraction,
+    /// Output frame rate (numerator, denominator).
+    pub fps: (i32, i32),
     /// Whether to deinterlace.
     pub interlaced: bool,
     /// Rungs.
@@ -164,11 +164,20 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
     if spec.interlaced {
         chain.push(make("deinterlace")?);
     }
-    chain.push(make("videorate")?);
+    // Without skip-to-first, videorate on 1.22 emits a source's first frame at its own time
+    // (say 23 ms, common in Matroska) and then fills the grid from 0: timestamps go backwards
+    // and cmafmux panics. Starting the grid at the first frame keeps them monotonic, and keeps
+    // the source's own offset between picture and sound.
+    chain.push(
+        gst::ElementFactory::make("videorate")
+            .property("skip-to-first", true)
+            .build()
+            .map_err(|e| JobError::retry(e.to_string()))?,
+    );
     chain.push(capsfilter(
         gst::Caps::builder("video/x-raw")
             .field("format", "I420")
-            .field("framerate", spec.fps)
+            .field("framerate", gst::Fraction::new(spec.fps.0, spec.fps.1))
             .build(),
     )?);
     // `method=automatic` ignores orientation tags on 1.22; `video-direction=auto` applies them.
@@ -264,6 +273,9 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
         )?;
         let enc = gst::ElementFactory::make("avenc_aac")
             .property("bitrate", bitrate as i32)
+            // Matroska stores times in whole milliseconds, so AAC frames (21.33 ms) arrive with
+            // jitter; timestamps from the sample count keep decode times strictly increasing.
+            .property("perfect-timestamp", true)
             .build()
             .map_err(|e| JobError::retry(e.to_string()))?;
         let parse = make("aacparse")?;
@@ -456,7 +468,7 @@ fn classify(err: &gst::glib::Error, src: &str, debug: Option<String>) -> JobErro
 }
 
 /// Runs the pipeline to the end. Blocking. `cancel` stops it early; `progress` receives the
-/// media time (seconds) that has entered the encoders.
+/// media time (seconds) that has entered the encoders, about every 250 ms.
 pub fn run(
     spec: &Spec,
     tx: mpsc::Sender<Event>,
@@ -506,10 +518,11 @@ pub fn run(
         if pos != last_pos {
             last_pos = pos;
             last_change = Instant::now();
-            progress(pos as f64 / 1e9);
         } else if last_change.elapsed() > Duration::from_secs(120) {
             return Err(JobError::retry("the pipeline stalled for 120 s"));
         }
+        // Every turn, moved or not: across the process boundary this is also the keep-alive.
+        progress(pos as f64 / 1e9);
         let Some(msg) = msg else { continue };
         match msg.view() {
             gst::MessageView::Eos(..) => break,
