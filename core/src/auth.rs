@@ -60,6 +60,9 @@ pub struct Claims {
     pub exp: i64,
     /// Issued-at, seconds since the epoch.
     pub iat: i64,
+    /// Not-before, seconds since the epoch (LMSs mint their own tokens and may set it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
 }
 
 impl Claims {
@@ -216,6 +219,7 @@ impl Keys {
             role,
             exp: iat + ttl_s,
             iat,
+            nbf: None,
         };
         let header = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": self.0.current.kid});
         let signing_input = format!(
@@ -273,6 +277,9 @@ impl Keys {
         if claims.iat - LEEWAY_S > now {
             return Err(bad("issued in the future"));
         }
+        if claims.nbf.is_some_and(|nbf| nbf - LEEWAY_S > now) {
+            return Err(bad("not valid yet (nbf)"));
+        }
         Ok(claims)
     }
 }
@@ -325,6 +332,14 @@ pub trait HasKeys {
     fn keys(&self) -> &Keys;
 }
 
+/// The token of an `Authorization` value with the `Bearer` scheme, matched case-insensitively
+/// (RFC 9110 §11.1): the one parser the extractor and the rate limiter share.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    let token = rest.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// Extracts and verifies `Authorization: Bearer …`; rejects with 401 JSON.
 #[derive(Debug, Clone)]
 pub struct Auth(pub Claims);
@@ -340,19 +355,45 @@ impl<S: HasKeys + Send + Sync> FromRequestParts<S> for Auth {
             .ok_or_else(|| {
                 ApiError::unauthorized("missing bearer token: send `Authorization: Bearer <token>`")
             })?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
-            })?;
-        Ok(Auth(state.keys().verify(token.trim())?))
+        let token = bearer_token(header).ok_or_else(|| {
+            ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+        })?;
+        Ok(Auth(state.keys().verify(token)?))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer abc", "bearer abc", "BEARER  abc ", "bEaReR abc"] {
+            assert_eq!(bearer_token(v), Some("abc"), "{v}");
+        }
+        for v in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", ""] {
+            assert_eq!(bearer_token(v), None, "{v}");
+        }
+    }
+
+    #[test]
+    fn nbf_is_honoured_with_the_same_skew_as_exp() {
+        let k = Keys::from_secret("0123456789abcdef0123");
+        let now = chrono::Utc::now().timestamp();
+        let mint = |nbf: i64| {
+            let h = B64.encode(format!(r#"{{"alg":"HS256","kid":"{}"}}"#, k.0.current.kid));
+            let p = B64.encode(format!(
+                r#"{{"sub":"u","org":"o","role":"learner","exp":{},"iat":{now},"nbf":{nbf}}}"#,
+                now + 3600
+            ));
+            let sig = B64.encode(hmac(&k.0.current.secret, format!("{h}.{p}").as_bytes()));
+            format!("{h}.{p}.{sig}")
+        };
+        assert!(k.verify(&mint(now - 10)).is_ok());
+        assert!(k.verify(&mint(now + 30)).is_ok(), "within the 60 s skew");
+        let e = k.verify(&mint(now + 600)).unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::UNAUTHORIZED);
+    }
 
     #[test]
     fn roundtrip_and_tamper() {

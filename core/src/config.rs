@@ -53,6 +53,9 @@ pub struct Config {
     pub queue_db_connections: u32,
     /// Accept plain `http://` webhook URLs (development and tests; production wants https).
     pub webhook_allow_http: bool,
+    /// Hosts (names or IP literals) webhooks may reach although they are not public addresses:
+    /// on-premises receivers. Everything else private, loopback or link-local is refused.
+    pub webhook_allowed_hosts: Vec<String>,
     /// API requests per second per user (token subject), bursts of twice that; 0 = off.
     pub rate_limit_user_rps: f64,
     /// API requests per second per client address, bursts of twice that; 0 = off.
@@ -67,6 +70,11 @@ pub struct Config {
     /// A command run when a video is deleted, with the CDN path to purge (`/v/{id}/`) as its
     /// argument (and `LECTERN_PURGE_PATH`, `LECTERN_VIDEO_ID` in its environment).
     pub cdn_purge_command: Option<String>,
+    /// Open HTTP connections at most; past it new ones get `503 over-capacity` (also bounded by
+    /// the open-file limit, which the server raises to its hard limit).
+    pub max_connections: usize,
+    /// Seconds to receive a request's headers; also how long a keep-alive connection may idle.
+    pub header_timeout_s: u64,
     /// Address-space limit of each encoder child process, MiB (0 = none).
     pub encoder_memory_mb: u64,
     /// Seconds an encoder child may go without reporting before it is killed as hung.
@@ -100,6 +108,7 @@ impl Default for Config {
             db_batch_connections: 4,
             queue_db_connections: 8,
             webhook_allow_http: false,
+            webhook_allowed_hosts: Vec::new(),
             rate_limit_user_rps: 20.0,
             rate_limit_ip_rps: 1000.0,
             progress_write_behind: true,
@@ -108,6 +117,8 @@ impl Default for Config {
             cdn_purge_command: None,
             // Virtual size, not RSS: a full 1080p ladder peaks near 700 MiB resident but maps
             // far more (thread stacks, x264 lookahead); this only stops a runaway decoder.
+            max_connections: 4096,
+            header_timeout_s: 30,
             encoder_memory_mb: 8192,
             encoder_stall_s: 120,
         }
@@ -239,6 +250,19 @@ impl Config {
         if let Some(v) = env("LECTERN_QUEUE_DB_CONNECTIONS") {
             self.queue_db_connections = parse("LECTERN_QUEUE_DB_CONNECTIONS", v)?;
         }
+        if let Some(v) = env("LECTERN_WEBHOOK_ALLOWED_HOSTS") {
+            self.webhook_allowed_hosts = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if let Some(v) = env("LECTERN_MAX_CONNECTIONS") {
+            self.max_connections = parse("LECTERN_MAX_CONNECTIONS", v)?;
+        }
+        if let Some(v) = env("LECTERN_HEADER_TIMEOUT_S") {
+            self.header_timeout_s = parse("LECTERN_HEADER_TIMEOUT_S", v)?;
+        }
         if let Some(v) = env("LECTERN_ENCODER_MEMORY_MB") {
             self.encoder_memory_mb = parse("LECTERN_ENCODER_MEMORY_MB", v)?;
         }
@@ -264,6 +288,11 @@ impl Config {
         if self.roles.is_empty() {
             return Err(ConfigError::Invalid(
                 "no roles given; pick from api, ingest, origin, worker".into(),
+            ));
+        }
+        if self.max_connections < 16 || self.header_timeout_s == 0 {
+            return Err(ConfigError::Invalid(
+                "max_connections must be at least 16 and header_timeout_s at least 1".into(),
             ));
         }
         if self.workers == 0 {
@@ -431,7 +460,7 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 28] = [
+    const KEYS: [&str; 31] = [
         "listen",
         "data_dir",
         "database_url",
@@ -460,5 +489,8 @@ mod tests {
         "cdn_purge_command",
         "encoder_memory_mb",
         "encoder_stall_s",
+        "max_connections",
+        "header_timeout_s",
+        "webhook_allowed_hosts",
     ];
 }

@@ -66,6 +66,9 @@ impl Db {
                     std::fs::create_dir_all(&parent)?;
                 }
             }
+            if let Some(path) = sqlite_path(url) {
+                owner_only(&path)?;
+            }
         }
         let opts = AnyConnectOptions::from_str(url)?;
         let pool = AnyPoolOptions::new()
@@ -122,6 +125,29 @@ impl Db {
         m.run(&self.pool).await?;
         Ok(())
     }
+}
+
+/// Creates the SQLite file readable by its owner only, or narrows an existing one: it holds
+/// webhook secrets and upload metadata. SQLite gives its `-wal` and `-shm` files the same mode.
+fn owner_only(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    for p in [
+        path.to_path_buf(),
+        path.with_extension("db-wal"),
+        path.with_extension("db-shm"),
+    ] {
+        if let Ok(m) = std::fs::metadata(&p) {
+            if m.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The file path inside a `sqlite://` URL.

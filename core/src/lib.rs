@@ -10,6 +10,7 @@ pub mod nodes;
 pub mod queue;
 pub mod s3;
 pub mod storage;
+pub mod text;
 pub mod videos;
 pub mod webhooks;
 

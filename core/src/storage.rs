@@ -78,7 +78,18 @@ impl ByteRange {
         Some(match (a.trim().is_empty(), b.trim().is_empty()) {
             (true, false) => num(b).map(ByteRange::Suffix),
             (false, true) => num(a).map(ByteRange::From),
-            (false, false) => match (num(a), num(b)) {
+            // A last position too large for u64 still means "to the end".
+            (false, false) => match (
+                num(a),
+                num(b).or_else(|e| {
+                    let d = b.trim();
+                    if !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit()) {
+                        Ok(u64::MAX)
+                    } else {
+                        Err(e)
+                    }
+                }),
+            ) {
                 (Ok(a), Ok(b)) if a <= b => Ok(ByteRange::Inclusive(a, b)),
                 _ => Err(StoreError::InvalidRange),
             },
@@ -89,7 +100,8 @@ impl ByteRange {
     /// Resolves against an object size into a half-open `start..end`.
     pub fn resolve(self, size: u64) -> StoreResult<std::ops::Range<u64>> {
         let r = match self {
-            ByteRange::Inclusive(a, b) => a..(b + 1).min(size),
+            // A last-byte-pos past the end means "to the end" (RFC 9110 §14.1.2), even u64::MAX.
+            ByteRange::Inclusive(a, b) => a..b.saturating_add(1).min(size),
             ByteRange::From(a) => a..size,
             ByteRange::Suffix(n) => size.saturating_sub(n)..size,
         };
@@ -783,6 +795,28 @@ pub fn object_response(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn huge_last_positions_mean_to_the_end() {
+        for h in [
+            "bytes=0-18446744073709551615",
+            "bytes=0-99999999999999999999999",
+            "bytes=0-",
+        ] {
+            let r = ByteRange::parse_header(h).unwrap().unwrap();
+            assert_eq!(r.resolve(100).unwrap(), 0..100, "{h}");
+        }
+        let r = ByteRange::parse_header("bytes=10-18446744073709551615")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.resolve(100).unwrap(), 10..100);
+        assert!(ByteRange::parse_header("bytes=5-x").unwrap().is_err());
+        assert!(ByteRange::parse_header("bytes=100-200")
+            .unwrap()
+            .unwrap()
+            .resolve(100)
+            .is_err());
+    }
+
     use super::*;
 
     fn body(parts: &[&'static [u8]]) -> ByteStream {

@@ -210,6 +210,11 @@ async fn collection(State(st): State<IngestState>, req: Request) -> Response {
 }
 
 async fn item(State(st): State<IngestState>, Path(id): Path<String>, req: Request) -> Response {
+    // Ids are checked for shape before any query: PostgreSQL refuses NUL in text (a 500), and
+    // both databases should answer a malformed id the same way.
+    if !lectern_core::text::is_id(&id) && effective_method(&req) != Method::OPTIONS {
+        return ApiError::not_found("upload").into_response();
+    }
     let res = match effective_method(&req) {
         Method::OPTIONS => Ok(options()),
         Method::HEAD => head(st, &id, req).await,
@@ -348,8 +353,26 @@ fn parse_final(v: &str) -> Result<Vec<String>, ApiError> {
     {
         return Err(bad());
     }
+    // Each partial once, and a bounded list: a final naming one partial many times would make
+    // the server write far more than the client ever sent.
+    if ids.len() > MAX_PARTIALS {
+        return Err(ApiError::bad_request(
+            "too-many-partials",
+            format!("a final upload may concatenate at most {MAX_PARTIALS} partial uploads"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = ids.iter().find(|i| !seen.insert(i.as_str())) {
+        return Err(ApiError::bad_request(
+            "duplicate-partial",
+            format!("partial upload {dup} is named more than once in Upload-Concat"),
+        ));
+    }
     Ok(ids)
 }
+
+/// Most partial uploads one final upload may concatenate.
+pub const MAX_PARTIALS: usize = 64;
 
 async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
     check_tus_resumable(req.headers())?;
@@ -366,6 +389,25 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
         .unwrap_or("")
         .to_string();
     let meta = parse_metadata(&raw_meta)?;
+    if let Some(t) = meta.get("title").filter(|t| !t.is_empty()) {
+        lectern_core::text::title(t)?;
+    }
+    if let Some(f) = meta.get("filename") {
+        if f.chars().count() > 255 || lectern_core::text::has_controls(f) {
+            return Err(ApiError::bad_request(
+                "invalid-metadata",
+                "filename must be at most 255 characters without control characters",
+            ));
+        }
+    }
+    if let Some(l) = meta.get("lesson").filter(|l| !l.is_empty()) {
+        if !lectern_core::text::is_id(l) {
+            return Err(lectern_core::error::unprocessable(
+                "unknown-lesson",
+                "the `lesson` metadata is not a lesson id",
+            ));
+        }
+    }
     let mut prio = match meta.get("priority").map(String::as_str) {
         None | Some("") => priority::NORMAL,
         Some("bulk") => priority::BULK,
@@ -1228,14 +1270,31 @@ async fn download(st: IngestState, id: &str, req: Request) -> Result<Response, A
         .map(String::as_str)
         .unwrap_or("application/octet-stream");
     let mut r = object_response(got, range.is_some(), ctype, false)?;
-    if let Some(name) = meta.get("filename") {
-        let safe: String = name
-            .chars()
-            .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\' || *c == ' ')
-            .collect();
-        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{safe}\"")) {
-            r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
-        }
-    }
+    // The type is the uploader's word: never let a browser render it (text/html from an
+    // upload would run as this origin's page), only save it.
+    let safe: String = meta
+        .get("filename")
+        .map(|n| {
+            n.chars()
+                .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\' || *c == ' ')
+                .collect()
+        })
+        .unwrap_or_default();
+    let disposition = if safe.trim().is_empty() {
+        HeaderValue::from_static("attachment")
+    } else {
+        HeaderValue::from_str(&format!("attachment; filename=\"{safe}\""))
+            .unwrap_or(HeaderValue::from_static("attachment"))
+    };
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_DISPOSITION, disposition);
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
     Ok(r)
 }

@@ -127,8 +127,9 @@ async fn jobs(
     Query(q): Query<JobsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&c)?;
+    // An empty `?limit=` means the default, as on every other list.
     let limit = match q.limit.as_deref() {
-        None => 20,
+        None | Some("") => 20,
         Some(l) => l
             .parse::<i64>()
             .ok()
@@ -514,13 +515,7 @@ async fn rename_video(
 ) -> Result<Json<Value>, ApiError> {
     let v = videos::get_in_org(&st.db, &id, &c.org).await?;
     c.require_manager()?;
-    let title = b.title.trim();
-    if title.is_empty() || title.len() > 300 {
-        return Err(lectern_core::error::unprocessable(
-            "invalid-title",
-            "title must be 1 to 300 characters",
-        ));
-    }
+    let title = lectern_core::text::title(&b.title)?;
     videos::set_title(&st.db, &v.id, title).await?;
     Ok(Json(json!({"id": v.id, "title": title})))
 }

@@ -153,6 +153,19 @@ pub async fn put(
             "caption files are limited to 5 MiB",
         ));
     }
+    let label = q.label.unwrap_or_else(|| lang.clone());
+    // The label is written into the master playlist: a quote or any control character (CR,
+    // LF, …) could end its attribute or line and inject tags.
+    if label.is_empty()
+        || label.chars().count() > 100
+        || label.contains('"')
+        || lectern_core::text::has_controls(&label)
+    {
+        return Err(ApiError::bad_request(
+            "invalid-label",
+            "label must be 1 to 100 characters without quotes, line breaks or control characters",
+        ));
+    }
     let text = std::str::from_utf8(&body)
         .map_err(|_| unprocessable("invalid-webvtt", "WebVTT must be UTF-8 text"))?;
     let cues = validate(text).map_err(|e| unprocessable("invalid-webvtt", e))?;
@@ -162,13 +175,6 @@ pub async fn put(
             "add captions once the video is processing or ready (its duration is not known yet)",
         )
     })?;
-    let label = q.label.unwrap_or_else(|| lang.clone());
-    if label.is_empty() || label.len() > 100 || label.contains('"') || label.contains('\n') {
-        return Err(ApiError::bad_request(
-            "invalid-label",
-            "label must be 1 to 100 characters without quotes or line breaks",
-        ));
-    }
     let token = lectern_core::new_id();
     let dir = format!("videos/{}/{token}/subs-{lang}/", v.id);
     st.store

@@ -79,6 +79,67 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
     e
 }
 
+/// Longest URI answered normally (path and query); hyper itself refuses past 64 KiB.
+const MAX_URI: usize = 8 * 1024;
+/// Largest header block answered normally, bytes.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Refuses, as JSON and before any routing or query, a request whose URI holds an encoded
+/// control character (`%00` reaches PostgreSQL as a NUL it refuses in text, a 500), whose URI is
+/// over 8 KiB, or whose headers are over 32 KiB.
+pub fn reject_malformed<B>(req: &axum::http::Request<B>) -> Option<Response> {
+    let uri = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
+    if uri.len() > MAX_URI {
+        return Some(
+            ApiError::new(
+                StatusCode::URI_TOO_LONG,
+                "uri-too-long",
+                format!(
+                    "the URL is {} bytes; at most {MAX_URI} are accepted",
+                    uri.len()
+                ),
+            )
+            .into_response(),
+        );
+    }
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Some(
+            ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers-too-large",
+                format!("the request headers are {header_bytes} bytes; at most {MAX_HEADER_BYTES} are accepted"),
+            )
+            .into_response(),
+        );
+    }
+    let b = uri.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                let v = h * 16 + l;
+                if v < 0x20 || v == 0x7f {
+                    return Some(
+                        ApiError::bad_request(
+                            "invalid-url",
+                            "the URL holds an encoded control character (such as %00); remove it",
+                        )
+                        .into_response(),
+                    );
+                }
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Rate, errors and duration per route template (e.g. `/api/v1/videos/{id}`), so dashboards
 /// and the p95 alert see each endpoint without one series per id.
 pub async fn red_metrics(req: Request, next: Next) -> Response {
@@ -191,8 +252,8 @@ pub async fn rate_limit(
             .headers()
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .and_then(|t| rl.keys.verify(t.trim()).ok());
+            .and_then(lectern_core::auth::bearer_token)
+            .and_then(|t| rl.keys.verify(t).ok());
         if let Some(c) = user {
             verdict = rl.take(format!("user:{}/{}", c.org, c.sub), rl.user_rps);
         }

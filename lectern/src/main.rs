@@ -3,6 +3,7 @@
 mod api;
 mod captions;
 mod http;
+mod listener;
 mod openapi;
 mod serve;
 mod upload;

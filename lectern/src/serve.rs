@@ -172,10 +172,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             progress,
             access: access.clone(),
             webhook_allow_http: cfg.webhook_allow_http,
+            egress: lectern_lms::egress::Egress::new(&cfg.webhook_allowed_hosts),
             write_behind: cfg.progress_write_behind,
         }));
         tokio::spawn(lectern_lms::webhooks::run_sender(
             db.clone(),
+            lectern_lms::egress::Egress::new(&cfg.webhook_allowed_hosts),
             stop_rx.clone(),
         ));
         app = app.merge(api::router(ApiState {
@@ -284,11 +286,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         cfg.roles.join(",")
     );
     tracing::info!(%addr, roles = ?cfg.roles, "listening");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let limits = crate::listener::Limits {
+        max_connections: crate::listener::connection_budget(cfg.max_connections),
+        header_timeout: Duration::from_secs(cfg.header_timeout_s),
+        drain: Duration::from_secs(60),
+    };
+    crate::listener::serve(listener, app, limits, async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);

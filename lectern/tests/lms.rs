@@ -997,8 +997,10 @@ async fn wait_event(
 
 #[tokio::test]
 async fn webhooks_are_signed_retried_and_logged() {
+    // The receiver is on loopback: an on-premises host the operator allows explicitly.
     let app = Opts::new(Db::Sqlite)
         .env("LECTERN_WEBHOOK_ALLOW_HTTP", "true")
+        .env("LECTERN_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
         .spawn();
     let admin = tok(Role::Admin, "boss", "org-w");
     let inst = tok(Role::Instructor, "prof", "org-w");
@@ -1172,6 +1174,42 @@ async fn webhooks_are_signed_retried_and_logged() {
     )
     .await;
     assert_eq!((s, e["code"].as_str()), (422, Some("invalid-url")), "{e}");
+    // SSRF: loopback, metadata, private and odd spellings of them are refused at registration,
+    // and the operator's allow-list admits only what it names.
+    for (server, u) in [
+        (&strict, "https://127.0.0.1:9/"),
+        (&strict, "https://169.254.169.254/latest/meta-data/"),
+        (&strict, "https://10.0.0.1/"),
+        (&strict, "https://[::1]:9/"),
+        (&strict, "https://0x7f.1:9/"),
+        (&strict, "https://2130706433:9/"),
+        (&strict, "https://localhost:9/"),
+        (&app, "https://10.0.0.1/"),
+    ] {
+        let (s, e) = call(
+            server,
+            Method::POST,
+            "/api/v1/webhooks",
+            Some(&admin),
+            Some(json!({"url": u, "events": events})),
+        )
+        .await;
+        assert_eq!(
+            (s, e["code"].as_str()),
+            (422, Some("forbidden-url")),
+            "{u}: {e}"
+        );
+    }
+    let long = format!("https://hooks.example/{}", "a".repeat(1 << 20));
+    let (s, e) = call(
+        &app,
+        Method::POST,
+        "/api/v1/webhooks",
+        Some(&admin),
+        Some(json!({"url": long, "events": events})),
+    )
+    .await;
+    assert_eq!((s, e["code"].as_str()), (422, Some("invalid-url")));
     assert_eq!(
         call(
             &app,

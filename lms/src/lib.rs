@@ -6,6 +6,7 @@
 //! run the platform and have no access to org content.
 
 pub mod cache;
+pub mod egress;
 pub mod page;
 pub mod progress;
 pub mod webhooks;
@@ -46,6 +47,8 @@ pub struct LmsState {
     pub access: Arc<AccessCache>,
     /// Accept plain `http://` webhook URLs (development and tests only).
     pub webhook_allow_http: bool,
+    /// Where webhooks may deliver (public addresses, plus hosts the operator allowed).
+    pub egress: egress::Egress,
     /// Coalesce heartbeats in memory (true) or write each one at once (the naive baseline).
     pub write_behind: bool,
 }
@@ -275,13 +278,7 @@ struct NewCourse {
 }
 
 fn check_title(t: &str) -> Result<(), ApiError> {
-    if t.trim().is_empty() || t.len() > 300 {
-        return Err(unprocessable(
-            "invalid-title",
-            "title must be 1 to 300 characters",
-        ));
-    }
-    Ok(())
+    lectern_core::text::title(t).map(|_| ())
 }
 
 async fn create_course(
@@ -291,12 +288,7 @@ async fn create_course(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     manager(&c)?;
     check_title(&b.title)?;
-    if b.description.len() > 10_000 {
-        return Err(unprocessable(
-            "invalid-description",
-            "description must be at most 10,000 characters",
-        ));
-    }
+    lectern_core::text::description(&b.description)?;
     let id = new_id();
     let now = now_ms();
     sqlx::query(
@@ -383,6 +375,7 @@ async fn patch_course(
     let title = b.title.unwrap_or(course.title);
     check_title(&title)?;
     let description = b.description.unwrap_or(course.description);
+    lectern_core::text::description(&description)?;
     sqlx::query(
         "UPDATE courses SET title = $1, description = $2, updated_at = $3 WHERE id = $4 AND org = $5",
     )

@@ -63,6 +63,12 @@ async fn create(
     ApiJson(b): ApiJson<NewHook>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     admin(&c)?;
+    if b.url.len() > MAX_URL {
+        return Err(unprocessable(
+            "invalid-url",
+            format!("url must be at most {MAX_URL} characters"),
+        ));
+    }
     let url = reqwest::Url::parse(&b.url)
         .map_err(|e| unprocessable("invalid-url", format!("url is not a valid URL: {e}")))?;
     let https = url.scheme() == "https";
@@ -72,6 +78,10 @@ async fn create(
             "webhook URLs must be https:// (plain http only where the operator set webhook_allow_http)",
         ));
     }
+    st.egress
+        .check(&url)
+        .await
+        .map_err(|why| unprocessable("forbidden-url", format!("webhook URL refused: {why}")))?;
     if b.events.is_empty() || b.events.iter().any(|e| !EVENTS.contains(&e.as_str())) {
         return Err(unprocessable(
             "invalid-events",
@@ -246,15 +256,56 @@ struct Due {
     secret: String,
 }
 
+/// Longest webhook URL accepted.
+const MAX_URL: usize = 2048;
+
+/// Records a delivery the egress policy refused as a failed attempt (retried like any other,
+/// so a fixed allow-list lets it through later).
+async fn record_refusal(db: &Db, d: &Due, why: &str) -> Result<(), ApiError> {
+    let attempt = d.attempts + 1;
+    let outcome = if attempt >= MAX_ATTEMPTS {
+        "failed"
+    } else {
+        "pending"
+    };
+    metrics::counter!("lectern_webhook_deliveries_total", "outcome" => "refused").increment(1);
+    sqlx::query(
+        "INSERT INTO webhook_attempts (delivery_id, attempt, at, status, error, duration_ms) VALUES ($1, $2, $3, NULL, $4, 0)",
+    )
+    .bind(&d.id)
+    .bind(attempt)
+    .bind(now_ms())
+    .bind(format!("refused: {why}"))
+    .execute(&db.pool)
+    .await?;
+    sqlx::query(
+        "UPDATE webhook_deliveries SET state = $1, attempts = $2, next_at = $3 WHERE id = $4",
+    )
+    .bind(outcome)
+    .bind(attempt)
+    .bind(now_ms() + backoff(d.attempts).as_millis() as i64)
+    .bind(&d.id)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
 /// Delivers due outbox rows every second until `stop`.
-pub async fn run_sender(db: Db, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run_sender(
+    db: Db,
+    egress: crate::egress::Egress,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    // Every connect resolves through the egress policy, so a name that rebinds to a private
+    // address after registration reaches nothing; redirects are never followed.
     let http = reqwest::Client::builder()
         .timeout(TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(egress.resolver())
         .build()
         .expect("HTTP client");
     loop {
-        match send_due(&db, &http).await {
+        match send_due(&db, &http, &egress).await {
             Ok(n) if n as i64 == BATCH => continue,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "webhook sender"),
@@ -266,7 +317,11 @@ pub async fn run_sender(db: Db, mut stop: tokio::sync::watch::Receiver<bool>) {
     }
 }
 
-async fn send_due(db: &Db, http: &reqwest::Client) -> Result<usize, ApiError> {
+async fn send_due(
+    db: &Db,
+    http: &reqwest::Client,
+    egress: &crate::egress::Egress,
+) -> Result<usize, ApiError> {
     let now = now_ms();
     let due = sqlx::query_as::<_, Due>(
         "SELECT d.id, d.event_id, d.event_type, d.payload, d.attempts, d.next_at, w.url, w.secret \
@@ -295,6 +350,16 @@ async fn send_due(db: &Db, http: &reqwest::Client) -> Result<usize, ApiError> {
         sent += 1;
         let started = Instant::now();
         let t = chrono::Utc::now().timestamp();
+        // IP literals skip the resolver: check them (and allowed hosts) here.
+        let literal = match reqwest::Url::parse(&d.url) {
+            Ok(u) if matches!(u.host(), Some(url::Host::Domain(_))) => Ok(()),
+            Ok(u) => egress.check(&u).await,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = literal {
+            record_refusal(db, &d, &why).await?;
+            continue;
+        }
         let res = http
             .post(&d.url)
             .header("Content-Type", "application/json")

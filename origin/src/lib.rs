@@ -57,6 +57,9 @@ pub fn router(state: OriginState) -> Router {
     Router::new()
         .route("/v/{video}/master.m3u8", get(master))
         .route("/v/{video}/{token}/{rendition}/{file}", get(rendition_file))
+        // Merged routers keep their own 405 handler: without this, POST on a playlist gets an
+        // empty 405 instead of the contract's JSON.
+        .method_not_allowed_fallback(lectern_core::error::method_not_allowed_fallback)
         .with_state(state)
 }
 

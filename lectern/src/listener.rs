@@ -1,0 +1,159 @@
+//! The HTTP listener. `axum::serve` sets no limits, and Lectern's default setup listens with no
+//! proxy in front, so this serves each connection with hyper's HTTP/1 API and the limits a
+//! server facing the internet needs:
+//! - a header-read timeout, which hyper also applies to a keep-alive connection waiting for its
+//!   next request, so idle and half-sent connections are closed;
+//! - a cap on open connections: past it a new connection gets an immediate `503` JSON answer
+//!   with `Retry-After` and is closed, instead of waiting unseen in the kernel's backlog;
+//! - accept errors (out of file descriptors) back off instead of spinning;
+//! - graceful shutdown: the listener closes, in-flight requests get a bounded time to finish.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+/// Connection limits of the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Time to receive a request's headers, and the longest a keep-alive connection may idle.
+    pub header_timeout: Duration,
+    /// How long in-flight requests may run on after shutdown begins.
+    pub drain: Duration,
+}
+
+/// Raises this process's open-file limit to its hard limit (as nginx's
+/// `worker_rlimit_nofile` does) and returns the connection cap that leaves room for the
+/// database, the object store, logs and encoder pipes.
+pub fn connection_budget(wanted: usize) -> usize {
+    const RESERVE: u64 = 256;
+    // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
+    let soft = unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return wanted;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        lim.rlim_cur
+    };
+    let fit = soft.saturating_sub(RESERVE).max(16) as usize;
+    if fit < wanted {
+        tracing::warn!(
+            wanted,
+            fit,
+            "max_connections is above what the open-file limit allows; using {fit}"
+        );
+    }
+    wanted.min(fit)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            acc = listener.accept() => match acc {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: other connections must close first; don't spin.
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("lectern_connections_refused_total").increment(1);
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                let app = app.clone();
+                async move {
+                    if let Some(refused) = crate::http::reject_malformed(&req) {
+                        return Ok(refused);
+                    }
+                    app.oneshot(req).await
+                }
+            });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still running {} s after shutdown began; closing them",
+            limits.drain.as_secs()
+        );
+    }
+    Ok(())
+}
+
+/// Answers a connection over the cap with a 503 the client can act on, then closes it.
+async fn refuse(mut stream: TcpStream) {
+    const BODY: &str = r#"{"code":"over-capacity","message":"the server has too many open connections; retry in a second"}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        // Read what the client already sent before closing: unread bytes at close make the
+        // kernel send a reset, which can destroy the answer before the client reads it.
+        let mut sink = [0u8; 16 * 1024];
+        let mut left = 256 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left -= n.min(left),
+            }
+        }
+    })
+    .await;
+}
