@@ -87,6 +87,7 @@ impl ApiError {
             "unavailable",
             "a storage or database dependency is unavailable; retry shortly",
         )
+        .with_header("retry-after", "2")
     }
 }
 
@@ -130,6 +131,14 @@ impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                ApiError::unavailable(e)
+            }
+            // Deadlock, serialization failure, too many connections, shutting down: transient.
+            sqlx::Error::Database(ref d)
+                if d.code().is_some_and(|c| {
+                    ["40P01", "40001", "53300", "57P01", "57P03"].contains(&c.as_ref())
+                }) =>
+            {
                 ApiError::unavailable(e)
             }
             other => ApiError::internal(other),

@@ -96,15 +96,15 @@ impl Queue {
         }
     }
 
-    /// Queues a transcode of `video_id` in priority class `class` and returns the apalis task
-    /// id. The task starts at the back of its class; [`rebalance`] gives it its fair place.
-    pub async fn enqueue(&self, video_id: &str, class: i64) -> anyhow::Result<String> {
+    /// Queues a transcode of `video_id` at effective priority `queue_priority` (from
+    /// [`placement`]) and returns the apalis task id.
+    pub async fn enqueue(&self, video_id: &str, queue_priority: i64) -> anyhow::Result<String> {
         let id = ulid::Ulid::generate();
         let task = TaskBuilder::new(TranscodeJob {
             video_id: video_id.to_string(),
         })
         .task_id(TaskId::from_ulid(id))
-        .priority(effective_priority(class, ROUND_MAX) as usize)
+        .priority(queue_priority as usize)
         .max_attempts(MAX_ATTEMPTS)
         .build();
         match self {
@@ -115,7 +115,8 @@ impl Queue {
     }
 }
 
-/// Rounds beyond this share the last place in their class.
+/// Rounds beyond this share the last place in their class; it is also the round of a parked
+/// job (see [`placement`]).
 const ROUND_MAX: i64 = 999_999;
 
 /// The apalis priority of a job in priority class `class` and fairness round `round`: the
@@ -124,45 +125,117 @@ pub fn effective_priority(class: i64, round: i64) -> i64 {
     class.clamp(0, 1000) * (ROUND_MAX + 1) + ROUND_MAX - round.clamp(0, ROUND_MAX)
 }
 
-/// Recomputes the effective priority of `org`'s queued jobs, in Lectern's table and in
-/// apalis's, so that orgs take turns within a priority class.
-///
-/// An org's k-th queued job (0-based, oldest first within its class) gets round
-/// `k + running`, where `running` counts the org's attempts in progress. apalis takes the
-/// highest priority, then the oldest, so a job of an org with nothing running and nothing
-/// ahead (round 0) passes every job of an org that already holds a worker. Called when a job
-/// is queued, when one starts and when an admin changes a class; not when one finishes, so
-/// an org that just had its turn stays behind the others until its next job starts.
-pub async fn rebalance(db: &Db, org: &str) -> Result<(), ApiError> {
-    let mut tx = db.pool.begin().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE videos SET queue_priority = r.qp FROM ( \
-           SELECT id, priority * {scale} + {max} - (CASE WHEN rn + running > {max} THEN {max} ELSE rn + running END) AS qp \
-           FROM (SELECT id, priority, ROW_NUMBER() OVER (PARTITION BY priority ORDER BY queued_at, id) - 1 AS rn, \
-                        (SELECT COUNT(*) FROM videos WHERE org = $1 AND state = $3) AS running \
-                 FROM videos WHERE org = $1 AND state = $2) q \
-         ) r WHERE videos.id = r.id",
-        scale = ROUND_MAX + 1,
-        max = ROUND_MAX,
-    )))
+/// The priority of a parked job: behind every org's head in its class, ahead of lower classes.
+fn parked(class: i64) -> i64 {
+    effective_priority(class, ROUND_MAX)
+}
+
+// Fairness without rewriting the queue. Within a class an org's jobs run oldest first, so
+// only each org's oldest queued job of a class (its *head*) competes with other orgs: it gets
+// round = the org's running attempts, so an org holding fewer workers goes first. Every other
+// queued job is *parked* at the back of its class. Keeping that true costs a few single-row
+// writes per event, whatever the backlog: an enqueue places one job, and a start (or a class
+// change) re-ranks the org's heads, one per class, and promotes the next job. No statement
+// touches more than one job row, and none runs in a transaction, so enqueues and starts of
+// one org can never deadlock.
+
+/// Where a new job of `org` in `class` goes: the head of its class (round = the org's running
+/// attempts) when the org has nothing queued there yet, else parked behind it.
+pub async fn placement(db: &Db, org: &str, class: i64) -> Result<i64, ApiError> {
+    let (queued,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM videos WHERE org = $1 AND state = $2 AND priority = $3 LIMIT 1) q",
+    )
     .bind(org)
     .bind(state::QUEUED)
-    .bind(state::PROCESSING)
-    .execute(&mut *tx)
+    .bind(class)
+    .fetch_one(&db.pool)
     .await?;
+    if queued > 0 {
+        return Ok(parked(class));
+    }
+    Ok(effective_priority(class, running(db, org).await?))
+}
+
+async fn running(db: &Db, org: &str) -> Result<i64, ApiError> {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM videos WHERE org = $1 AND state = $2")
+        .bind(org)
+        .bind(state::PROCESSING)
+        .fetch_one(&db.pool)
+        .await?;
+    Ok(n)
+}
+
+/// Re-ranks `org`'s heads after its running count or a job's class changed: in each class
+/// with queued jobs, the oldest becomes (or stays) the head at round = running, and any other
+/// job still ranked as a head is parked.
+pub async fn refresh_heads(db: &Db, org: &str) -> Result<(), ApiError> {
+    let running = running(db, org).await?;
+    let classes: Vec<(i64,)> =
+        sqlx::query_as("SELECT DISTINCT priority FROM videos WHERE org = $1 AND state = $2")
+            .bind(org)
+            .bind(state::QUEUED)
+            .fetch_all(&db.pool)
+            .await?;
+    for (class,) in classes {
+        let head: Option<(String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT id, queue_priority, task_id FROM videos WHERE org = $1 AND state = $2 AND priority = $3 \
+             ORDER BY queued_at, id LIMIT 1",
+        )
+        .bind(org)
+        .bind(state::QUEUED)
+        .bind(class)
+        .fetch_optional(&db.pool)
+        .await?;
+        let Some((head, qp, task)) = head else {
+            continue;
+        };
+        let want = effective_priority(class, running);
+        if qp != want {
+            set_queue_priority(db, &head, task.as_deref(), want).await?;
+        }
+        let stale: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT id, task_id FROM videos WHERE org = $1 AND state = $2 AND priority = $3 \
+             AND id <> $4 AND queue_priority <> $5",
+        )
+        .bind(org)
+        .bind(state::QUEUED)
+        .bind(class)
+        .bind(&head)
+        .bind(parked(class))
+        .fetch_all(&db.pool)
+        .await?;
+        for (id, task) in stale {
+            set_queue_priority(db, &id, task.as_deref(), parked(class)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets one queued job's effective priority, in Lectern's table and in apalis's.
+async fn set_queue_priority(
+    db: &Db,
+    id: &str,
+    task: Option<&str>,
+    qp: i64,
+) -> Result<(), ApiError> {
+    sqlx::query("UPDATE videos SET queue_priority = $1 WHERE id = $2 AND state = $3")
+        .bind(qp)
+        .bind(id)
+        .bind(state::QUEUED)
+        .execute(&db.pool)
+        .await?;
+    let Some(task) = task else { return Ok(()) };
     let jobs = match db.backend {
         Backend::Sqlite => "Jobs",
         Backend::Postgres => "apalis.jobs",
     };
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE {jobs} SET priority = v.queue_priority FROM videos AS v \
-         WHERE {jobs}.id = v.task_id AND v.org = $1 AND v.state = $2 AND {jobs}.status IN ('Pending', 'Failed')"
+        "UPDATE {jobs} SET priority = $1 WHERE id = $2 AND status IN ('Pending', 'Failed')"
     )))
-    .bind(org)
-    .bind(state::QUEUED)
-    .execute(&mut *tx)
+    .bind(qp)
+    .bind(task)
+    .execute(&db.pool)
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 

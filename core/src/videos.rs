@@ -87,7 +87,7 @@ pub struct Video {
     pub updated_at: i64,
     /// The apalis task that owns the current queue entry.
     pub task_id: Option<String>,
-    /// Effective apalis priority: class first, then the org's round (see [`crate::queue::rebalance`]).
+    /// Effective apalis priority: class first, then the org's round (see [`crate::queue::placement`]).
     pub queue_priority: i64,
     /// Frames per second of the running attempt.
     pub encode_fps: Option<f64>,
@@ -223,17 +223,23 @@ pub async fn get_in_org(db: &Db, id: &str, org: &str) -> Result<Video, ApiError>
 
 /// Moves an uploaded video into the queue as owned by apalis task `task_id` (unless a worker
 /// already took it).
-pub async fn mark_queued(db: &Db, id: &str, task_id: &str) -> Result<(), ApiError> {
+pub async fn mark_queued(
+    db: &Db,
+    id: &str,
+    task_id: &str,
+    queue_priority: i64,
+) -> Result<(), ApiError> {
     let now = now_ms();
     sqlx::query(
-        "UPDATE videos SET state = $1, progress = 0.0, queued_at = $2, updated_at = $2, task_id = $5 \
-         WHERE id = $3 AND state = $4",
+        "UPDATE videos SET state = $1, progress = 0.0, queued_at = $2, updated_at = $2, task_id = $5, \
+         queue_priority = $6 WHERE id = $3 AND state = $4",
     )
     .bind(state::QUEUED)
     .bind(now)
     .bind(id)
     .bind(state::UPLOADING)
     .bind(task_id)
+    .bind(queue_priority)
     .execute(&db.pool)
     .await?;
     Ok(())
@@ -477,12 +483,17 @@ pub async fn cancel(db: &Db, id: &str) -> Result<bool, ApiError> {
 
 /// Puts a failed or canceled video back in the queue under apalis task `task_id`; false when
 /// it was in neither state.
-pub async fn retry(db: &Db, id: &str, task_id: &str) -> Result<bool, ApiError> {
+pub async fn retry(
+    db: &Db,
+    id: &str,
+    task_id: &str,
+    queue_priority: i64,
+) -> Result<bool, ApiError> {
     let now = now_ms();
     let res = sqlx::query(
         "UPDATE videos SET state = $1, progress = 0.0, error_code = NULL, error_message = NULL, worker = NULL, \
-         encoder_crashes = 0, queued_at = $2, started_at = NULL, finished_at = NULL, updated_at = $2, task_id = $6 \
-         WHERE id = $3 AND state IN ($4, $5)",
+         encoder_crashes = 0, queued_at = $2, started_at = NULL, finished_at = NULL, updated_at = $2, task_id = $6, \
+         queue_priority = $7 WHERE id = $3 AND state IN ($4, $5)",
     )
     .bind(state::QUEUED)
     .bind(now)
@@ -490,6 +501,7 @@ pub async fn retry(db: &Db, id: &str, task_id: &str) -> Result<bool, ApiError> {
     .bind(state::FAILED)
     .bind(state::CANCELED)
     .bind(task_id)
+    .bind(queue_priority)
     .execute(&db.pool)
     .await?;
     Ok(res.rows_affected() == 1)

@@ -61,8 +61,33 @@ pub const MIN_PART: u64 = 5 * 1024 * 1024;
 /// Allowed part sizes.
 pub const PART_SIZE_RANGE: std::ops::RangeInclusive<usize> = (8 << 20)..=(64 << 20);
 const OCTET_STREAM: &str = "application/offset+octet-stream";
-/// Refused bodies up to this size are read and discarded before answering.
-const DRAIN_LIMIT: u64 = 4 * 1024 * 1024;
+/// Refused bodies up to this size are read and discarded before answering, so the client
+/// reads the status instead of a reset (a part's worth: clients send up to that per PATCH).
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+/// How long a refused body may take to be discarded.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Reads and discards a refused request's body (up to [`DRAIN_LIMIT`] and [`DRAIN_TIME`]),
+/// then hands back the refusal. Nothing of the body is stored.
+async fn refuse(req: Request, err: ApiError) -> ApiError {
+    let declared = header_u64(req.headers(), "content-length", "invalid-content-length")
+        .ok()
+        .flatten();
+    if declared.is_none_or(|n| n <= DRAIN_LIMIT) {
+        let mut body = req.into_body().into_data_stream();
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            let mut seen = 0u64;
+            while let Some(Ok(chunk)) = futures::StreamExt::next(&mut body).await {
+                seen += chunk.len() as u64;
+                if seen > DRAIN_LIMIT {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    err
+}
 
 /// What the ingest routes need.
 #[derive(Clone)]
@@ -539,8 +564,13 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
     let mut offset = 0;
     let mut expires = Some(upload.expires_at);
     if !partials.is_empty() {
-        let _guard = st.locks.acquire(&id).await?;
+        let guard = st.locks.acquire(&id).await?;
+        let upload = uploads::Upload {
+            lease_token: guard.token(),
+            ..upload
+        };
         compose(&st, &upload, &partials).await?;
+        guard.release().await;
         offset = length as u64;
         expires = None;
     } else {
@@ -549,6 +579,10 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
             || headers.contains_key(header::TRANSFER_ENCODING);
         if has_body && is_octet_stream(&headers) {
             let guard = st.locks.acquire(&id).await?;
+            let upload = uploads::Upload {
+                lease_token: guard.token(),
+                ..upload
+            };
             let st = st.clone();
             let w = under_lock(guard, async move {
                 write_request(&st, upload, &headers, req.into_body()).await
@@ -653,8 +687,11 @@ async fn patch(st: IngestState, id: &str, req: Request) -> Result<Response, ApiE
     let guard = match st.locks.acquire(id).await {
         Ok(g) => g,
         Err(busy) => {
-            load(&st, id, &claims.org).await?;
-            return Err(busy);
+            let err = match load(&st, id, &claims.org).await {
+                Ok(_) => busy,
+                Err(e) => e,
+            };
+            return Err(refuse(req, err).await);
         }
     };
     let id = id.to_string();
@@ -673,22 +710,27 @@ async fn patch_locked(
     req: Request,
 ) -> Result<Response, ApiError> {
     let st = st.clone();
-    let mut u = load(&st, id, &claims.org).await?;
+    let mut u = match load(&st, id, &claims.org).await {
+        Ok(u) => u,
+        Err(e) => return Err(refuse(req, e).await),
+    };
     if u.concat == "final" {
-        return Err(
+        return Err(refuse(
+            req,
             ApiError::forbidden("a final concatenated upload cannot be patched")
                 .with_header("upload-offset", u.offset_bytes.to_string()),
-        );
+        )
+        .await);
     }
     if client_offset != u.offset_bytes as u64 {
-        return Err(ApiError::conflict(
+        return Err(refuse(req, ApiError::conflict(
             "offset-mismatch",
             format!(
                 "Upload-Offset {client_offset} does not match the stored offset {}; send HEAD and resume from there",
                 u.offset_bytes
             ),
         )
-        .with_header("upload-offset", u.offset_bytes.to_string()));
+        .with_header("upload-offset", u.offset_bytes.to_string())).await);
     }
     if let Some(len) = header_u64(req.headers(), "upload-length", "invalid-upload-length")? {
         match u.known_length() {
@@ -719,11 +761,7 @@ async fn patch_locked(
     let content_length = header_u64(req.headers(), "content-length", "invalid-content-length")?;
     if let Some(len) = content_length {
         if len > remaining {
-            // Read a small body to its end so the client sees the answer instead of a reset.
-            if len <= DRAIN_LIMIT {
-                let _ = axum::body::to_bytes(req.into_body(), DRAIN_LIMIT as usize).await;
-            }
-            return Err(exceeds(remaining));
+            return Err(refuse(req, exceeds(remaining)).await);
         }
     }
     let headers = req.headers().clone();
@@ -764,8 +802,22 @@ async fn under_lock<T: Send + 'static>(
     guard: lock::Guard,
     work: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
 ) -> Result<T, ApiError> {
+    let lost = guard.lost_flag();
     tokio::spawn(async move {
-        let r = work.await;
+        let mut work = tokio::spawn(work);
+        // A writer whose lease may be gone stops writing before another can take it over.
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        let r = loop {
+            tokio::select! {
+                r = &mut work => break r.unwrap_or_else(|e| Err(ApiError::internal(format!("upload write task: {e}")))),
+                _ = tick.tick() => {
+                    if lost.load(std::sync::atomic::Ordering::Acquire) {
+                        work.abort();
+                        break Err(ApiError::unavailable("the upload's lease could not be renewed (is the database reachable?)"));
+                    }
+                }
+            }
+        };
         guard.release().await;
         r
     })
@@ -1209,13 +1261,13 @@ async fn finish(st: &IngestState, u: &Upload) -> Result<(), ApiError> {
     if v.state == videos::state::UPLOADING {
         // Enqueue first: a crash in between leaves the video `uploading` with a full upload,
         // which `recover` finishes again; the worker accepts it in either state.
+        let qp = lectern_core::queue::placement(&st.db, &v.org, v.priority).await?;
         let task = st
             .queue
-            .enqueue(&u.id, v.priority)
+            .enqueue(&u.id, qp)
             .await
             .map_err(ApiError::unavailable)?;
-        videos::mark_queued(&st.db, &u.id, &task).await?;
-        lectern_core::queue::rebalance(&st.db, &v.org).await?;
+        videos::mark_queued(&st.db, &u.id, &task, qp).await?;
         metrics::counter!("lectern_uploads_completed_total").increment(1);
         tracing::info!(upload = %u.id, "upload complete; queued for transcoding");
     }

@@ -1,15 +1,31 @@
-//! Upload locks, so two requests never write one upload at once. In-process always; on
-//! PostgreSQL also a session advisory lock, so any ingest node can serve any request of an
-//! upload without sticky sessions. A crashed holder's lock dies with its connection.
+//! Upload locks, so two requests never write one upload at once, across processes and nodes,
+//! without sticky sessions, and without holding a database connection while bytes stream.
+//!
+//! In-process: a set of ids, so a second request on this node gets 423 without a query. Across
+//! nodes: a *lease* on the upload's row (`lease_owner`, `lease_token`, `lease_expires`), taken
+//! and released by single short statements on the shared pool, on SQLite and PostgreSQL alike,
+//! and so also behind a transaction-pooling proxy (PgBouncer), where session advisory locks do
+//! not work. A holder renews its lease every [`RENEW`]; every take bumps `lease_token`, and the
+//! offset commit requires the token the writer read after taking it (fencing), so a former
+//! holder that was paused past its lease can never move the offset. A holder that cannot renew
+//! stops writing before its lease can run out. A crashed holder's lease runs out after
+//! [`LEASE`]; a request that finds a lease not renewed for two periods waits for it to run out
+//! and takes it, so a crash costs the client a few seconds, not a 423.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::http::StatusCode;
-use lectern_core::db::{Backend, Db};
+use lectern_core::db::Db;
 use lectern_core::error::ApiError;
-use sqlx::pool::PoolConnection;
-use sqlx::Any;
+use lectern_core::now_ms;
+
+/// How long a lease lasts without renewal.
+pub const LEASE: Duration = Duration::from_secs(6);
+/// How often a holder renews.
+pub const RENEW: Duration = Duration::from_millis(1500);
 
 /// Hands out upload locks.
 #[derive(Clone)]
@@ -22,7 +38,10 @@ pub struct Locks {
 pub struct Guard {
     local: Arc<Mutex<HashSet<String>>>,
     id: String,
-    pg: Option<(PoolConnection<Any>, i64)>,
+    token: i64,
+    db: Db,
+    renew: Option<tokio::task::JoinHandle<()>>,
+    lost: Arc<AtomicBool>,
 }
 
 fn locked() -> ApiError {
@@ -31,15 +50,7 @@ fn locked() -> ApiError {
         "upload-locked",
         "another request is writing to this upload; wait for it to end, then resume from HEAD's offset",
     )
-}
-
-/// The advisory-lock key of an upload id (ids are 32 hex digits).
-fn key(id: &str) -> i64 {
-    u64::from_str_radix(id.get(..16).unwrap_or(id), 16).unwrap_or_else(|_| {
-        id.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100000001b3)
-        })
-    }) as i64
+    .with_header("retry-after", "1")
 }
 
 impl Locks {
@@ -51,7 +62,8 @@ impl Locks {
         }
     }
 
-    /// Takes the lock of `id`, or answers 423 at once.
+    /// Takes the lock of `id`, or answers 423 at once when a live writer holds it. Errors with
+    /// 423 too when the upload does not exist (callers check existence for the 404 first).
     pub async fn acquire(&self, id: &str) -> Result<Guard, ApiError> {
         if !self
             .local
@@ -61,46 +73,140 @@ impl Locks {
         {
             return Err(locked());
         }
-        let mut guard = Guard {
+        // From here the local slot is ours; a failure below gives it back when `slot` drops.
+        let slot = LocalSlot {
             local: self.local.clone(),
             id: id.to_string(),
-            pg: None,
         };
-        if self.db.backend == Backend::Postgres {
-            let k = key(id);
-            let mut conn = self.db.pool.acquire().await?;
-            let (ok,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
-                .bind(k)
-                .fetch_one(&mut *conn)
-                .await?;
-            if !ok {
-                return Err(locked());
+        let token = match self.take(id).await? {
+            Some(t) => t,
+            None => {
+                // Held elsewhere. A lease its holder stopped renewing (a crash) runs out soon:
+                // wait for that instead of sending the client away.
+                let expires = self.expires(id).await?;
+                let left = expires - now_ms();
+                let stale = left < (LEASE - 2 * RENEW).as_millis() as i64;
+                if !stale || left > LEASE.as_millis() as i64 {
+                    return Err(locked());
+                }
+                tokio::time::sleep(Duration::from_millis(left.max(0) as u64 + 50)).await;
+                self.take(id).await?.ok_or_else(locked)?
             }
-            guard.pg = Some((conn, k));
+        };
+        std::mem::forget(slot);
+        let lost = Arc::new(AtomicBool::new(false));
+        let renew = tokio::spawn(renew(self.db.clone(), id.to_string(), token, lost.clone()));
+        Ok(Guard {
+            local: self.local.clone(),
+            id: id.to_string(),
+            token,
+            db: self.db.clone(),
+            renew: Some(renew),
+            lost,
+        })
+    }
+
+    /// Takes the lease if it is free or ran out; returns the new token.
+    async fn take(&self, id: &str) -> Result<Option<i64>, ApiError> {
+        let now = now_ms();
+        let row: Option<(i64,)> = sqlx::query_as(
+            "UPDATE uploads SET lease_owner = $1, lease_token = lease_token + 1, lease_expires = $2 \
+             WHERE id = $3 AND (lease_owner IS NULL OR lease_expires < $4) RETURNING lease_token",
+        )
+        .bind(lectern_core::new_id())
+        .bind(now + LEASE.as_millis() as i64)
+        .bind(id)
+        .bind(now)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn expires(&self, id: &str) -> Result<i64, ApiError> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT lease_expires FROM uploads WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        Ok(row.map(|r| r.0).unwrap_or(i64::MAX))
+    }
+}
+
+/// Renews the lease until aborted. When a renewal does not land in time (the database is
+/// away, or someone took the lease over), the holder counts the lease as lost before it could
+/// have run out, and its writes stop.
+async fn renew(db: Db, id: String, token: i64, lost: Arc<AtomicBool>) {
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(RENEW).await;
+        let res = tokio::time::timeout(
+            RENEW,
+            sqlx::query("UPDATE uploads SET lease_expires = $1 WHERE id = $2 AND lease_token = $3")
+                .bind(now_ms() + LEASE.as_millis() as i64)
+                .bind(&id)
+                .bind(token)
+                .execute(&db.pool),
+        )
+        .await;
+        match res {
+            Ok(Ok(r)) if r.rows_affected() == 1 => last_ok = tokio::time::Instant::now(),
+            Ok(Ok(_)) => {
+                lost.store(true, Ordering::Release);
+                return;
+            }
+            _ if last_ok.elapsed() + RENEW * 2 >= LEASE => {
+                lost.store(true, Ordering::Release);
+                return;
+            }
+            _ => {}
         }
-        Ok(guard)
+    }
+}
+
+/// Gives back a local slot that was taken but never became a guard.
+struct LocalSlot {
+    local: Arc<Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl Drop for LocalSlot {
+    fn drop(&mut self) {
+        self.local
+            .lock()
+            .expect("lock set poisoned")
+            .remove(&self.id);
     }
 }
 
 impl Guard {
+    /// The fencing token: the offset commit must carry it.
+    pub fn token(&self) -> i64 {
+        self.token
+    }
+
+    /// A flag that turns true once the lease may be lost; writers stop when it does.
+    pub fn lost_flag(&self) -> Arc<AtomicBool> {
+        self.lost.clone()
+    }
+
     /// Releases the lock before the answer goes out, so the client's next request (to this
     /// node or another) finds it free; dropping the guard releases it too, a moment later.
     pub async fn release(mut self) {
-        if let Some((conn, k)) = self.pg.take() {
-            unlock(conn, k).await;
+        if let Some(r) = self.renew.take() {
+            r.abort();
         }
+        let _ = free(&self.db, &self.id, self.token).await;
     }
 }
 
-async fn unlock(mut conn: PoolConnection<Any>, k: i64) {
-    let res = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(k)
-        .execute(&mut *conn)
-        .await;
-    if res.is_err() {
-        // Closing the session releases every lock it holds.
-        let _ = conn.close().await;
-    }
+async fn free(db: &Db, id: &str, token: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE uploads SET lease_owner = NULL, lease_expires = 0 WHERE id = $1 AND lease_token = $2",
+    )
+    .bind(id)
+    .bind(token)
+    .execute(&db.pool)
+    .await
+    .map(|_| ())
 }
 
 impl Drop for Guard {
@@ -109,17 +215,12 @@ impl Drop for Guard {
             .lock()
             .expect("lock set poisoned")
             .remove(&self.id);
-        if let Some((conn, k)) = self.pg.take() {
-            tokio::spawn(unlock(conn, k));
+        if let Some(r) = self.renew.take() {
+            r.abort();
+            let (db, id, token) = (self.db.clone(), self.id.clone(), self.token);
+            tokio::spawn(async move {
+                let _ = free(&db, &id, token).await;
+            });
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn keys_are_stable_and_spread() {
-        assert_eq!(super::key("00000000000000010000000000000000"), 1);
-        assert_ne!(super::key("abc"), super::key("abd"));
     }
 }

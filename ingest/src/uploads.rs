@@ -50,6 +50,8 @@ pub struct Upload {
     pub partials: String,
     /// After this, an unfinished upload may be swept (epoch ms).
     pub expires_at: i64,
+    /// Fencing token of the newest writer lease (see `lock.rs`); commits must carry it.
+    pub lease_token: i64,
 }
 
 impl Upload {
@@ -71,7 +73,7 @@ impl Upload {
 
 const COLS: &str =
     "id, org, owner, length, offset_bytes, metadata, object_key, multipart_id, parts, \
-    tail_key, tail_size, state, concat, partials, expires_at";
+    tail_key, tail_size, state, concat, partials, expires_at, lease_token";
 
 /// Fields of a new upload.
 pub struct NewUpload<'a> {
@@ -147,7 +149,7 @@ pub async fn commit(
     let tail_key = tail.map(|t| t.0);
     let res = sqlx::query(
         "UPDATE uploads SET parts = $1, offset_bytes = $2, tail_key = $3, tail_size = $4, updated_at = $5, \
-         expires_at = $6 WHERE id = $7 AND offset_bytes = $8 AND state = $9",
+         expires_at = $6 WHERE id = $7 AND offset_bytes = $8 AND state = $9 AND lease_token = $10",
     )
     .bind(&parts_json)
     .bind(offset)
@@ -158,6 +160,7 @@ pub async fn commit(
     .bind(&u.id)
     .bind(u.offset_bytes)
     .bind(UPLOADING)
+    .bind(u.lease_token)
     .execute(&db.pool)
     .await?;
     if res.rows_affected() != 1 {

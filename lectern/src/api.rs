@@ -239,15 +239,15 @@ async fn retry_job(
         return Err(not_retryable(&v.state));
     }
     // The new task owns the queue entry; a task left from before the cancel is stale and skips.
+    let qp = lectern_core::queue::placement(&st.db, &v.org, v.priority).await?;
     let task = st
         .queue
-        .enqueue(&v.id, v.priority)
+        .enqueue(&v.id, qp)
         .await
         .map_err(ApiError::unavailable)?;
-    if !videos::retry(&st.db, &v.id, &task).await? {
+    if !videos::retry(&st.db, &v.id, &task, qp).await? {
         return Err(not_retryable(&v.state));
     }
-    lectern_core::queue::rebalance(&st.db, &v.org).await?;
     tracing::info!(video = %v.id, by = %c.sub, "job retried");
     let v = job_of(&st, &c, &id).await?;
     Ok(Json(job_view(&st, &v).await?))
@@ -298,7 +298,7 @@ async fn patch_job(
             ),
         ));
     }
-    lectern_core::queue::rebalance(&st.db, &v.org).await?;
+    lectern_core::queue::refresh_heads(&st.db, &v.org).await?;
     tracing::info!(video = %v.id, by = %c.sub, priority = p.priority, "job priority changed");
     let v = job_of(&st, &c, &id).await?;
     Ok(Json(job_view(&st, &v).await?))

@@ -1383,7 +1383,8 @@ const HOT_QUERIES: &[(&str, &str)] = &[
     ("course report", "SELECT e.user_id, SUM(p.watched_s) FROM enrollments e LEFT JOIN progress p ON p.course_id = e.course_id AND p.user_id = e.user_id WHERE e.course_id = 'c' AND e.org = 'o' AND e.user_id > '' GROUP BY e.user_id ORDER BY e.user_id LIMIT 21"),
     ("video list", "SELECT id FROM videos WHERE org = 'o' AND state = 'ready' AND (created_at < 5 OR (created_at = 5 AND id < 'x')) ORDER BY created_at DESC, id DESC LIMIT 21"),
     ("queue position", "SELECT COUNT(*) FROM videos WHERE state = 'queued' AND queue_priority > 5"),
-    ("fairness rebalance", "SELECT id FROM videos WHERE org = 'o' AND state = 'queued'"),
+    ("fairness head of a class", "SELECT id FROM videos WHERE org = 'o' AND state = 'queued' AND priority = 10 ORDER BY queued_at, id LIMIT 1"),
+    ("running attempts of an org", "SELECT COUNT(*) FROM videos WHERE org = 'o' AND state = 'processing'"),
     ("due webhook deliveries", "SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_at <= 5 ORDER BY next_at LIMIT 32"),
     ("expired uploads", "SELECT id FROM uploads WHERE state = 'uploading' AND expires_at < 5"),
 ];

@@ -391,10 +391,21 @@ async fn kill9_mid_patch(mut app: TestApp, sent: usize, committed: usize) {
         off >= committed,
         "what was committed survives the crash ({off})"
     );
-    // Resume from the reported offset, in odd chunks.
+    // Resume from the reported offset, in odd chunks. The dead process's writer lease
+    // still stands for at most its lease time (6 s): until then the server answers 423 with
+    // Retry-After, which tus clients retry.
     let mut pos = off as usize;
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
     for c in src[pos..].chunks(5 * MIB + 3) {
-        let r = app.patch(&url, &t, pos as u64, c.to_vec()).await;
+        let r = loop {
+            let r = app.patch(&url, &t, pos as u64, c.to_vec()).await;
+            if r.status() == 423 && std::time::Instant::now() < deadline {
+                assert_eq!(r.headers()["retry-after"], "1");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            break r;
+        };
         assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
         pos += c.len();
     }

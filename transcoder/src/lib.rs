@@ -210,8 +210,9 @@ pub async fn transcode(ctx: &WorkerContext, video_id: &str, task: &str) -> Resul
     let video = videos::get(&ctx.db, video_id)
         .await?
         .ok_or_else(|| JobError::retry("video vanished"))?;
-    // The org now holds one more worker: its queued jobs move behind other orgs' turns.
-    lectern_core::queue::rebalance(&ctx.db, &video.org).await?;
+    // The org now holds one more worker: its next job moves up to head and takes its turn
+    // behind orgs that hold fewer.
+    lectern_core::queue::refresh_heads(&ctx.db, &video.org).await?;
     let started = Instant::now();
     tracing::info!(video = %video_id, attempt, "transcode started");
     let result = run_attempt(ctx, &video, attempt).await;
