@@ -107,6 +107,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let db = Db::connect_with(&db_url, cfg.db_max_connections, cfg.db_batch_connections).await?;
     let store = lectern_core::storage::open(&cfg.storage_url(), cfg.s3_endpoint.as_deref()).await?;
     let queue = Queue::connect_with(&db_url, cfg.queue_db_connections).await?;
+    connection_budget(&db, &cfg).await;
     let ladder = Ladder::load(cfg.pipeline.as_deref())?;
     let signer = Signer::new(keys.clone());
     let origin_cache = (cfg.has_role("origin") && cfg.origin_cache_mb > 0).then(|| {
@@ -316,6 +317,38 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Warns at start-up when this process's pools could take more PostgreSQL connections than
+/// the server has left for it (see "Connection budget" in ARCHITECTURE.md).
+async fn connection_budget(db: &lectern_core::db::Db, cfg: &Config) {
+    let Some(pg) = &db.pg else { return };
+    let mine = cfg.db_max_connections + cfg.db_batch_connections + cfg.queue_db_connections;
+    let row: Result<(String, String, i64), _> = sqlx::query_as(
+        "SELECT current_setting('max_connections'), current_setting('superuser_reserved_connections'), \
+         (SELECT COUNT(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+    )
+    .fetch_one(pg)
+    .await;
+    let Ok((max, reserved, open)) = row else {
+        return;
+    };
+    let (max, reserved): (i64, i64) = (max.parse().unwrap_or(100), reserved.parse().unwrap_or(3));
+    let usable = max - reserved;
+    tracing::info!(
+        pools = mine,
+        server_max = max,
+        open_now = open,
+        "PostgreSQL connection budget: this process may open up to {mine} connections"
+    );
+    if i64::from(mine) > usable - open + 2 {
+        tracing::warn!(
+            "this process's pools (db_max_connections {} + db_batch_connections {} + queue_db_connections {} = {mine}) \
+             may exceed what PostgreSQL has left ({usable} usable, {open} open now); lower the pools, \
+             raise max_connections, or put PgBouncer in front",
+            cfg.db_max_connections, cfg.db_batch_connections, cfg.queue_db_connections
+        );
+    }
 }
 
 /// tus clients discover the server with OPTIONS, which the CORS layer answers as a preflight;

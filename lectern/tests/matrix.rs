@@ -352,3 +352,111 @@ async fn check_player_timestamps(app: &TestApp, t: &str, id: &str, name: &str) {
         "{name}: {err}"
     );
 }
+
+/// Times (seconds) of the first bright video frame and the first loud audio window of what
+/// ffmpeg decodes from `input` (a file or the signed master playlist).
+fn flash_and_beep(input: &str) -> (f64, f64) {
+    let run = |map: &str, filter: &str, key: &str| -> Vec<(f64, f64)> {
+        let o = Command::new("ffmpeg")
+            .args([
+                "-v",
+                "error",
+                "-i",
+                input,
+                "-map",
+                map,
+                filter.split(' ').next().unwrap(),
+            ])
+            .arg(filter.split_once(' ').unwrap().1)
+            .args(["-f", "null", "-"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let mut out = Vec::new();
+        let mut t = 0.0;
+        for l in text.lines() {
+            if let Some(p) = l.split("pts_time:").nth(1) {
+                t = p.trim().parse().unwrap_or(0.0);
+            } else if let Some(v) = l.strip_prefix(&format!("{key}=")) {
+                out.push((t, v.trim().parse().unwrap_or(f64::NEG_INFINITY)));
+            }
+        }
+        out
+    };
+    let video = run(
+        "0:v:0",
+        "-vf signalstats,metadata=print:key=lavfi.signalstats.YAVG:file=-",
+        "lavfi.signalstats.YAVG",
+    );
+    let audio = run(
+        "0:a:0",
+        "-af asetnsamples=48,astats=metadata=1:reset=1,ametadata=print:key=lavfi.astats.Overall.Peak_level:file=-",
+        "lavfi.astats.Overall.Peak_level",
+    );
+    let v = video.iter().find(|(_, y)| *y > 100.0).expect("a flash").0;
+    let a = audio.iter().find(|(_, p)| *p > -20.0).expect("a beep").0;
+    (v, a)
+}
+
+/// Lip sync: a white flash and a 1 kHz beep at the same instant keep the source's offset
+/// between picture and sound, within one AAC frame, across containers and frame rates.
+#[tokio::test]
+async fn picture_and_sound_keep_the_sources_offset() {
+    let app = TestApp::spawn(Db::Sqlite);
+    let t = app.token(Role::Instructor, "org-s");
+    let dir = app.data.path().join("sync");
+    std::fs::create_dir_all(&dir).unwrap();
+    let flash = |fps: u32| {
+        format!(
+            "-f lavfi -i color=black:s=640x360:r={fps}:d=4,drawbox=enable=between(t\\,2\\,2.02):color=white:t=fill \
+             -f lavfi -i aevalsrc=if(between(t\\,2\\,2.1)\\,sin(2*PI*1000*t)\\,0):s=48000:d=4"
+        )
+    };
+    let cases = [
+        (
+            "flash30.mp4",
+            format!(
+                "{} -c:v libx264 -pix_fmt yuv420p -c:a aac -shortest",
+                flash(30)
+            ),
+        ),
+        (
+            "flash25.mkv",
+            format!(
+                "{} -c:v libx264 -pix_fmt yuv420p -c:a aac -shortest",
+                flash(25)
+            ),
+        ),
+        (
+            "flash60.mp4",
+            format!(
+                "{} -c:v libx264 -pix_fmt yuv420p -c:a aac -shortest",
+                flash(60)
+            ),
+        ),
+        (
+            "flash30.ts",
+            format!(
+                "{} -c:v libx264 -bf 3 -pix_fmt yuv420p -c:a aac -shortest",
+                flash(30)
+            ),
+        ),
+    ];
+    for (file, args) in cases {
+        let src = make(&dir, file, &args);
+        let (sv, sa) = flash_and_beep(src.to_str().unwrap());
+        let id = app.upload(&t, &src, 1).await;
+        let (st, _) = app.wait_done(&t, &id).await;
+        assert_eq!(st["state"], "ready", "{file}: {st}");
+        let url = app.playback(&t, &id).await["url"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (ov, oa) = flash_and_beep(&url);
+        let (src_off, out_off) = ((sa - sv) * 1000.0, (oa - ov) * 1000.0);
+        assert!(
+            (out_off - src_off).abs() <= 21.4,
+            "{file}: audio minus video is {out_off:.1} ms in the output, {src_off:.1} ms in the source"
+        );
+    }
+}

@@ -156,6 +156,7 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
         .map_err(|e| JobError::retry(e.to_string()))?;
     let position_ns = Arc::new(AtomicU64::new(0));
     let fragment = gst::ClockTime::from_seconds(spec.fragment_s as u64);
+    let sync = AvSync::of(spec);
     let mut parsers = Vec::new();
 
     // Video: normalise once, then branch per rung.
@@ -233,6 +234,9 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
         )?;
         let parse = make("h264parse")?;
         let mux = cmafmux(fragment)?;
+        if sync.video_ns > 0 {
+            mux.set_property("decode-time-offset", sync.video_ns);
+        }
         let sink = appsink(i, tx.clone());
         let els = [
             &q,
@@ -280,6 +284,9 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
             .map_err(|e| JobError::retry(e.to_string()))?;
         let parse = make("aacparse")?;
         let mux = cmafmux(fragment)?;
+        if sync.audio_ns > 0 {
+            mux.set_property("decode-time-offset", sync.audio_ns);
+        }
         let sink = appsink(spec.video.len(), tx.clone());
         let els = [&conv, &res, &caps, &enc, &parse, &mux, sink.upcast_ref()];
         pipeline
@@ -331,6 +338,43 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
         parsers,
         position_ns,
     })
+}
+
+/// How far to push each track's decode times so that picture and sound keep the source's
+/// offset. Each track has its own cmafmux, and each starts its timeline at its own first
+/// decode time: x264's B-frame pyramid decodes two frames ahead of presentation, so the video
+/// is presented two frames late, while the AAC encoder's 1024 priming samples present the
+/// sound one AAC frame late. The track that is early is delayed by the difference.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct AvSync {
+    video_ns: i64,
+    audio_ns: i64,
+}
+
+/// Samples of AAC encoder priming (FFmpeg's AAC encoder, behind avenc_aac).
+const AAC_PRIMING: i64 = 1024;
+
+impl AvSync {
+    fn of(spec: &Spec) -> Self {
+        let (n, d) = (spec.fps.0.max(1) as i64, spec.fps.1.max(1) as i64);
+        // x264 delays decode by 2 frames with B-frames and b-pyramid (every preset but
+        // ultrafast, which has no B-frames).
+        let frames = if spec.preset == "ultrafast" { 0 } else { 2 };
+        let video = frames * d * 1_000_000_000 / n;
+        let audio = match spec.audio {
+            Some((_, _, rate)) if rate > 0 => AAC_PRIMING * 1_000_000_000 / rate as i64,
+            _ => {
+                return AvSync {
+                    video_ns: 0,
+                    audio_ns: 0,
+                }
+            }
+        };
+        AvSync {
+            video_ns: (audio - video).max(0),
+            audio_ns: (video - audio).max(0),
+        }
+    }
 }
 
 fn cmafmux(fragment: gst::ClockTime) -> Result<gst::Element, JobError> {

@@ -84,11 +84,33 @@ fn make_source(work: &Path, secs: u32) -> anyhow::Result<PathBuf> {
 }
 
 /// utime + stime of a live process, seconds.
+/// Peak RSS (VmHWM), MiB, of the live child processes of `pid`: the encoder processes.
+fn children_peak_rss_mib(pid: u32) -> f64 {
+    let mut peak = 0.0f64;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(1))
+            .and_then(|s| s.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            peak = peak.max(lectern_bench::peak_rss_mib(child));
+        }
+    }
+    peak
+}
+
+/// CPU seconds of `pid` and of its children that have been waited for.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
+    // utime, stime, and cutime, cstime: the encoder runs in a child process of the server
+    // (one per attempt, reaped when it ends), so its CPU is counted once it has been waited.
+    let ticks: f64 = [11, 12, 13, 14]
         .iter()
         .filter_map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
         .sum();
@@ -178,7 +200,9 @@ async fn lectern_ladder(args: &Args, src: &Path, dir: &Path) -> anyhow::Result<(
     let cpu0 = cpu_seconds(pid);
     let id = lectern_bench::tus_upload(&http, &server.base, &token, body).await?;
     let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut encoder_rss = 0.0f64;
     let job = loop {
+        encoder_rss = encoder_rss.max(children_peak_rss_mib(pid));
         let j: serde_json::Value = http
             .get(format!("{}/api/v1/admin/jobs?limit=1", server.base))
             .bearer_auth(&token)
@@ -201,10 +225,11 @@ async fn lectern_ladder(args: &Args, src: &Path, dir: &Path) -> anyhow::Result<(
             .map(|d| d.timestamp_millis() as f64 / 1000.0)
             .unwrap_or(0.0)
     };
+    // The server and its encoder process run at once: their peaks add up.
     let cost = Cost {
         wall_s: t("finished_at") - t("started_at"),
         cpu_s,
-        rss_mib: server.peak_rss_mib(),
+        rss_mib: server.peak_rss_mib() + encoder_rss,
     };
     drop(server);
     let out = std::fs::read_dir(dir.join("objects/videos").join(&id))?
