@@ -79,6 +79,17 @@ impl ApiError {
         )
     }
 
+    /// 507: the data folder or the object store has no room; nothing past the stored offset
+    /// was kept.
+    pub fn storage_full() -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "storage-full",
+            "the server's storage is full; nothing past the reported offset was kept. Resume from HEAD's offset once an operator has freed space",
+        )
+        .with_header("retry-after", "60")
+    }
+
     /// 503 for a dependency (database, store) that is down; clients should retry.
     pub fn unavailable(err: impl std::fmt::Display) -> Self {
         tracing::warn!(error = %err, "dependency unavailable");
@@ -130,8 +141,20 @@ impl IntoResponse for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                ApiError::unavailable(e)
+            // The database is away or half-away (a restart drops connections mid-handshake).
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => ApiError::unavailable(e),
+            // SQLITE_FULL, PostgreSQL's disk_full: the data folder has no room.
+            sqlx::Error::Database(ref d)
+                if d.code()
+                    .is_some_and(|c| c.as_ref() == "13" || c.as_ref() == "53100") =>
+            {
+                tracing::error!(error = %e, "the database's disk is full");
+                ApiError::storage_full()
             }
             // Deadlock, serialization failure, too many connections, shutting down: transient.
             sqlx::Error::Database(ref d)
@@ -155,6 +178,16 @@ impl From<crate::storage::StoreError> for ApiError {
                 "range-not-satisfiable",
                 "the requested byte range lies outside the object",
             ),
+            // ENOSPC, EDQUOT and EFBIG: the data folder is full. Nothing past the last
+            // committed part counts, so the client resumes from HEAD's offset once there is room.
+            crate::storage::StoreError::Io(ref io)
+                if io.kind() == std::io::ErrorKind::StorageFull
+                    || io.kind() == std::io::ErrorKind::QuotaExceeded
+                    || io.kind() == std::io::ErrorKind::FileTooLarge =>
+            {
+                tracing::error!(error = %io, "the object store is full");
+                ApiError::storage_full()
+            }
             other => ApiError::unavailable(other),
         }
     }

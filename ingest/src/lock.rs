@@ -198,7 +198,26 @@ impl Guard {
     }
 }
 
+/// Frees the lease. When the database refuses the write (a full disk, a restart), it keeps
+/// trying in the background until the lease would have run out anyway.
 async fn free(db: &Db, id: &str, token: i64) -> Result<(), sqlx::Error> {
+    let res = free_once(db, id, token).await;
+    if res.is_err() {
+        let (db, id) = (db.clone(), id.to_string());
+        tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + LEASE;
+            while tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if free_once(&db, &id, token).await.is_ok() {
+                    return;
+                }
+            }
+        });
+    }
+    res
+}
+
+async fn free_once(db: &Db, id: &str, token: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE uploads SET lease_owner = NULL, lease_expires = 0 WHERE id = $1 AND lease_token = $2",
     )

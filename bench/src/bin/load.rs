@@ -53,6 +53,22 @@ struct Args {
     /// Only these setups (sqlite, pg, pg-s3-2nodes), comma-separated.
     #[arg(long)]
     only: Option<String>,
+    /// Also run the mixed run (uploads, learners' heartbeats and players at once) on SQLite
+    /// and PostgreSQL.
+    #[arg(long)]
+    mixed: bool,
+    /// Uploads of the mixed run.
+    #[arg(long, default_value_t = 100)]
+    mixed_uploads: usize,
+    /// Learners of the mixed run (one heartbeat every 10 s each).
+    #[arg(long, default_value_t = 2000)]
+    learners: usize,
+    /// Players of the mixed run.
+    #[arg(long, default_value_t = 200)]
+    players: usize,
+    /// The lecture the players watch.
+    #[arg(long, default_value = "testdata/videos/clip-720p.mp4")]
+    clip: PathBuf,
 }
 
 #[derive(Default)]
@@ -341,6 +357,272 @@ async fn count_videos(http: &reqwest::Client, base: &str, token: &str) -> anyhow
     }
 }
 
+/// What the mixed run measured for one kind of client.
+struct Kind {
+    name: &'static str,
+    ms: Vec<f64>,
+    errors: usize,
+}
+
+fn p99(ms: &mut [f64]) -> f64 {
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    ms.get(((ms.len() as f64 * 0.99) as usize).min(ms.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// The URIs of a playlist (relative to `url`), and its `EXT-X-MAP` init segment.
+fn playlist_uris(url: &str, text: &str) -> Vec<String> {
+    let base = &url[..url.rfind('/').map(|i| i + 1).unwrap_or(0)];
+    let mut out = Vec::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("#EXT-X-MAP:URI=\"") {
+            out.push(format!("{base}{}", rest.trim_end_matches('"')));
+        } else if !l.starts_with('#') && !l.trim().is_empty() {
+            out.push(format!("{base}{}", l.trim()));
+        }
+    }
+    out
+}
+
+/// 100 uploads while 2,000 learners send a heartbeat every 10 s and 200 players fetch
+/// playlists and segments of a ready lecture, on one node of `setup`.
+async fn mixed(args: &Args, setup: &str, shared: &Bytes) -> anyhow::Result<()> {
+    let root = fresh_dir(&args.dir, &format!("mixed-{setup}"))?;
+    let db = format!("lectern_load_{}", lectern_core::new_id());
+    let mut env = vec![
+        // One client address carries every learner and player here.
+        ("LECTERN_RATE_LIMIT_IP_RPS".to_string(), "0".to_string()),
+        ("LECTERN_RATE_LIMIT_USER_RPS".to_string(), "0".to_string()),
+    ];
+    if setup != "sqlite" {
+        psql(&args.postgres, &format!("CREATE DATABASE {db}"))?;
+        env.push(("LECTERN_DATABASE_URL".into(), with_db(&args.postgres, &db)));
+    }
+    let mut cmd = Command::new(&args.lectern);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&root)
+        .env("LECTERN_SECRET", SECRET)
+        .env("LECTERN_LOG", "warn");
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let node = Server::spawn_announcing(cmd)?;
+    let base = node.base.clone();
+    let keys = Keys::from_secret(SECRET);
+    let admin = keys.mint("admin", "org-load", Role::Admin, 7200);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    // A ready lecture for the players, a course whose lessons the learners watch.
+    let clip = tokio::fs::read(&args.clip).await?;
+    let video = lectern_bench::tus_upload(&http, &base, &admin, clip).await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let master = loop {
+        let r = http
+            .get(format!("{base}/api/v1/videos/{video}/playback"))
+            .bearer_auth(&admin)
+            .send()
+            .await?;
+        let v: serde_json::Value = r.json().await?;
+        let st: serde_json::Value = http
+            .get(format!("{base}/api/v1/videos/{video}"))
+            .bearer_auth(&admin)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if st["state"] == "ready" {
+            break v["url"].as_str().unwrap_or_default().to_string();
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline && st["state"] != "failed",
+            "lecture not ready: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let api = format!("{base}/api/v1");
+    let course: serde_json::Value = http
+        .post(format!("{api}/courses"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"title": "Load"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let course = course["id"].as_str().unwrap_or_default().to_string();
+    let lesson: serde_json::Value = http
+        .post(format!("{api}/courses/{course}/lessons"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"title": "Lesson", "video_id": video}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let lesson = lesson["id"].as_str().unwrap_or_default().to_string();
+    for i in 0..args.learners {
+        let r = http
+            .post(format!("{api}/courses/{course}/enrollments"))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({"user": format!("u{i}")}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "enroll: {}", r.status());
+    }
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Learners: a heartbeat every 10 s each, staggered.
+    let mut learners = Vec::new();
+    for i in 0..args.learners {
+        let (http, stop) = (http.clone(), stop.clone());
+        let url = format!("{api}/lessons/{lesson}/progress");
+        let token = keys.mint(&format!("u{i}"), "org-load", Role::Learner, 7200);
+        let n = args.learners;
+        learners.push(tokio::spawn(async move {
+            let mut k = Kind {
+                name: "heartbeat",
+                ms: Vec::new(),
+                errors: 0,
+            };
+            tokio::time::sleep(Duration::from_secs_f64(10.0 * i as f64 / n as f64)).await;
+            let mut pos = 0.0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({"position_s": pos, "watched": [[0.0, pos]]}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => {
+                        k.ms.push(t.elapsed().as_secs_f64() * 1000.0)
+                    }
+                    _ => k.errors += 1,
+                }
+                pos += 1.0;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            k
+        }));
+    }
+    // Players: master, a media playlist, its init and segments, over and over.
+    let mut players = Vec::new();
+    for _ in 0..args.players {
+        let (http, stop, master) = (http.clone(), stop.clone(), master.clone());
+        players.push(tokio::spawn(async move {
+            let mut k = Kind {
+                name: "player request",
+                ms: Vec::new(),
+                errors: 0,
+            };
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut queue = vec![master.clone()];
+                while let Some(u) = queue.pop() {
+                    let t = Instant::now();
+                    match http.get(&u).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            let body = r.bytes().await.unwrap_or_default();
+                            k.ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                            if u.contains(".m3u8") {
+                                let text = String::from_utf8_lossy(&body);
+                                let mut uris = playlist_uris(&u, &text);
+                                if text.contains("#EXT-X-STREAM-INF") {
+                                    uris.truncate(1);
+                                }
+                                uris.reverse();
+                                queue.extend(uris);
+                            }
+                        }
+                        _ => k.errors += 1,
+                    }
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                }
+            }
+            k
+        }));
+    }
+    // The uploads, measured as in the upload runs.
+    let bases = Arc::new(vec![base.clone()]);
+    let token = Arc::new(keys.mint("bench", "org-load", Role::Instructor, 7200));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let chunk = args.chunk_mib * MIB;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.mixed_uploads)
+        .map(|i| {
+            tokio::spawn(client(
+                http.clone(),
+                bases.clone(),
+                token.clone(),
+                shared.clone(),
+                i,
+                chunk,
+                tally.clone(),
+            ))
+        })
+        .collect();
+    let mut done = 0;
+    for t in tasks {
+        if t.await?.is_some() {
+            done += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    // Learners and players keep going for at least two heartbeat rounds.
+    tokio::time::sleep_until((started + Duration::from_secs(20)).into()).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut kinds = Vec::new();
+    for (name, hs) in [("heartbeat", learners), ("player request", players)] {
+        let mut all = Kind {
+            name,
+            ms: Vec::new(),
+            errors: 0,
+        };
+        for h in hs {
+            let k = h.await?;
+            all.ms.extend(k.ms);
+            all.errors += k.errors;
+        }
+        kinds.push(all);
+    }
+    let rss = node.peak_rss_mib();
+    drop(node);
+    if setup != "sqlite" {
+        let _ = psql(
+            &args.postgres,
+            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    let mut t = tally.lock().unwrap();
+    let statuses: Vec<String> = t
+        .statuses
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    println!(
+        "| {setup} | uploads | {done}/{} in {secs:.0} s, {:.0} MiB/s | {:.0} ms | {} |",
+        args.mixed_uploads,
+        (done * shared.len()) as f64 / MIB as f64 / secs,
+        p99(&mut t.patch_ms),
+        statuses.join(", ")
+    );
+    for k in &mut kinds {
+        println!(
+            "| {setup} | {} | {} requests | {:.1} ms | {} errors |",
+            k.name,
+            k.ms.len(),
+            p99(&mut k.ms),
+            k.errors
+        );
+    }
+    println!("| {setup} | node peak RSS | {rss:.0} MiB | | |");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -396,6 +678,14 @@ async fn main() -> anyhow::Result<()> {
                 o.videos,
                 rss.join(", ")
             );
+        }
+    }
+    if args.mixed {
+        println!();
+        println!("| setup | clients | done | p99 | statuses / errors |");
+        println!("|---|---|---|---|---|");
+        for setup in setups.iter().filter(|s| **s != "pg-s3-2nodes") {
+            mixed(&args, setup, &shared).await?;
         }
     }
     Ok(())

@@ -131,6 +131,107 @@ pub fn pg_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// `url` with its authority's port replaced by `port` on 127.0.0.1.
+fn via_port(url: &str, port: u16) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (auth, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let creds = auth
+        .rsplit_once('@')
+        .map(|(c, _)| format!("{c}@"))
+        .unwrap_or_default();
+    format!("{scheme}://{creds}127.0.0.1:{port}/{path}")
+}
+
+/// The host:port a URL points at.
+pub fn authority(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let auth = rest.split('/').next().unwrap_or(rest);
+    auth.rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(auth)
+        .to_string()
+}
+
+/// A TCP proxy in front of a real dependency (PostgreSQL, S3, Redis) that can cut every open
+/// connection and stop listening, so new connections are refused, as when the dependency
+/// restarts or goes away, and then listen again on the same port. Needs a multi-threaded test
+/// runtime.
+pub struct FaultProxy {
+    /// The local port to point Lectern at.
+    pub port: u16,
+    target: String,
+    state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    accept: Option<tokio::task::JoinHandle<()>>,
+    conns: Vec<tokio::task::AbortHandle>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy to `target` (`host:port`).
+    pub async fn start(target: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let p = FaultProxy {
+            port,
+            target: target.to_string(),
+            state: Default::default(),
+        };
+        p.serve(listener);
+        p
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let (target, state) = (self.target.clone(), self.state.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                state.lock().unwrap().conns.push(h.abort_handle());
+            }
+        });
+        self.state.lock().unwrap().accept = Some(accept);
+    }
+
+    /// Cuts every open connection and stops listening.
+    pub fn cut(&self) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(a) = st.accept.take() {
+            a.abort();
+        }
+        for h in st.conns.drain(..) {
+            h.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restore(&self) {
+        if self.state.lock().unwrap().accept.is_some() {
+            return;
+        }
+        for _ in 0..50 {
+            if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                self.serve(l);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cannot listen on port {} again", self.port);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
 fn pg_url_for(db: &str) -> String {
     let admin = pg_admin_url();
     let cut = admin.rfind('/').expect("database URL has a path");
@@ -177,6 +278,10 @@ pub struct Opts {
     pub roles: Option<String>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// Reach PostgreSQL through this local port (a [`FaultProxy`]).
+    pub pg_port: Option<u16>,
+    /// Reach S3 through this local port (a [`FaultProxy`]).
+    pub s3_port: Option<u16>,
 }
 
 impl Opts {
@@ -197,6 +302,18 @@ impl Opts {
     /// Runs only these roles.
     pub fn roles(mut self, roles: &str) -> Self {
         self.roles = Some(roles.into());
+        self
+    }
+
+    /// Reaches PostgreSQL through `port` on loopback.
+    pub fn pg_via(mut self, port: u16) -> Self {
+        self.pg_port = Some(port);
+        self
+    }
+
+    /// Reaches the S3 server through `port` on loopback.
+    pub fn s3_via(mut self, port: u16) -> Self {
+        self.s3_port = Some(port);
         self
     }
 
@@ -239,15 +356,22 @@ impl TestApp {
         if opts.db == Some(Db::Postgres) {
             let name = format!("lectern_t_{}", lectern_core::new_id());
             pg_exec(format!("CREATE DATABASE {name}"));
-            opts.env
-                .push(("LECTERN_DATABASE_URL".into(), pg_url_for(&name)));
+            let mut url = pg_url_for(&name);
+            if let Some(port) = opts.pg_port {
+                url = via_port(&url, port);
+            }
+            opts.env.push(("LECTERN_DATABASE_URL".into(), url));
             pg_db = Some(name);
         }
         if opts.s3 {
             let bucket = format!("lectern-t-{}", &lectern_core::new_id()[..20]);
             opts.env
                 .push(("LECTERN_STORAGE".into(), format!("s3://{bucket}")));
-            opts.env.push(("LECTERN_S3_ENDPOINT".into(), s3_endpoint()));
+            let endpoint = match opts.s3_port {
+                Some(port) => via_port(&s3_endpoint(), port),
+                None => s3_endpoint(),
+            };
+            opts.env.push(("LECTERN_S3_ENDPOINT".into(), endpoint));
             for (k, v) in [
                 ("AWS_ACCESS_KEY_ID", "test"),
                 ("AWS_SECRET_ACCESS_KEY", "test"),

@@ -1,0 +1,235 @@
+//! Faults between Lectern and a real dependency: nothing acknowledged is lost, the error codes
+//! are clear, and service recovers by itself when the fault ends.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Db, Opts};
+use lectern_core::auth::Role;
+use serde_json::Value;
+
+const MIB: usize = 1 << 20;
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+/// A size-limited tmpfs, unmounted on drop.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn new(mib: usize) -> Self {
+        let d = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(d.path())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "mounting a tmpfs needs root, as scripts/test.sh runs");
+        SmallDisk(d)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// A full data folder: the PATCH that cannot be stored gets 507 `storage-full`, the offset
+/// stays at what is stored, and once space is freed the upload resumes to a byte-identical end.
+#[tokio::test]
+async fn a_full_disk_answers_507_and_loses_nothing() {
+    let disk = SmallDisk::new(48);
+    let root = disk.0.path().to_path_buf();
+    // Room for the database and about 20 MiB of upload; the filler is freed later.
+    let filler = root.join("filler");
+    let app = Opts::new(Db::Sqlite)
+        .roles("api,ingest,origin")
+        .env("LECTERN_DATA_DIR", root.to_str().unwrap())
+        .spawn();
+    std::fs::write(&filler, vec![0u8; 20 * MIB]).unwrap();
+    let t = app.token(Role::Instructor, "org-full");
+    let src = data(32 * MIB);
+    let url = app.create_upload(&t, src.len() as u64, "").await;
+    let mut off = 0usize;
+    let mut full = None;
+    for c in src.chunks(4 * MIB) {
+        let r = app.patch(&url, &t, off as u64, c.to_vec()).await;
+        if r.status() == 204 {
+            off += c.len();
+            continue;
+        }
+        let status = r.status().as_u16();
+        let e: Value = r.json().await.unwrap();
+        full = Some((status, e));
+        break;
+    }
+    let (status, e) = full.expect("the disk fills before 32 MiB are stored");
+    assert_eq!(
+        (status, e["code"].as_str()),
+        (507, Some("storage-full")),
+        "{e}"
+    );
+    // The offset is exactly what was acknowledged.
+    let (s, head) = app.head(&url, &t).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        head.unwrap() as usize,
+        off,
+        "no offset moved past the stored bytes"
+    );
+    // The service still answers, and recovers by itself once there is room.
+    let h = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h.status(), 200);
+    std::fs::remove_file(&filler).unwrap();
+    // The refused request's lease is freed as soon as the database can write again (within
+    // the 6 s lease at worst); a 423 meanwhile carries Retry-After, as tus clients expect.
+    let mut pos = off;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    for c in src[pos..].chunks(4 * MIB) {
+        let r = loop {
+            let r = app.patch(&url, &t, pos as u64, c.to_vec()).await;
+            if r.status() == 423 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                continue;
+            }
+            break r;
+        };
+        assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+        pos += c.len();
+    }
+    assert!(
+        app.download(&url, &t).await == src,
+        "byte-identical after the disk filled and was freed"
+    );
+    drop(app);
+    drop(disk);
+}
+
+/// Uploads `src` in 4 MiB PATCHes while `fault` runs after the first one, resuming from HEAD
+/// after every refusal; every answer must be 204, or 503 with Retry-After (or 423 while a
+/// refused writer's lease runs out), and the result byte-identical.
+async fn upload_through_fault(
+    app: &common::TestApp,
+    t: &str,
+    src: &[u8],
+    outage: std::time::Duration,
+    proxy: &common::FaultProxy,
+) -> Vec<u16> {
+    let url = app.create_upload(t, src.len() as u64, "").await;
+    let mut off = 0usize;
+    let mut seen = Vec::new();
+    let mut cut_at = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while off < src.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress: {seen:?}"
+        );
+        if off > 0 && cut_at.is_none() {
+            proxy.cut();
+            cut_at = Some(std::time::Instant::now());
+        }
+        if cut_at.is_some_and(|c| c.elapsed() >= outage) {
+            proxy.restore().await;
+        }
+        let end = (off + 4 * MIB).min(src.len());
+        let r = app
+            .http
+            .patch(&url)
+            .bearer_auth(t)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Offset", off)
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(src[off..end].to_vec())
+            .send()
+            .await
+            .expect("an answer, never a dropped connection");
+        let status = r.status().as_u16();
+        seen.push(status);
+        match status {
+            204 => {
+                off = r.headers()["upload-offset"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            }
+            503 | 423 => {
+                assert!(
+                    r.headers().contains_key("retry-after"),
+                    "{status} without Retry-After"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                if cut_at.is_some_and(|c| c.elapsed() >= outage) {
+                    proxy.restore().await;
+                }
+                let (s, h) = app.head(&url, t).await;
+                if s == 200 {
+                    let h = h.unwrap() as usize;
+                    assert!(h >= off, "HEAD went back from {off} to {h}");
+                    off = h;
+                }
+            }
+            other => panic!("PATCH answered {other} during the outage: {seen:?}"),
+        }
+    }
+    proxy.restore().await;
+    assert!(
+        app.download(&url, t).await == src,
+        "byte-identical after the outage"
+    );
+    seen
+}
+
+/// PostgreSQL goes away for 3 s in the middle of an upload (every connection cut, new ones
+/// refused, as in a restart): the client sees 503s with Retry-After, never a 500 or a reset,
+/// and the upload completes byte-identical and is queued once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_mid_upload_loses_nothing() {
+    let proxy = common::FaultProxy::start(&common::authority(&common::pg_admin_url())).await;
+    let app = Opts::new(Db::Postgres)
+        .pg_via(proxy.port)
+        .roles("api,ingest,origin")
+        .spawn();
+    let t = app.token(Role::Instructor, "org-pg");
+    let src = data(24 * MIB);
+    let seen =
+        upload_through_fault(&app, &t, &src, std::time::Duration::from_secs(3), &proxy).await;
+    assert!(seen.contains(&503), "the outage was seen: {seen:?}");
+    let list: Value = app
+        .http
+        .get(format!("{}/api/v1/videos", app.base))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["videos"][0]["state"], "queued", "{list}");
+}
+
+/// The S3 server drops every connection for 3 s mid-upload: the same guarantees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_outage_mid_upload_loses_nothing() {
+    let proxy = common::FaultProxy::start(&common::authority(&common::s3_endpoint())).await;
+    let app = Opts::new(Db::Sqlite)
+        .s3()
+        .s3_via(proxy.port)
+        .roles("api,ingest,origin")
+        .spawn();
+    let t = app.token(Role::Instructor, "org-s3");
+    let src = data(24 * MIB);
+    let seen =
+        upload_through_fault(&app, &t, &src, std::time::Duration::from_secs(3), &proxy).await;
+    assert!(seen.contains(&503), "the outage was seen: {seen:?}");
+}
