@@ -23,9 +23,11 @@ use lectern_core::error::ApiError;
 use lectern_core::now_ms;
 
 /// How long a lease lasts without renewal.
-pub const LEASE: Duration = Duration::from_secs(6);
+pub const LEASE: Duration = Duration::from_secs(10);
 /// How often a holder renews.
-pub const RENEW: Duration = Duration::from_millis(1500);
+pub const RENEW: Duration = Duration::from_secs(2);
+/// A holder stops writing this long before its last renewed lease would run out.
+const SAFETY: Duration = Duration::from_millis(1500);
 
 /// Hands out upload locks.
 #[derive(Clone)]
@@ -135,11 +137,15 @@ impl Locks {
 /// away, or someone took the lease over), the holder counts the lease as lost before it could
 /// have run out, and its writes stop.
 async fn renew(db: Db, id: String, token: i64, lost: Arc<AtomicBool>) {
-    let mut last_ok = tokio::time::Instant::now();
+    // The lease is valid until (the moment the last landed renewal was sent) + LEASE; a busy
+    // pool may delay a renewal, but the writer stops before that moment minus SAFETY.
+    let mut valid_until = tokio::time::Instant::now() + LEASE;
     loop {
         tokio::time::sleep(RENEW).await;
-        let res = tokio::time::timeout(
-            RENEW,
+        let sent = tokio::time::Instant::now();
+        let stop_at = valid_until - SAFETY;
+        let res = tokio::time::timeout_at(
+            stop_at,
             sqlx::query("UPDATE uploads SET lease_expires = $1 WHERE id = $2 AND lease_token = $3")
                 .bind(now_ms() + LEASE.as_millis() as i64)
                 .bind(&id)
@@ -148,16 +154,17 @@ async fn renew(db: Db, id: String, token: i64, lost: Arc<AtomicBool>) {
         )
         .await;
         match res {
-            Ok(Ok(r)) if r.rows_affected() == 1 => last_ok = tokio::time::Instant::now(),
-            Ok(Ok(_)) => {
+            Ok(Ok(r)) if r.rows_affected() == 1 => valid_until = sent + LEASE,
+            // Taken over, or no renewal landed in time: stop writing.
+            Ok(Ok(_)) | Err(_) => {
                 lost.store(true, Ordering::Release);
                 return;
             }
-            _ if last_ok.elapsed() + RENEW * 2 >= LEASE => {
+            Ok(Err(_)) if tokio::time::Instant::now() >= stop_at => {
                 lost.store(true, Ordering::Release);
                 return;
             }
-            _ => {}
+            Ok(Err(_)) => {}
         }
     }
 }

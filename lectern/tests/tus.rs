@@ -392,10 +392,10 @@ async fn kill9_mid_patch(mut app: TestApp, sent: usize, committed: usize) {
         "what was committed survives the crash ({off})"
     );
     // Resume from the reported offset, in odd chunks. The dead process's writer lease
-    // still stands for at most its lease time (6 s): until then the server answers 423 with
+    // still stands for at most its lease time (10 s): until then the server answers 423 with
     // Retry-After, which tus clients retry.
     let mut pos = off as usize;
-    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let deadline = std::time::Instant::now() + Duration::from_secs(12);
     for c in src[pos..].chunks(5 * MIB + 3) {
         let r = loop {
             let r = app.patch(&url, &t, pos as u64, c.to_vec()).await;

@@ -23,6 +23,9 @@ pub struct SharedCache {
     generation: AtomicU64,
 }
 
+/// The longest a request waits on Redis before going on without it.
+const REDIS_WAIT: Duration = Duration::from_millis(250);
+
 impl SharedCache {
     /// Connects and reads the current generation.
     pub async fn connect(url: &str) -> anyhow::Result<Arc<Self>> {
@@ -49,22 +52,41 @@ impl SharedCache {
     /// A cached value, or `None` (also when Redis is unreachable: the database answers then).
     pub async fn get(&self, k: &str) -> Option<String> {
         let mut c = self.conn.clone();
-        c.get::<_, Option<String>>(self.key(k)).await.ok().flatten()
+        // A stalled Redis must not stall a heartbeat: past the bound the database answers.
+        tokio::time::timeout(REDIS_WAIT, c.get::<_, Option<String>>(self.key(k)))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten()
     }
 
     /// Stores a value for `ttl`.
     pub async fn set(&self, k: &str, v: &str, ttl: Duration) {
         let mut c = self.conn.clone();
-        let _: Result<(), _> = c.set_ex(self.key(k), v, ttl.as_secs().max(1)).await;
+        let _ = tokio::time::timeout(REDIS_WAIT, async {
+            let _: Result<(), _> = c.set_ex(self.key(k), v, ttl.as_secs().max(1)).await;
+        })
+        .await;
     }
 
     /// Starts a new generation and tells every node.
     pub async fn invalidate(&self) {
         let mut c = self.conn.clone();
-        match c.incr::<_, _, u64>(GEN_KEY, 1).await {
+        let incr = tokio::time::timeout(REDIS_WAIT, c.incr::<_, _, u64>(GEN_KEY, 1))
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "no answer from Redis in time",
+                )))
+            });
+        match incr {
             Ok(g) => {
                 self.generation.store(g, Ordering::Relaxed);
-                let _: Result<(), _> = c.publish(CHANNEL, g.to_string()).await;
+                let _ = tokio::time::timeout(REDIS_WAIT, async {
+                    let _: Result<(), _> = c.publish(CHANNEL, g.to_string()).await;
+                })
+                .await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "redis invalidation failed; peers rely on the TTL")
