@@ -56,7 +56,7 @@ const OPS: &[Op] = &[
         "Create a tus upload (creation, creation-with-upload, defer-length, concatenation)",
         MGR,
         201,
-        &[400, 401, 403, 412, 413, 415, 422],
+        &[400, 401, 403, 412, 413, 415, 422, 423, 507],
         &[],
     ),
     op(
@@ -76,7 +76,7 @@ const OPS: &[Op] = &[
         "Append bytes at Upload-Offset",
         MGR,
         204,
-        &[401, 404, 409, 410, 412, 413, 415, 423, 460],
+        &[401, 403, 404, 409, 410, 412, 413, 415, 423, 460, 507],
         &[],
     ),
     op(
@@ -517,10 +517,17 @@ fn status_text(code: u16) -> &'static str {
         423 => "Another request holds the upload",
         429 => "Rate limited; see Retry-After",
         460 => "Checksum mismatch",
-        503 => "A dependency is unavailable; retry",
+        414 => "URI over 8 KiB (uri-too-long)",
+        431 => "Request headers over 32 KiB (headers-too-large)",
+        503 => "A dependency is unavailable, or the server is at capacity; see Retry-After",
+        507 => "Storage full (storage-full); the offset stays at what is stored",
         _ => "Error",
     }
 }
+
+/// Statuses the listener may answer for any operation (`http::reject_malformed`, the
+/// connection cap).
+const LISTENER: &[u16] = &[400, 414, 431, 503];
 
 /// The whole document.
 pub fn document() -> Value {
@@ -528,7 +535,9 @@ pub fn document() -> Value {
     for o in OPS {
         let mut responses = Map::new();
         responses.insert(o.ok.to_string(), json!({"description": "Success"}));
-        for e in o.errors {
+        // Every operation passes the listener first: a control character in the URI (400), a
+        // URI or header block over its bound (414, 431), a full server (503 over-capacity).
+        for e in o.errors.iter().chain(LISTENER) {
             responses.insert(
                 e.to_string(),
                 json!({

@@ -1328,12 +1328,24 @@ async fn the_openapi_document_covers_routes_that_exist() {
     assert_eq!(s, 200);
     assert_eq!(doc["openapi"], "3.0.3");
     let paths = doc["paths"].as_object().unwrap();
+    for code in ["423", "507"] {
+        assert!(
+            paths["/files/{id}"]["patch"]["responses"]
+                .get(code)
+                .is_some(),
+            "PATCH /files/{{id}} lacks {code}"
+        );
+    }
     let mut ops = 0;
     for (path, item) in paths {
         for (method, op) in item.as_object().unwrap() {
             ops += 1;
             let responses = op["responses"].as_object().unwrap();
             assert!(!responses.is_empty(), "{method} {path}");
+            // The listener's own refusals apply to every operation.
+            for code in ["400", "414", "431", "503"] {
+                assert!(responses.contains_key(code), "{method} {path} lacks {code}");
+            }
             for (code, r) in responses {
                 if code.starts_with('4') {
                     assert_eq!(

@@ -321,6 +321,13 @@ async fn container_and_timestamp_oddities_never_crash() {
     }
     for (id, name, outcome) in &ids {
         let (st, _) = app.wait_done(&t, id).await;
+        let health = app
+            .http
+            .get(format!("{}/healthz", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200, "{name}: the server answers after it");
         let state = st["state"].as_str().unwrap();
         match (outcome, state) {
             (_, "ready") => check_player_timestamps(&app, &t, id, name).await,

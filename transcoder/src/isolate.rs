@@ -371,22 +371,8 @@ impl Isolation {
 /// What the child sends.
 #[derive(Debug)]
 pub enum Frame {
-    /// An init segment.
-    Init {
-        /// Track index.
-        track: usize,
-        /// `ftyp` + `moov`.
-        data: Bytes,
-    },
-    /// A media segment.
-    Segment {
-        /// Track index.
-        track: usize,
-        /// `moof` + `mdat`.
-        data: Bytes,
-        /// Seconds.
-        duration: f64,
-    },
+    /// An init or media segment, as the pipeline handed it out.
+    Media(pipeline::Event),
     /// Media time that has entered the encoders, seconds (also the keep-alive).
     Progress(f64),
     /// Opaque bytes (the poster JPEG).
@@ -608,17 +594,17 @@ async fn read_frame<R: AsyncReadExt + Unpin>(
         T_INIT => {
             let track = u32_at(&body, 0)? as usize;
             let data = Bytes::from(body).slice(4..);
-            Ok(Frame::Init { track, data })
+            Ok(Frame::Media(pipeline::Event::Init { track, data }))
         }
         T_SEGMENT => {
             let track = u32_at(&body, 0)? as usize;
             let duration = f64_at(&body, 4)?;
             let data = Bytes::from(body).slice(12..);
-            Ok(Frame::Segment {
+            Ok(Frame::Media(pipeline::Event::Segment {
                 track,
                 data,
                 duration,
-            })
+            }))
         }
         T_PROGRESS => Ok(Frame::Progress(f64_at(&body, 0)?)),
         T_BLOB => Ok(Frame::Blob(body.into())),

@@ -549,8 +549,8 @@ async fn encode_and_package(
                     Err(e) => break Err(e),
                     Ok(isolate::Frame::Done(v)) => break isolate::outcome(v),
                     Ok(isolate::Frame::Blob(_)) => Ok(()),
-                    Ok(isolate::Frame::Init { track, data }) => packager.init(track, data).await.map_err(JobError::from),
-                    Ok(isolate::Frame::Segment { track, data, duration }) => {
+                    Ok(isolate::Frame::Media(pipeline::Event::Init { track, data })) => packager.init(track, data).await.map_err(JobError::from),
+                    Ok(isolate::Frame::Media(pipeline::Event::Segment { track, data, duration })) => {
                         if track == 0 {
                             produced += duration;
                         }
