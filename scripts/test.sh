@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine (run as root): installs missing packages,
 # starts PostgreSQL, Redis and an S3 server (moto) if none is running, generates the test clips,
-# then runs fmt, clippy and every test (unit tests and end-to-end tests against the real binary
-# on SQLite, PostgreSQL and S3, with nginx as the CDN and hls.js in headless Chromium).
+# then runs fmt, clippy, a bounded fuzz run of the parsers (scripts/fuzz.sh) and every test (unit
+# tests and end-to-end tests against the real binary on SQLite, PostgreSQL and S3, with nginx as
+# the CDN and hls.js in headless Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -47,6 +48,8 @@ echo "==> cargo fmt --check"
 cargo fmt --all --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Every parser of untrusted input, fuzzed from the committed corpus for a bounded time.
+LECTERN_FUZZ_SECONDS="${LECTERN_FUZZ_SECONDS:-20}" ./scripts/fuzz.sh
 echo "==> cargo test"
 log=target/test-output.log
 # The tests run in a session of their own and write to a file that is followed here, so that a

@@ -43,6 +43,18 @@ pub struct Config {
     pub upload_expiry: String,
     /// Bytes per stored upload part (8–64 MiB); smaller leftovers live in a tail object.
     pub upload_part_size: usize,
+    /// MiB of upload bodies this node holds in memory at once on S3 (parts being sent, tails);
+    /// a write that cannot get its share within 20 s is refused `503 over-capacity`.
+    pub upload_buffer_mb: u64,
+    /// MiB of source uploads one organisation may store (0 = no quota); past it a new upload
+    /// is refused `413 storage-quota-exceeded`.
+    pub org_storage_quota_mb: u64,
+    /// Videos one organisation may have uploading, queued or transcoding at once (0 = no
+    /// quota); past it a new upload is refused `429 queue-quota-exceeded`.
+    pub org_queue_quota: u64,
+    /// Seconds an S3 request may wait to connect or for the first byte of its answer, and a
+    /// body read may go without a byte, before it fails (and is retried or answered 503).
+    pub store_timeout_s: u64,
     /// Fraction of a lesson's video a learner must have watched for it to count as complete.
     pub complete_ratio: f64,
     /// Connections in the database pool of this process.
@@ -103,6 +115,10 @@ impl Default for Config {
             playback_grace_s: 2 * 3600,
             upload_expiry: "24h".into(),
             upload_part_size: 8 * 1024 * 1024,
+            upload_buffer_mb: 1024,
+            org_storage_quota_mb: 0,
+            org_queue_quota: 0,
+            store_timeout_s: 30,
             complete_ratio: 0.9,
             db_max_connections: 16,
             db_batch_connections: 4,
@@ -220,6 +236,18 @@ impl Config {
         if let Some(v) = env("LECTERN_UPLOAD_PART_SIZE") {
             self.upload_part_size = parse("LECTERN_UPLOAD_PART_SIZE", v)?;
         }
+        if let Some(v) = env("LECTERN_UPLOAD_BUFFER_MB") {
+            self.upload_buffer_mb = parse("LECTERN_UPLOAD_BUFFER_MB", v)?;
+        }
+        if let Some(v) = env("LECTERN_ORG_STORAGE_QUOTA_MB") {
+            self.org_storage_quota_mb = parse("LECTERN_ORG_STORAGE_QUOTA_MB", v)?;
+        }
+        if let Some(v) = env("LECTERN_ORG_QUEUE_QUOTA") {
+            self.org_queue_quota = parse("LECTERN_ORG_QUEUE_QUOTA", v)?;
+        }
+        if let Some(v) = env("LECTERN_STORE_TIMEOUT_S") {
+            self.store_timeout_s = parse("LECTERN_STORE_TIMEOUT_S", v)?;
+        }
         if let Some(v) = env("LECTERN_COMPLETE_RATIO") {
             self.complete_ratio = parse("LECTERN_COMPLETE_RATIO", v)?;
         }
@@ -293,6 +321,16 @@ impl Config {
         if self.max_connections < 16 || self.header_timeout_s == 0 {
             return Err(ConfigError::Invalid(
                 "max_connections must be at least 16 and header_timeout_s at least 1".into(),
+            ));
+        }
+        if self.upload_buffer_mb.saturating_mul(1 << 20) < 2 * self.upload_part_size as u64 {
+            return Err(ConfigError::Invalid(
+                "upload_buffer_mb must hold at least two parts (2 × upload_part_size)".into(),
+            ));
+        }
+        if self.store_timeout_s == 0 {
+            return Err(ConfigError::Invalid(
+                "store_timeout_s must be at least 1".into(),
             ));
         }
         if self.workers == 0 {
@@ -460,7 +498,7 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 31] = [
+    const KEYS: [&str; 35] = [
         "listen",
         "data_dir",
         "database_url",
@@ -476,6 +514,10 @@ mod tests {
         "playback_grace_s",
         "upload_expiry",
         "upload_part_size",
+        "upload_buffer_mb",
+        "org_storage_quota_mb",
+        "org_queue_quota",
+        "store_timeout_s",
         "complete_ratio",
         "db_max_connections",
         "db_batch_connections",

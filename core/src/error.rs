@@ -234,6 +234,13 @@ where
     }
 }
 
+/// A malformed header or parameter: 400 with the parser's code.
+impl From<lectern_wire::Invalid> for ApiError {
+    fn from(e: lectern_wire::Invalid) -> Self {
+        ApiError::bad_request(e.code, e.message)
+    }
+}
+
 /// 422 with the given code: the request is well-formed but its content is refused.
 pub fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)

@@ -25,6 +25,31 @@ pub struct S3Store {
     client: Client,
     bucket: String,
     prefix: String,
+    /// How long a response body may go without a byte.
+    idle: std::time::Duration,
+}
+
+/// Ends a body stream with a `TimedOut` error once it goes `idle` without a byte, so a reader
+/// (a segment response, a worker fetching its source) never hangs on a stalled server.
+fn idle_bounded(
+    stream: impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static,
+    idle: std::time::Duration,
+) -> ByteStream {
+    let stream = Box::pin(stream);
+    Box::pin(futures::stream::unfold(Some(stream), move |s| async move {
+        let mut s = s?;
+        match tokio::time::timeout(idle, s.next()).await {
+            Ok(Some(item)) => Some((item, Some(s))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the object store sent nothing for {} s", idle.as_secs()),
+                )),
+                None,
+            )),
+        }
+    }))
 }
 
 fn backend<E: std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> StoreError {
@@ -34,7 +59,13 @@ fn backend<E: std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>
 impl S3Store {
     /// Opens `s3://BUCKET[/PREFIX]` with the standard AWS environment (credentials, region)
     /// and an optional endpoint for S3-compatible servers. Creates the bucket if it is missing.
-    pub async fn open(url: &str, endpoint: Option<&str>) -> anyhow::Result<Self> {
+    /// A stalled server costs at most `timeout` per attempt: to connect, to the first byte of
+    /// an answer (a part's upload included), and between two bytes of a body read.
+    pub async fn open(
+        url: &str,
+        endpoint: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<Self> {
         let rest = url
             .strip_prefix("s3://")
             .ok_or_else(|| anyhow::anyhow!("not an s3:// URL: {url}"))?;
@@ -60,6 +91,12 @@ impl S3Store {
         if let Some(ep) = endpoint {
             conf = conf.endpoint_url(ep).force_path_style(true);
         }
+        conf = conf.timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(timeout.min(std::time::Duration::from_secs(5)))
+                .read_timeout(timeout)
+                .build(),
+        );
         let client = Client::from_conf(conf.build());
         let store = Self {
             client,
@@ -69,6 +106,7 @@ impl S3Store {
             } else {
                 format!("{prefix}/")
             },
+            idle: timeout,
         };
         store.ensure_bucket().await?;
         Ok(store)
@@ -215,7 +253,7 @@ impl ObjectStore for S3Store {
         Ok(GetResult {
             meta: head,
             range,
-            stream: Box::pin(stream),
+            stream: idle_bounded(stream, self.idle),
         })
     }
 

@@ -50,65 +50,11 @@ pub struct ObjectMeta {
     pub etag: String,
 }
 
-/// A byte range as HTTP expresses it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ByteRange {
-    /// `bytes=a-b`, both ends inclusive.
-    Inclusive(u64, u64),
-    /// `bytes=a-`.
-    From(u64),
-    /// `bytes=-n`: the last n bytes.
-    Suffix(u64),
-}
+pub use lectern_wire::range::ByteRange;
 
-impl ByteRange {
-    /// Parses a single-range `Range` header value; `None` for absent or multi-range headers
-    /// (which are then served whole, as RFC 9110 allows).
-    pub fn parse_header(v: &str) -> Option<Result<Self, StoreError>> {
-        let spec = v.trim().strip_prefix("bytes=")?;
-        if spec.contains(',') {
-            return None;
-        }
-        let (a, b) = spec.split_once('-')?;
-        let num = |s: &str| {
-            s.trim()
-                .parse::<u64>()
-                .map_err(|_| StoreError::InvalidRange)
-        };
-        Some(match (a.trim().is_empty(), b.trim().is_empty()) {
-            (true, false) => num(b).map(ByteRange::Suffix),
-            (false, true) => num(a).map(ByteRange::From),
-            // A last position too large for u64 still means "to the end".
-            (false, false) => match (
-                num(a),
-                num(b).or_else(|e| {
-                    let d = b.trim();
-                    if !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit()) {
-                        Ok(u64::MAX)
-                    } else {
-                        Err(e)
-                    }
-                }),
-            ) {
-                (Ok(a), Ok(b)) if a <= b => Ok(ByteRange::Inclusive(a, b)),
-                _ => Err(StoreError::InvalidRange),
-            },
-            (true, true) => Err(StoreError::InvalidRange),
-        })
-    }
-
-    /// Resolves against an object size into a half-open `start..end`.
-    pub fn resolve(self, size: u64) -> StoreResult<std::ops::Range<u64>> {
-        let r = match self {
-            // A last-byte-pos past the end means "to the end" (RFC 9110 §14.1.2), even u64::MAX.
-            ByteRange::Inclusive(a, b) => a..b.saturating_add(1).min(size),
-            ByteRange::From(a) => a..size,
-            ByteRange::Suffix(n) => size.saturating_sub(n)..size,
-        };
-        if r.start >= size || r.start >= r.end {
-            return Err(StoreError::InvalidRange);
-        }
-        Ok(r)
+impl From<lectern_wire::range::Unsatisfiable> for StoreError {
+    fn from(_: lectern_wire::range::Unsatisfiable) -> Self {
+        StoreError::InvalidRange
     }
 }
 
@@ -356,13 +302,20 @@ impl PartWriter for FilePartWriter {
 }
 
 /// Opens the store named by a URL: `file://DIR` (or a plain path), or `s3://BUCKET[/PREFIX]`
-/// with an optional endpoint for S3-compatible servers.
-pub async fn open(url: &str, s3_endpoint: Option<&str>) -> anyhow::Result<Arc<dyn ObjectStore>> {
+/// with an optional endpoint for S3-compatible servers and a bound on how long a request to it
+/// may wait for an answer, or a body for its next byte (see [`crate::s3::S3Store::open`]).
+pub async fn open(
+    url: &str,
+    s3_endpoint: Option<&str>,
+    s3_timeout: std::time::Duration,
+) -> anyhow::Result<Arc<dyn ObjectStore>> {
     if let Some(dir) = url.strip_prefix("file://") {
         return Ok(Arc::new(FileStore::new(dir).await?));
     }
     if url.starts_with("s3://") {
-        return Ok(Arc::new(crate::s3::S3Store::open(url, s3_endpoint).await?));
+        return Ok(Arc::new(
+            crate::s3::S3Store::open(url, s3_endpoint, s3_timeout).await?,
+        ));
     }
     if !url.contains("://") {
         return Ok(Arc::new(FileStore::new(url).await?));
@@ -736,7 +689,7 @@ pub fn request_range(
         .and_then(|v| v.to_str().ok())
         .and_then(ByteRange::parse_header)
     {
-        Some(r) => Ok(Some(r?)),
+        Some(r) => Ok(Some(r.map_err(StoreError::from)?)),
         None => Ok(None),
     }
 }

@@ -403,6 +403,19 @@ pub async fn requeue(db: &Db, id: &str, attempt: i64) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Videos of an org on their way to `ready`: uploading, queued or transcoding.
+pub async fn org_pending(db: &Db, org: &str) -> Result<u64, ApiError> {
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM videos WHERE org = $1 AND state IN ($2, $3, $4)")
+            .bind(org)
+            .bind(state::UPLOADING)
+            .bind(state::QUEUED)
+            .bind(state::PROCESSING)
+            .fetch_one(&db.pool)
+            .await?;
+    Ok(n.max(0) as u64)
+}
+
 /// 1-based position among queued videos in the order workers take them (effective priority,
 /// then oldest), or `None`.
 pub async fn queue_position(db: &Db, v: &Video) -> Result<Option<i64>, ApiError> {

@@ -2,15 +2,14 @@
 //! Digests run on a blocking-pool thread (ring, with SHA extensions where the CPU has them), so
 //! hashing overlaps receiving and storing the body.
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use bytes::Bytes;
 use lectern_core::error::ApiError;
+use lectern_wire::tus::Algorithm;
 use ring::digest;
 use tokio::sync::{mpsc, oneshot};
 
 /// Algorithms advertised in `Tus-Checksum-Algorithm`.
-pub const ALGORITHMS: &str = "sha1,sha256";
+pub use lectern_wire::tus::ALGORITHMS;
 
 /// A digest being computed on a helper thread, and the value it must reach.
 pub struct Checksum {
@@ -30,29 +29,10 @@ impl Checksum {
     /// Parses the header (400 for an unknown algorithm or a malformed digest) and starts the
     /// hashing thread.
     pub fn parse(header: &str) -> Result<Self, ApiError> {
-        let (algo, digest) = header.trim().split_once(' ').ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid-checksum",
-                "Upload-Checksum must be `<algorithm> <base64 digest>`",
-            )
-        })?;
-        let want = STANDARD.decode(digest.trim()).map_err(|_| {
-            ApiError::bad_request(
-                "invalid-checksum",
-                "the Upload-Checksum digest is not base64",
-            )
-        })?;
-        let algorithm = match algo {
-            "sha1" => &digest::SHA1_FOR_LEGACY_USE_ONLY,
-            "sha256" => &digest::SHA256,
-            other => {
-                return Err(ApiError::bad_request(
-                    "unsupported-checksum-algorithm",
-                    format!(
-                        "checksum algorithm '{other}' is not supported; use one of {ALGORITHMS}"
-                    ),
-                ))
-            }
+        let (algorithm, want) = lectern_wire::tus::checksum(header)?;
+        let algorithm = match algorithm {
+            Algorithm::Sha1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
+            Algorithm::Sha256 => &digest::SHA256,
         };
         // A few chunks of slack; the request waits when hashing falls behind.
         let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(8);

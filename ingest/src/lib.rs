@@ -9,7 +9,6 @@
 
 mod checksum;
 mod lock;
-mod metadata;
 mod uploads;
 
 use std::sync::Arc;
@@ -29,11 +28,11 @@ use lectern_core::error::ApiError;
 use lectern_core::queue::Queue;
 use lectern_core::storage::{object_response, request_range, ObjectStore, Part, StoreError};
 use lectern_core::videos::{self, priority, NewVideo};
+use lectern_wire::tus::Concat;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use checksum::ALGORITHMS as CHECKSUM_ALGORITHMS;
 pub use lock::Locks;
-pub use metadata::parse_metadata;
 pub use uploads::Upload;
 
 /// The fraction of an upload received so far (for the status API), if the length is known.
@@ -70,6 +69,12 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(15);
 /// Reads and discards a refused request's body (up to [`DRAIN_LIMIT`] and [`DRAIN_TIME`]),
 /// then hands back the refusal. Nothing of the body is stored.
 async fn refuse(req: Request, err: ApiError) -> ApiError {
+    drain(req).await;
+    err
+}
+
+/// Reads and discards a request's body, up to [`DRAIN_LIMIT`] and [`DRAIN_TIME`].
+async fn drain(req: Request) {
     let declared = header_u64(req.headers(), "content-length", "invalid-content-length")
         .ok()
         .flatten();
@@ -86,7 +91,6 @@ async fn refuse(req: Request, err: ApiError) -> ApiError {
         })
         .await;
     }
-    err
 }
 
 /// What the ingest routes need.
@@ -107,7 +111,28 @@ pub struct IngestState {
     /// Bytes per stored part.
     pub part_size: usize,
     locks: Locks,
+    /// Memory for request bodies buffered on their way to a multipart store, in
+    /// [`BUFFER_UNIT`]s; bounds a node's memory however many uploads arrive at once.
+    buffers: Arc<tokio::sync::Semaphore>,
+    buffer_units: u32,
+    quotas: Quotas,
 }
+
+/// Per-organisation limits checked when an upload is created (0 = none).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Quotas {
+    /// Source bytes an org may store.
+    pub storage_bytes: u64,
+    /// Videos an org may have uploading, queued or transcoding.
+    pub pending_videos: u64,
+}
+
+/// Granularity of the upload buffer budget.
+const BUFFER_UNIT: u64 = 64 * 1024;
+/// How long a write may wait for buffer memory before it is refused with 503.
+const BUFFER_WAIT: Duration = Duration::from_secs(20);
+/// The upload buffer budget unless [`IngestState::with_buffer_limit`] sets one.
+const DEFAULT_BUFFER: u64 = 1 << 30;
 
 impl HasKeys for IngestState {
     fn keys(&self) -> &Keys {
@@ -137,6 +162,91 @@ impl IngestState {
             expiry,
             part_size,
             locks,
+            buffers: Arc::new(tokio::sync::Semaphore::new(0)),
+            buffer_units: 0,
+            quotas: Quotas::default(),
+        }
+        .with_buffer_limit(DEFAULT_BUFFER)
+    }
+
+    /// Sets how many bytes of request bodies this node may buffer at once (at least two parts).
+    pub fn with_buffer_limit(mut self, bytes: u64) -> Self {
+        let bytes = bytes.max(2 * self.part_size as u64);
+        self.buffer_units = bytes.div_ceil(BUFFER_UNIT).min(u32::MAX as u64) as u32;
+        self.buffers = Arc::new(tokio::sync::Semaphore::new(self.buffer_units as usize));
+        self
+    }
+
+    /// Sets the per-organisation quotas.
+    pub fn with_quotas(mut self, quotas: Quotas) -> Self {
+        self.quotas = quotas;
+        self
+    }
+
+    /// Refuses a new upload of `adding` bytes (a video unless `partial`) that would take `org`
+    /// past a quota. Checked before anything is stored; concurrent creations may overshoot by
+    /// their own sizes.
+    async fn check_quotas(&self, org: &str, adding: u64, video: bool) -> Result<(), ApiError> {
+        let q = self.quotas;
+        if q.pending_videos > 0 && video {
+            let pending = videos::org_pending(&self.db, org).await?;
+            if pending >= q.pending_videos {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "queue-quota-exceeded",
+                    format!(
+                        "your organisation has {pending} videos uploading or waiting to be transcoded, its quota is {}; retry once some are ready",
+                        q.pending_videos
+                    ),
+                )
+                .with_header("retry-after", "60"));
+            }
+        }
+        if q.storage_bytes > 0 {
+            let used = uploads::org_bytes(&self.db, org).await?;
+            if used.saturating_add(adding) > q.storage_bytes {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "storage-quota-exceeded",
+                    format!(
+                        "your organisation stores {used} bytes of its {}-byte quota and this upload needs {adding} more; delete videos it no longer needs, or ask the operator to raise org_storage_quota_mb",
+                        q.storage_bytes
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reserves the memory a write to `u` may buffer: none where the store writes in place,
+    /// else the tail plus the body, and never more than two parts (one sending, one filling).
+    /// Past [`BUFFER_WAIT`] the write is refused rather than queued without bound.
+    async fn reserve(
+        &self,
+        u: &Upload,
+        headers: &HeaderMap,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+        if self.store.min_part_size() == 0 && u.tail_key.is_none() {
+            return Ok(None);
+        }
+        let two_parts = 2 * self.part_size as u64;
+        let body =
+            header_u64(headers, "content-length", "invalid-content-length")?.unwrap_or(two_parts);
+        let need = (u.tail_size.max(0) as u64 + body).clamp(1, two_parts);
+        let units = (need.div_ceil(BUFFER_UNIT) as u32).min(self.buffer_units);
+        match tokio::time::timeout(BUFFER_WAIT, self.buffers.clone().acquire_many_owned(units))
+            .await
+        {
+            Ok(Ok(permit)) => Ok(Some(permit)),
+            _ => {
+                metrics::counter!("lectern_upload_buffer_refusals_total").increment(1);
+                Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "over-capacity",
+                    "this node is buffering as many upload bytes as it may; retry after the pause Retry-After gives (HEAD tells where to resume)",
+                )
+                .with_header("retry-after", "2"))
+            }
         }
     }
 
@@ -317,7 +427,7 @@ fn header_u64(
         Some(v) => v
             .to_str()
             .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
+            .and_then(lectern_wire::tus::number)
             .map(Some)
             .ok_or_else(|| {
                 ApiError::bad_request(code, format!("`{name}` must be a non-negative integer"))
@@ -355,65 +465,23 @@ fn http_date(ms: i64) -> String {
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
 }
 
-/// The upload ids named in `Upload-Concat: final;URL URL…`.
-fn parse_final(v: &str) -> Result<Vec<String>, ApiError> {
-    let bad = || {
-        ApiError::bad_request("invalid-concat", "Upload-Concat must be `partial` or `final;<url> <url>…` naming this server's partial uploads")
-    };
-    let list = v.strip_prefix("final;").ok_or_else(bad)?;
-    let ids: Vec<String> = list
-        .split_whitespace()
-        .map(|u| {
-            u.trim_end_matches('/')
-                .rsplit('/')
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect();
-    if ids.is_empty()
-        || ids
-            .iter()
-            .any(|i| i.len() != 32 || !i.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        return Err(bad());
-    }
-    // Each partial once, and a bounded list: a final naming one partial many times would make
-    // the server write far more than the client ever sent.
-    if ids.len() > MAX_PARTIALS {
-        return Err(ApiError::bad_request(
-            "too-many-partials",
-            format!("a final upload may concatenate at most {MAX_PARTIALS} partial uploads"),
-        ));
-    }
-    let mut seen = std::collections::HashSet::new();
-    if let Some(dup) = ids.iter().find(|i| !seen.insert(i.as_str())) {
-        return Err(ApiError::bad_request(
-            "duplicate-partial",
-            format!("partial upload {dup} is named more than once in Upload-Concat"),
-        ));
-    }
-    Ok(ids)
-}
-
 /// Most partial uploads one final upload may concatenate.
-pub const MAX_PARTIALS: usize = 64;
+pub use lectern_wire::tus::MAX_PARTIALS;
 
 async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
     check_tus_resumable(req.headers())?;
     let (claims, req) = authorize(&st, req).await?;
     let headers = req.headers().clone();
-    let concat = header_str(&headers, "upload-concat")
-        .map(str::trim)
-        .unwrap_or("");
-    let partial_ids = match concat {
-        "" | "partial" => Vec::new(),
-        other => parse_final(other)?,
-    };
+    let (concat, partial_ids) =
+        match lectern_wire::tus::concat(header_str(&headers, "upload-concat").unwrap_or(""))? {
+            Concat::None => ("", Vec::new()),
+            Concat::Partial => ("partial", Vec::new()),
+            Concat::Final(ids) => ("final", ids),
+        };
     let raw_meta = header_str(&headers, "upload-metadata")
         .unwrap_or("")
         .to_string();
-    let meta = parse_metadata(&raw_meta)?;
+    let meta = lectern_wire::tus::metadata(&raw_meta)?;
     if let Some(t) = meta.get("title").filter(|t| !t.is_empty()) {
         lectern_core::text::title(t)?;
     }
@@ -514,14 +582,12 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
         }
     };
 
+    st.check_quotas(&claims.org, length.max(0) as u64, concat != "partial")
+        .await?;
+
     let id = lectern_core::new_id();
     let object_key = format!("sources/{id}");
     let multipart_id = st.store.create_multipart(&object_key).await?;
-    let concat_role = if !partial_ids.is_empty() {
-        "final"
-    } else {
-        concat
-    };
     let upload = uploads::insert(
         &st.db,
         uploads::NewUpload {
@@ -531,7 +597,7 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
             metadata: &raw_meta,
             object_key: &object_key,
             multipart_id: &multipart_id,
-            concat: concat_role,
+            concat,
             partials: &partial_ids,
             expires_at: st.expires_at(),
         },
@@ -555,7 +621,7 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
         }
     }
     metrics::counter!("lectern_uploads_created_total").increment(1);
-    tracing::info!(upload = %id, org = %claims.org, length, concat = concat_role, "upload created");
+    tracing::info!(upload = %id, org = %claims.org, length, concat, "upload created");
 
     let location = format!(
         "{}/files/{id}",
@@ -583,13 +649,26 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
                 lease_token: guard.token(),
                 ..upload
             };
-            let st = st.clone();
-            let w = under_lock(guard, async move {
-                write_request(&st, upload, &headers, req.into_body()).await
-            })
-            .await?;
-            offset = w.offset;
-            expires = w.expires;
+            match st.reserve(&upload, &headers).await {
+                Ok(permit) => {
+                    let st = st.clone();
+                    let w = under_lock(guard, async move {
+                        let w = write_request(&st, upload, &headers, req.into_body()).await;
+                        drop(permit);
+                        w
+                    })
+                    .await?;
+                    offset = w.offset;
+                    expires = w.expires;
+                }
+                // A busy node still creates the upload but stores none of this body: the
+                // client reads `Upload-Offset: 0` and sends it again with PATCH (tus allows a
+                // server to keep less than it was sent).
+                Err(_) => {
+                    guard.release().await;
+                    drain(req).await;
+                }
+            }
         } else if length == 0 {
             finish(&st, &upload).await?;
             expires = None;
@@ -742,6 +821,11 @@ async fn patch_locked(
                 ))
             }
             None => {
+                // The deferred length was counted as the bytes stored so far.
+                let adding = len - u.offset_bytes as u64;
+                if let Err(e) = st.check_quotas(&claims.org, adding, false).await {
+                    return Err(refuse(req, e).await);
+                }
                 uploads::set_length(&st.db, id, len).await?;
                 u.length = len as i64;
             }
@@ -765,6 +849,10 @@ async fn patch_locked(
         }
     }
     let headers = req.headers().clone();
+    let _permit = match st.reserve(&u, &headers).await {
+        Ok(p) => p,
+        Err(e) => return Err(refuse(req, e).await),
+    };
     let written = write_request(&st, u, &headers, req.into_body()).await?;
     if let Some(e) = written.error {
         return Err(e);
@@ -1315,7 +1403,7 @@ async fn download(st: IngestState, id: &str, req: Request) -> Result<Response, A
     }
     let range = request_range(req.headers())?;
     let got = st.store.get(&u.object_key, range).await?;
-    let meta = parse_metadata(&u.metadata).unwrap_or_default();
+    let meta = lectern_wire::tus::metadata(&u.metadata).unwrap_or_default();
     let ctype = meta
         .get("filetype")
         .filter(|t| t.contains('/') && HeaderValue::from_str(t).is_ok())

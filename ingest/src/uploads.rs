@@ -250,3 +250,17 @@ pub async fn delete(db: &Db, id: &str) -> Result<(), ApiError> {
         .await?;
     Ok(())
 }
+
+/// Source bytes an org stores or has announced: every upload not terminated, at its declared
+/// length (what it has stored while the length is deferred).
+pub async fn org_bytes(db: &Db, org: &str) -> Result<u64, ApiError> {
+    let n: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(SUM(CASE WHEN length >= 0 THEN length ELSE offset_bytes END) AS BIGINT) \
+         FROM uploads WHERE org = $1 AND state <> $2",
+    )
+    .bind(org)
+    .bind(TERMINATED)
+    .fetch_one(&db.pool)
+    .await?;
+    Ok(n.unwrap_or(0).max(0) as u64)
+}

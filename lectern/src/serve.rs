@@ -105,7 +105,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .with_previous(&cfg.previous_secrets);
     let db_url = cfg.database_url();
     let db = Db::connect_with(&db_url, cfg.db_max_connections, cfg.db_batch_connections).await?;
-    let store = lectern_core::storage::open(&cfg.storage_url(), cfg.s3_endpoint.as_deref()).await?;
+    let store = lectern_core::storage::open(
+        &cfg.storage_url(),
+        cfg.s3_endpoint.as_deref(),
+        Duration::from_secs(cfg.store_timeout_s),
+    )
+    .await?;
     let queue = Queue::connect_with(&db_url, cfg.queue_db_connections).await?;
     connection_budget(&db, &cfg).await;
     let ladder = Ladder::load(cfg.pipeline.as_deref())?;
@@ -135,7 +140,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             cfg.public_url.clone(),
             expiry,
             cfg.upload_part_size,
-        );
+        )
+        .with_buffer_limit(cfg.upload_buffer_mb.saturating_mul(1 << 20))
+        .with_quotas(lectern_ingest::Quotas {
+            storage_bytes: cfg.org_storage_quota_mb.saturating_mul(1 << 20),
+            pending_videos: cfg.org_queue_quota,
+        });
         let n = st.recover().await?;
         if n > 0 {
             tracing::info!(uploads = n, "finished interrupted uploads");

@@ -415,3 +415,115 @@ async fn labels_and_updates_are_bounded() {
         .unwrap();
     assert_eq!(r.status(), 200, "a 150-character CJK title is valid");
 }
+
+/// D4: per-org quotas. Storage counts every upload not terminated at its declared length (a
+/// deferred one when it declares it); the queue quota counts videos on their way to `ready`.
+/// Both refuse before anything is stored, with a stable code, and only the org over its quota.
+async fn quotas_on(db: Db) {
+    let app = Opts::new(db)
+        .roles("api,ingest,origin")
+        .env("LECTERN_ORG_STORAGE_QUOTA_MB", "1")
+        .env("LECTERN_ORG_QUEUE_QUOTA", "2")
+        .spawn();
+    let t = app.token(Role::Instructor, "org-quota");
+    let len = |n: u64| vec![("Upload-Length", n.to_string())];
+    let first = app.create_upload(&t, 600 << 10, "").await;
+    let (s, body) = create(&app, &t, &len(600 << 10)).await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (413, Some("storage-quota-exceeded")),
+        "{body}"
+    );
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("org_storage_quota_mb"));
+
+    // Two videos pending fill the queue quota; partials are not videos and still fit.
+    app.create_upload(&t, 1000, "").await;
+    let r = app
+        .http
+        .post(format!("{}/files/", app.base))
+        .bearer_auth(&t)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", "1000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "queue-quota-exceeded", "{body}");
+    let partial = [
+        ("Upload-Length", "1000".to_string()),
+        ("Upload-Concat", "partial".into()),
+    ];
+    assert_eq!(create(&app, &t, &partial).await.0, 201);
+
+    // Another org is not affected.
+    let other = app.token(Role::Instructor, "org-elsewhere");
+    app.create_upload(&other, 900 << 10, "").await;
+
+    // Terminating an upload frees both its bytes and its place.
+    let r = app
+        .http
+        .delete(&first)
+        .bearer_auth(&t)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = app
+        .http
+        .post(format!("{}/files/", app.base))
+        .bearer_auth(&t)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Defer-Length", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "a terminated upload's place is free again");
+    let deferred = r.headers()["location"].to_str().unwrap().to_string();
+    // Naming a length past the quota is refused and stores nothing of the body.
+    let r = app
+        .http
+        .patch(&deferred)
+        .bearer_auth(&t)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Offset", "0")
+        .header("Upload-Length", (2u64 << 20).to_string())
+        .header("Content-Type", "application/offset+octet-stream")
+        .body(vec![7u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "storage-quota-exceeded", "{body}");
+    assert_eq!(app.head(&deferred, &t).await.1, Some(0));
+    let r = app
+        .http
+        .patch(&deferred)
+        .bearer_auth(&t)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Offset", "0")
+        .header("Upload-Length", (500u64 << 10).to_string())
+        .header("Content-Type", "application/offset+octet-stream")
+        .body(vec![7u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "a length within the quota is taken");
+    let (s, body) = create(&app, &t, &len(10)).await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (429, Some("queue-quota-exceeded"))
+    );
+}
+
+#[tokio::test]
+async fn org_quotas_refuse_new_uploads_with_stable_codes() {
+    quotas_on(Db::Sqlite).await;
+    quotas_on(Db::Postgres).await;
+}

@@ -207,42 +207,21 @@ async fn master_inner(
 
 /// Points every URI of the stored master at the attempt's folder and carries the signature, so
 /// a plain HLS client can follow it with no header.
-/// Caption tracks become one `SUBTITLES` group that every variant names.
 fn rewrite_master(
     raw: &[u8],
     token: &str,
     query: &str,
     subs: &[videos::Caption],
 ) -> Result<Vec<u8>, ApiError> {
-    let mut pl = m3u8_rs::parse_master_playlist_res(raw)
-        .map_err(|_| ApiError::internal("stored master playlist does not parse"))?;
-    let fix = |uri: &str| format!("{token}/{uri}?{query}");
-    for v in &mut pl.variants {
-        v.uri = fix(&v.uri);
-        if !subs.is_empty() {
-            v.subtitles = Some("subs".into());
-        }
-    }
-    for m in &mut pl.alternatives {
-        if let Some(u) = &m.uri {
-            m.uri = Some(fix(u));
-        }
-    }
-    for c in subs {
-        pl.alternatives.push(m3u8_rs::AlternativeMedia {
-            media_type: m3u8_rs::AlternativeMediaType::Subtitles,
-            uri: Some(format!("{}/subs-{}/index.m3u8?{query}", c.token, c.lang)),
-            group_id: "subs".into(),
-            language: Some(c.lang.clone()),
-            name: c.label.clone(),
-            default: false,
-            autoselect: true,
-            ..Default::default()
-        });
-    }
-    let mut out = Vec::new();
-    pl.write_to(&mut out).map_err(ApiError::internal)?;
-    Ok(out)
+    let subs: Vec<lectern_wire::playlist::Subtitles<'_>> = subs
+        .iter()
+        .map(|c| lectern_wire::playlist::Subtitles {
+            token: &c.token,
+            lang: &c.lang,
+            label: &c.label,
+        })
+        .collect();
+    lectern_wire::playlist::rewrite_master(raw, token, query, &subs).map_err(ApiError::internal)
 }
 
 /// A quoted validator from the bytes themselves, the same on every origin node.
