@@ -53,7 +53,7 @@ ensure_postgres() {
   as_root su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\"" || true
 }
 
-# A Python virtualenv for test tools (moto's S3 server, tuspy), in target/testenv.
+# A Python virtualenv for test tools (moto's S3 server, tuspy, schemathesis), in target/testenv.
 ensure_test_venv() {
   local venv=target/testenv
   if [ ! -x "$venv/bin/pip" ]; then
@@ -65,9 +65,9 @@ ensure_test_venv() {
       python3 -m venv "$venv"
     fi
   fi
-  if ! "$venv/bin/python" -c 'import moto, tusclient, yaml' >/dev/null 2>&1; then
-    echo "==> installing test tools (moto S3 server, tuspy) into $venv"
-    "$venv/bin/pip" install -q 'moto[server]<5.2' 'tuspy==1.1.0' 'PyYAML>=6'
+  if ! "$venv/bin/python" -c 'import moto, tusclient, yaml, schemathesis' >/dev/null 2>&1; then
+    echo "==> installing test tools (moto S3 server, tuspy, schemathesis) into $venv"
+    "$venv/bin/pip" install -q 'moto[server]<5.2' 'tuspy==1.1.0' 'PyYAML>=6' 'schemathesis==4.32.5' 'hypothesis==6.170.27'
   fi
 }
 

@@ -56,7 +56,7 @@ const OPS: &[Op] = &[
         "Create a tus upload (creation, creation-with-upload, defer-length, concatenation)",
         MGR,
         201,
-        &[400, 401, 403, 412, 413, 415, 422, 423, 507],
+        &[400, 401, 403, 412, 413, 415, 422, 423, 429, 507],
         &[],
     ),
     op(
@@ -66,7 +66,7 @@ const OPS: &[Op] = &[
         "Upload offset (tus HEAD)",
         MGR,
         200,
-        &[401, 404, 410, 412],
+        &[401, 403, 404, 410, 412],
         &[],
     ),
     op(
@@ -86,7 +86,7 @@ const OPS: &[Op] = &[
         "Terminate an upload",
         MGR,
         204,
-        &[401, 404, 409, 410, 412],
+        &[401, 403, 404, 409, 410, 412],
         &[],
     ),
     op(
@@ -96,7 +96,7 @@ const OPS: &[Op] = &[
         "Download the stored source (Range supported)",
         MGR,
         200,
-        &[401, 404, 409, 416],
+        &[401, 403, 404, 409, 416],
         &[],
     ),
     op(
@@ -534,10 +534,30 @@ pub fn document() -> Value {
     let mut paths: Map<String, Value> = Map::new();
     for o in OPS {
         let mut responses = Map::new();
-        responses.insert(o.ok.to_string(), json!({"description": "Success"}));
+        // The API answers JSON objects; tus, playback, metrics and 204s have their own bodies.
+        let success = if o.ok != 204 && o.path.starts_with("/api/v1/") {
+            json!({"description": "Success", "content": {"application/json": {"schema": {"type": "object"}}}})
+        } else {
+            json!({"description": "Success"})
+        };
+        responses.insert(o.ok.to_string(), success);
+        // Every JSON body is refused with 415 when it is sent as anything else.
+        let json_body: &[u16] = if o.body.is_empty() { &[] } else { &[415] };
+        // The rate limiter stands in front of every `/api/` route, this document included.
+        let limited: &[u16] = if o.path.starts_with("/api/") {
+            &[429]
+        } else {
+            &[]
+        };
         // Every operation passes the listener first: a control character in the URI (400), a
         // URI or header block over its bound (414, 431), a full server (503 over-capacity).
-        for e in o.errors.iter().chain(LISTENER) {
+        for e in o
+            .errors
+            .iter()
+            .chain(json_body)
+            .chain(limited)
+            .chain(LISTENER)
+        {
             responses.insert(
                 e.to_string(),
                 json!({
