@@ -57,12 +57,12 @@ pub struct Config {
     pub store_timeout_s: u64,
     /// Fraction of a lesson's video a learner must have watched for it to count as complete.
     pub complete_ratio: f64,
-    /// Connections in the database pool of this process.
-    pub db_max_connections: u32,
-    /// Connections of the PostgreSQL pool for batch writes (progress flushes).
-    pub db_batch_connections: u32,
-    /// Connections of the job queue's pool.
-    pub queue_db_connections: u32,
+    /// Connections in the database pool of this process (unset: sized by role, see [`Pools`]).
+    pub db_max_connections: Option<u32>,
+    /// Connections of the PostgreSQL pool for batch writes (progress flushes; unset: by role).
+    pub db_batch_connections: Option<u32>,
+    /// Connections of the job queue's pool (unset: by role).
+    pub queue_db_connections: Option<u32>,
     /// Accept plain `http://` webhook URLs (development and tests; production wants https).
     pub webhook_allow_http: bool,
     /// Hosts (names or IP literals) webhooks may reach although they are not public addresses:
@@ -91,6 +91,20 @@ pub struct Config {
     pub encoder_memory_mb: u64,
     /// Seconds an encoder child may go without reporting before it is killed as hung.
     pub encoder_stall_s: u64,
+    /// x264 and decoder threads per encoder (0: the CPUs this process may use, read from its
+    /// cgroup's CPU quota and affinity, not the node's core count).
+    pub encoder_threads: u32,
+    /// How long a stopping worker lets its running attempts finish before handing them back
+    /// (a duration: 90s, 15m, 1h). Kubernetes' `terminationGracePeriodSeconds` should exceed it.
+    pub worker_drain_timeout: String,
+    /// Seconds between SIGTERM (when `/readyz` starts answering 503) and the listener closing,
+    /// so load balancers stop sending new requests first.
+    pub shutdown_delay_s: u64,
+    /// Peers (CIDRs such as `10.0.0.0/8`) whose `X-Forwarded-For` names the client, for rate
+    /// limits and logs. Empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
+    /// How long finished rows stay in the queue's own tables before a sweep deletes them.
+    pub queue_retention: String,
 }
 
 impl Default for Config {
@@ -120,9 +134,9 @@ impl Default for Config {
             org_queue_quota: 0,
             store_timeout_s: 30,
             complete_ratio: 0.9,
-            db_max_connections: 16,
-            db_batch_connections: 4,
-            queue_db_connections: 8,
+            db_max_connections: None,
+            db_batch_connections: None,
+            queue_db_connections: None,
             webhook_allow_http: false,
             webhook_allowed_hosts: Vec::new(),
             rate_limit_user_rps: 20.0,
@@ -137,6 +151,11 @@ impl Default for Config {
             header_timeout_s: 30,
             encoder_memory_mb: 8192,
             encoder_stall_s: 120,
+            encoder_threads: 0,
+            worker_drain_timeout: "15m".into(),
+            shutdown_delay_s: 0,
+            trusted_proxies: Vec::new(),
+            queue_retention: "7d".into(),
         }
     }
 }
@@ -273,10 +292,10 @@ impl Config {
             self.cdn_purge_command = Some(v).filter(|v| !v.is_empty());
         }
         if let Some(v) = env("LECTERN_DB_BATCH_CONNECTIONS") {
-            self.db_batch_connections = parse("LECTERN_DB_BATCH_CONNECTIONS", v)?;
+            self.db_batch_connections = Some(parse("LECTERN_DB_BATCH_CONNECTIONS", v)?);
         }
         if let Some(v) = env("LECTERN_QUEUE_DB_CONNECTIONS") {
-            self.queue_db_connections = parse("LECTERN_QUEUE_DB_CONNECTIONS", v)?;
+            self.queue_db_connections = Some(parse("LECTERN_QUEUE_DB_CONNECTIONS", v)?);
         }
         if let Some(v) = env("LECTERN_WEBHOOK_ALLOWED_HOSTS") {
             self.webhook_allowed_hosts = v
@@ -297,8 +316,27 @@ impl Config {
         if let Some(v) = env("LECTERN_ENCODER_STALL_S") {
             self.encoder_stall_s = parse("LECTERN_ENCODER_STALL_S", v)?;
         }
+        if let Some(v) = env("LECTERN_ENCODER_THREADS") {
+            self.encoder_threads = parse("LECTERN_ENCODER_THREADS", v)?;
+        }
+        if let Some(v) = env("LECTERN_WORKER_DRAIN_TIMEOUT") {
+            self.worker_drain_timeout = v;
+        }
+        if let Some(v) = env("LECTERN_SHUTDOWN_DELAY_S") {
+            self.shutdown_delay_s = parse("LECTERN_SHUTDOWN_DELAY_S", v)?;
+        }
+        if let Some(v) = env("LECTERN_TRUSTED_PROXIES") {
+            self.trusted_proxies = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if let Some(v) = env("LECTERN_QUEUE_RETENTION") {
+            self.queue_retention = v;
+        }
         if let Some(v) = env("LECTERN_DB_MAX_CONNECTIONS") {
-            self.db_max_connections = parse("LECTERN_DB_MAX_CONNECTIONS", v)?;
+            self.db_max_connections = Some(parse("LECTERN_DB_MAX_CONNECTIONS", v)?);
         }
         Ok(())
     }
@@ -338,6 +376,19 @@ impl Config {
         }
         crate::auth::parse_ttl(&self.upload_expiry)
             .map_err(|e| ConfigError::Invalid(format!("upload_expiry: {e}")))?;
+        crate::auth::parse_ttl(&self.worker_drain_timeout)
+            .map_err(|e| ConfigError::Invalid(format!("worker_drain_timeout: {e}")))?;
+        if crate::auth::parse_ttl(&self.queue_retention)
+            .map_err(|e| ConfigError::Invalid(format!("queue_retention: {e}")))?
+            < 3600
+        {
+            return Err(ConfigError::Invalid(
+                "queue_retention must be at least 1h (finished jobs stay visible that long)".into(),
+            ));
+        }
+        for p in &self.trusted_proxies {
+            Cidr::parse(p).map_err(|e| ConfigError::Invalid(format!("trusted_proxies: {e}")))?;
+        }
         if !(8 << 20..=64 << 20).contains(&self.upload_part_size) {
             return Err(ConfigError::Invalid(
                 "upload_part_size must be between 8 MiB and 64 MiB (8388608..67108864)".into(),
@@ -358,7 +409,7 @@ impl Config {
             ("db_batch_connections", self.db_batch_connections),
             ("queue_db_connections", self.queue_db_connections),
         ] {
-            if !(1..=1000).contains(&v) {
+            if v.is_some_and(|v| !(1..=1000).contains(&v)) {
                 return Err(ConfigError::Invalid(format!(
                     "{k} must be between 1 and 1000"
                 )));
@@ -403,11 +454,128 @@ impl Config {
         )
     }
 
+    /// How long a stopping worker lets running attempts finish.
+    pub fn worker_drain_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            crate::auth::parse_ttl(&self.worker_drain_timeout)
+                .unwrap_or(900)
+                .max(0) as u64,
+        )
+    }
+
+    /// How long finished queue rows are kept.
+    pub fn queue_retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            crate::auth::parse_ttl(&self.queue_retention)
+                .unwrap_or(7 * 86400)
+                .max(3600) as u64,
+        )
+    }
+
+    /// The trusted proxy ranges (validated by [`Config::validate`]).
+    pub fn trusted_proxies(&self) -> Vec<Cidr> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| Cidr::parse(p).ok())
+            .collect()
+    }
+
+    /// Pool sizes for this process: the configured ones, else defaults by role that keep a
+    /// fleet inside PostgreSQL's default 100 connections (see `deploy/CAPACITY.md`). A process
+    /// with every role (the embedded default) keeps the large pools a single node can use.
+    pub fn pools(&self) -> Pools {
+        let web = ["api", "ingest", "origin"].iter().any(|r| self.has_role(r));
+        let (main, batch, queue) = match (web, self.has_role("worker")) {
+            (true, true) => (16, 4, 8),
+            // Short statements only (leases, offset commits, lookups): bodies stream with no
+            // connection held, so three serve hundreds of uploads.
+            (true, false) => (3, 1, 1),
+            // One per running attempt for its state and progress; the queue's polls are short.
+            (false, _) => ((self.workers as u32).clamp(1, 64), 0, 1),
+        };
+        Pools {
+            main: self.db_max_connections.unwrap_or(main),
+            batch: if self.has_role("api") {
+                self.db_batch_connections.unwrap_or(batch.max(1))
+            } else {
+                0
+            },
+            queue: self.queue_db_connections.unwrap_or(queue),
+        }
+    }
+
     /// The object-store URL, defaulting to `file://<data_dir>/objects`.
     pub fn storage_url(&self) -> String {
         self.storage
             .clone()
             .unwrap_or_else(|| format!("file://{}", self.data_dir.join("objects").display()))
+    }
+}
+
+/// Database pool sizes of one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pools {
+    /// The main pool (every role).
+    pub main: u32,
+    /// The typed PostgreSQL pool of batch writes; 0 when this process has no api role.
+    pub batch: u32,
+    /// The job queue's pool.
+    pub queue: u32,
+}
+
+impl Pools {
+    /// Connections this process may open at most.
+    pub fn total(&self) -> u32 {
+        self.main + self.batch + self.queue
+    }
+}
+
+/// An address range such as `10.0.0.0/8` or `fd00::/8` (a bare address is a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDR/BITS` or `ADDR`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, b) = s.trim().split_once('/').unwrap_or((s.trim(), ""));
+        let net: std::net::IpAddr = a
+            .parse()
+            .map_err(|_| format!("'{s}' is not an address range such as 10.0.0.0/8"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = if b.is_empty() {
+            max
+        } else {
+            b.parse::<u8>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("'{s}': the prefix length must be 0 to {max}"))?
+        };
+        Ok(Cidr { net, bits })
+    }
+
+    /// Whether `ip` lies in the range (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
     }
 }
 
@@ -498,7 +666,38 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 35] = [
+    #[test]
+    fn cidrs_and_pools() {
+        let c = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("10.2.0.1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("fd00::/8")
+            .unwrap()
+            .contains("fd12::1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("tenish").is_err());
+        let mut cfg = Config::default();
+        assert_eq!(cfg.pools().total(), 28);
+        cfg.roles = split_roles("api,ingest,origin");
+        let web = cfg.pools();
+        cfg.roles = split_roles("worker");
+        cfg.workers = 1;
+        let worker = cfg.pools();
+        assert_eq!(worker.batch, 0);
+        // 30 pods in PostgreSQL's default 100 connections (97 usable): 10 web + 20 workers.
+        assert!(
+            10 * web.total() + 20 * worker.total() <= 97,
+            "{web:?} {worker:?}"
+        );
+        cfg.queue_db_connections = Some(5);
+        assert_eq!(cfg.pools().queue, 5);
+    }
+
+    const KEYS: [&str; 40] = [
         "listen",
         "data_dir",
         "database_url",
@@ -534,5 +733,10 @@ mod tests {
         "max_connections",
         "header_timeout_s",
         "webhook_allowed_hosts",
+        "encoder_threads",
+        "worker_drain_timeout",
+        "shutdown_delay_s",
+        "trusted_proxies",
+        "queue_retention",
     ];
 }

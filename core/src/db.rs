@@ -43,6 +43,39 @@ pub struct Db {
 /// Migration history table; apalis keeps `_sqlx_migrations` for its own tables.
 pub const MIGRATIONS_TABLE: &str = "lectern_migrations";
 
+/// What opening a database does about its schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// Apply pending migrations (needs DDL rights): `lectern migrate`, and `serve` by default.
+    Apply,
+    /// Only check that every migration is applied; fail with what to run if not
+    /// (`serve --no-migrate`, for pods without DDL rights).
+    Check,
+}
+
+/// Session settings for every PostgreSQL connection: the *server* notices a partitioned client
+/// within about 30 s (keepalive probes after 10 s idle, 3 × 5 s; unacknowledged data after
+/// 30 s) and ends its session, releasing its locks and its connection slot, instead of waiting
+/// for the kernel's two-hour default. On a Unix socket PostgreSQL ignores them.
+pub const PG_SESSION_SETTINGS: [&str; 4] = [
+    "SET tcp_keepalives_idle = 10",
+    "SET tcp_keepalives_interval = 5",
+    "SET tcp_keepalives_count = 3",
+    "SET tcp_user_timeout = 30000",
+];
+
+/// How long an idle pooled PostgreSQL connection is kept: short, so a quiet pod gives its
+/// connections back to a shared server (or PgBouncer) within a minute.
+pub const PG_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Applies [`PG_SESSION_SETTINGS`] to a fresh connection.
+pub async fn pg_session_setup(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    for s in PG_SESSION_SETTINGS {
+        sqlx::Executor::execute(&mut *conn, s).await?;
+    }
+    Ok(())
+}
+
 impl Db {
     /// Connects with the default pool size and brings the schema up to date.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
@@ -56,6 +89,17 @@ impl Db {
         url: &str,
         max_connections: u32,
         batch_connections: u32,
+    ) -> anyhow::Result<Self> {
+        Self::open(url, max_connections, batch_connections, Schema::Apply).await
+    }
+
+    /// Like [`Db::connect_with`], with the schema applied or only checked. A
+    /// `batch_connections` of 0 opens no batch pool (writes then go through the main pool).
+    pub async fn open(
+        url: &str,
+        max_connections: u32,
+        batch_connections: u32,
+        schema: Schema,
     ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of_url(url)?;
@@ -83,10 +127,15 @@ impl Db {
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000",
                         )
                         .await?;
+                    } else {
+                        for s in PG_SESSION_SETTINGS {
+                            sqlx::Executor::execute(&mut *conn, s).await?;
+                        }
                     }
                     Ok(())
                 })
             })
+            .idle_timeout((backend == Backend::Postgres).then_some(PG_IDLE_TIMEOUT))
             .max_connections(if backend == Backend::Sqlite { max_connections.min(4) } else { max_connections })
             // An embedded SQLite connection cannot drop away like a network one, so skip the
             // ping before every query (a round trip to its worker thread each time).
@@ -98,9 +147,11 @@ impl Db {
                 anyhow::anyhow!("cannot connect to the database at {}: {e}", redact(url))
             })?;
         let pg = match backend {
-            Backend::Postgres => Some(
+            Backend::Postgres if batch_connections > 0 => Some(
                 sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(batch_connections.max(1))
+                    .max_connections(batch_connections)
+                    .after_connect(|conn, _| Box::pin(pg_session_setup(conn)))
+                    .idle_timeout(PG_IDLE_TIMEOUT)
                     .acquire_timeout(std::time::Duration::from_secs(10))
                     .connect(url)
                     .await
@@ -108,23 +159,75 @@ impl Db {
                         anyhow::anyhow!("cannot connect to the database at {}: {e}", redact(url))
                     })?,
             ),
-            Backend::Sqlite => None,
+            _ => None,
         };
         let db = Db { pool, backend, pg };
-        db.migrate().await?;
+        match schema {
+            Schema::Apply => db.migrate().await?,
+            Schema::Check => db.check_schema().await?,
+        }
         Ok(db)
     }
 
-    /// Applies pending migrations for this backend.
-    pub async fn migrate(&self) -> anyhow::Result<()> {
+    fn migrator(&self) -> sqlx::migrate::Migrator {
         let mut m = match self.backend {
             Backend::Sqlite => sqlx::migrate!("../migrations/sqlite"),
             Backend::Postgres => sqlx::migrate!("../migrations/postgres"),
         };
         m.dangerous_set_table_name(MIGRATIONS_TABLE);
-        m.run(&self.pool).await?;
+        m
+    }
+
+    /// Applies pending migrations for this backend.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        self.migrator().run(&self.pool).await?;
         Ok(())
     }
+
+    /// Fails, saying what to run, unless every migration this binary knows is applied. A
+    /// schema *ahead* of the binary (a rollout in progress) is accepted: migrations only add.
+    pub async fn check_schema(&self) -> anyhow::Result<()> {
+        let applied: Vec<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT version FROM {MIGRATIONS_TABLE} WHERE success"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| no_schema("Lectern", e))?;
+        let applied: Vec<i64> = applied.into_iter().map(|(v,)| v).collect();
+        require_applied(&self.migrator(), &applied, "Lectern")
+    }
+}
+
+/// The error for a query of a migration table that failed: no schema there yet.
+pub fn no_schema(what: &str, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the database holds no {what} schema yet ({e}); run `lectern migrate` with the same \
+         database settings first, or start `lectern serve` without --no-migrate"
+    )
+}
+
+/// Fails, naming them, when migrations of `m` are missing from `applied` (versions).
+pub fn require_applied(
+    m: &sqlx::migrate::Migrator,
+    applied: &[i64],
+    what: &str,
+) -> anyhow::Result<()> {
+    let missing: Vec<String> = m
+        .iter()
+        .filter(|x| !x.migration_type.is_down_migration())
+        .filter(|x| !applied.contains(&x.version))
+        .map(|x| format!("{} {}", x.version, x.description))
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the database's {what} schema is behind this binary: {} migration(s) not applied \
+             ({}); run `lectern migrate` from this release (for example as the migrate Job of \
+             the Kubernetes overlay), then start serve again",
+            missing.len(),
+            missing.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Creates the SQLite file readable by its owner only, or narrows an existing one: it holds

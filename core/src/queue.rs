@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
-use crate::db::{redact, Backend, Db};
+use crate::db::{redact, Backend, Db, Schema};
 use crate::error::ApiError;
 use crate::videos::state;
 
@@ -48,6 +48,12 @@ impl Queue {
 
     /// Like [`Queue::connect`] with a pool of `max_connections` (SQLite: at most 4).
     pub async fn connect_with(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        Self::open(url, max_connections, Schema::Apply).await
+    }
+
+    /// Like [`Queue::connect_with`], with apalis's tables (and the extensions they need)
+    /// created or only checked.
+    pub async fn open(url: &str, max_connections: u32, schema: Schema) -> anyhow::Result<Self> {
         let ctx = |e: sqlx::Error| anyhow::anyhow!("queue database {}: {e}", redact(url));
         match Backend::of_url(url)? {
             Backend::Sqlite => {
@@ -64,7 +70,18 @@ impl Queue {
                 let mut m = SqliteStorage::<()>::migrations();
                 // Lectern's own migrations use `lectern_migrations`; keep apalis's history apart.
                 m.dangerous_set_table_name("_apalis_migrations");
-                m.run(&pool).await?;
+                match schema {
+                    Schema::Apply => m.run(&pool).await?,
+                    Schema::Check => {
+                        let applied: Vec<(i64,)> =
+                            sqlx::query_as("SELECT version FROM _apalis_migrations WHERE success")
+                                .fetch_all(&pool)
+                                .await
+                                .map_err(|e| crate::db::no_schema("job queue", e))?;
+                        let applied: Vec<i64> = applied.into_iter().map(|(v,)| v).collect();
+                        crate::db::require_applied(&m, &applied, "job queue")?;
+                    }
+                }
                 let cfg = apalis_sqlite::Config::default()
                     .queue(QUEUE_NAME)
                     .batch_size(1)
@@ -75,15 +92,34 @@ impl Queue {
             Backend::Postgres => {
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections.max(1))
+                    .after_connect(|conn, _| Box::pin(crate::db::pg_session_setup(conn)))
+                    .idle_timeout(crate::db::PG_IDLE_TIMEOUT)
+                    .acquire_timeout(Duration::from_secs(10))
                     .connect(url)
                     .await
                     .map_err(ctx)?;
-                for ext in ["pgcrypto", "hstore"] {
-                    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE EXTENSION IF NOT EXISTS {ext}"))).execute(&pool).await.map_err(|e| {
-                        anyhow::anyhow!("the queue needs the PostgreSQL extension {ext}; create it as a superuser: {e}")
-                    })?;
+                match schema {
+                    Schema::Apply => {
+                        for ext in ["pgcrypto", "hstore"] {
+                            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE EXTENSION IF NOT EXISTS {ext}"))).execute(&pool).await.map_err(|e| {
+                                anyhow::anyhow!("the queue needs the PostgreSQL extension {ext}; create it as a superuser: {e}")
+                            })?;
+                        }
+                        PostgresStorage::setup(&pool).await?;
+                    }
+                    Schema::Check => {
+                        let m = PostgresStorage::<()>::migrations();
+                        let applied: Vec<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                            "SELECT version FROM {} WHERE success",
+                            m.table_name
+                        )))
+                        .fetch_all(&pool)
+                        .await
+                        .map_err(|e| crate::db::no_schema("job queue", e))?;
+                        let applied: Vec<i64> = applied.into_iter().map(|(v,)| v).collect();
+                        crate::db::require_applied(&m, &applied, "job queue")?;
+                    }
                 }
-                PostgresStorage::setup(&pool).await?;
                 let cfg = apalis_postgres::Config::default()
                     .queue(QUEUE_NAME)
                     .batch_size(1)
@@ -237,6 +273,91 @@ async fn set_queue_priority(
     .execute(&db.pool)
     .await?;
     Ok(())
+}
+
+/// Marks apalis's row of worker `name` as alive, as apalis's own heartbeat does; a draining
+/// worker calls it, since apalis stops beating once it takes no new jobs.
+pub async fn keep_worker_alive(db: &Db, name: &str) -> anyhow::Result<()> {
+    let sql = match db.backend {
+        Backend::Postgres => "UPDATE apalis.workers SET last_seen = now() WHERE id = $1",
+        Backend::Sqlite => {
+            "UPDATE Workers SET last_seen = CAST(strftime('%s', 'now') AS INTEGER) WHERE id = $1"
+        }
+    };
+    sqlx::query(sql).bind(name).execute(&db.pool).await?;
+    Ok(())
+}
+
+/// Deletes finished rows of this queue (done, killed, or failed for good) whose `done_at` is
+/// older than `retention`, at most `limit` per call, and then workers apalis registered that
+/// have not been seen for as long and hold no row. Returns the jobs deleted. The videos keep
+/// their state and history; only apalis's bookkeeping goes.
+pub async fn sweep_finished(db: &Db, retention: Duration, limit: i64) -> anyhow::Result<u64> {
+    let secs = retention.as_secs() as i64;
+    let finished =
+        "(status IN ('Done', 'Killed') OR (status = 'Failed' AND attempts >= max_attempts))";
+    let (jobs, workers) = match db.backend {
+        Backend::Postgres => (
+            format!(
+                "DELETE FROM apalis.jobs WHERE id IN (SELECT id FROM apalis.jobs WHERE job_type = $1 \
+                 AND {finished} AND done_at < now() - make_interval(secs => $2::float8) LIMIT $3)"
+            ),
+            "DELETE FROM apalis.workers w WHERE w.last_seen < now() - make_interval(secs => $1::float8) \
+             AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.lock_by = w.id)"
+                .to_string(),
+        ),
+        Backend::Sqlite => (
+            format!(
+                "DELETE FROM Jobs WHERE id IN (SELECT id FROM Jobs WHERE job_type = $1 \
+                 AND {finished} AND done_at < CAST(strftime('%s', 'now') AS INTEGER) - $2 LIMIT $3)"
+            ),
+            "DELETE FROM Workers WHERE last_seen < CAST(strftime('%s', 'now') AS INTEGER) - $1 \
+             AND NOT EXISTS (SELECT 1 FROM Jobs j WHERE j.lock_by = Workers.id)"
+                .to_string(),
+        ),
+    };
+    let n = sqlx::query(sqlx::AssertSqlSafe(jobs))
+        .bind(QUEUE_NAME)
+        .bind(secs)
+        .bind(limit)
+        .execute(&db.pool)
+        .await?
+        .rows_affected();
+    sqlx::query(sqlx::AssertSqlSafe(workers))
+        .bind(secs)
+        .execute(&db.pool)
+        .await?;
+    Ok(n)
+}
+
+/// Runs [`sweep_finished`] every ten minutes until `stop` is set, in batches so a backlog of a
+/// million rows never holds a long lock.
+pub async fn run_sweeper(
+    db: Db,
+    retention: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        loop {
+            match sweep_finished(&db, retention, 5000).await {
+                Ok(n) if n >= 5000 => continue,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(jobs = n, "swept finished queue rows");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "queue retention sweep failed; retrying later");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            _ = stop.wait_for(|v| *v) => return,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! - graceful shutdown: the listener closes, in-flight requests get a bounded time to finish.
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 /// Connection limits of the listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Open connections at most.
     pub max_connections: usize,
@@ -29,6 +30,43 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// How long in-flight requests may run on after shutdown begins.
     pub drain: Duration,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Arc<Vec<lectern_core::config::Cidr>>,
+}
+
+/// The client behind `peer`: when `peer` is a trusted proxy, the last `X-Forwarded-For` entry
+/// that is not itself a trusted proxy (entries left of it are the client's own claims and can
+/// be forged); otherwise `peer`.
+pub fn client_addr(
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[lectern_core::config::Cidr],
+) -> SocketAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if trusted.is_empty() || !is_trusted(peer.ip()) {
+        return peer;
+    }
+    let mut client = peer.ip();
+    let entries = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for e in entries.iter().rev() {
+        match e.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(ip) {
+                    break;
+                }
+            }
+            // A malformed hop: stop at the last address we could trust.
+            Err(_) => break,
+        }
+    }
+    SocketAddr::new(client, if client == peer.ip() { peer.port() } else { 0 })
 }
 
 /// Raises this process's open-file limit to its hard limit (as nginx's
@@ -101,9 +139,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let trusted = limits.trusted_proxies.clone();
         let svc =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
+                let client = client_addr(peer, req.headers(), &trusted);
+                req.extensions_mut().insert(ConnectInfo(client));
                 let app = app.clone();
                 async move {
                     if let Some(refused) = crate::http::reject_malformed(&req) {
@@ -156,4 +196,31 @@ async fn refuse(mut stream: TcpStream) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lectern_core::config::Cidr;
+
+    #[test]
+    fn forwarded_for_only_from_trusted_peers() {
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.7, 10.1.1.1".parse().unwrap(),
+        );
+        let proxy: SocketAddr = "10.2.2.2:5000".parse().unwrap();
+        // The proxy chain is trusted down to 203.0.113.7; 6.6.6.6 is the client's own claim.
+        assert_eq!(
+            client_addr(proxy, &h, &trusted).ip().to_string(),
+            "203.0.113.7"
+        );
+        let stranger: SocketAddr = "198.51.100.1:5000".parse().unwrap();
+        assert_eq!(client_addr(stranger, &h, &trusted), stranger);
+        assert_eq!(client_addr(proxy, &h, &[]), proxy);
+        h.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(client_addr(proxy, &h, &trusted).ip(), proxy.ip());
+    }
 }

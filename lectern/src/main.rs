@@ -1,4 +1,4 @@
-//! The `lectern` binary: `serve`, `token` and `upload`.
+//! The `lectern` binary: `serve`, `migrate`, `token` and `upload`.
 
 mod api;
 mod captions;
@@ -48,6 +48,25 @@ enum Command {
         /// Concurrent transcode jobs in this process.
         #[arg(long)]
         workers: Option<usize>,
+        /// Do not migrate: only check that the schema is current and exit with what to run if
+        /// it is not (pods without DDL rights; run `lectern migrate` first).
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply the database migrations (and create the extensions the queue needs), then exit.
+    Migrate {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Exit 0 when a local server answers 200 on a path (for container health checks, where
+    /// the image has no curl).
+    Health {
+        /// Address of the server.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// Path to ask.
+        #[arg(long, default_value = "/readyz")]
+        path: String,
     },
     /// Print a bearer token (JWT HS256) signed with this deployment's secret.
     Token {
@@ -81,6 +100,23 @@ fn load_config(common: &Common) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// One HTTP/1.0 GET with a 5 s budget; Ok only on a 200.
+fn health(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let limit = std::time::Duration::from_secs(5);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, limit)?;
+    s.set_read_timeout(Some(limit))?;
+    s.set_write_timeout(Some(limit))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head)?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    match line.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        other => anyhow::bail!("{addr}{path} answered {}", other.unwrap_or("nothing")),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -89,6 +125,7 @@ fn main() -> std::process::ExitCode {
             listen,
             roles,
             workers,
+            no_migrate,
         } => load_config(&common).and_then(|mut cfg| {
             if let Some(l) = listen {
                 cfg.listen = l;
@@ -100,8 +137,15 @@ fn main() -> std::process::ExitCode {
                 cfg.workers = w;
             }
             cfg.validate()?;
-            serve::run(cfg)
+            let schema = if no_migrate {
+                lectern_core::db::Schema::Check
+            } else {
+                lectern_core::db::Schema::Apply
+            };
+            serve::run(cfg, schema)
         }),
+        Command::Migrate { common } => load_config(&common).and_then(serve::migrate),
+        Command::Health { addr, path } => health(addr, &path),
         Command::Token {
             common,
             role,

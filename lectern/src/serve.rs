@@ -1,5 +1,6 @@
 //! `lectern serve`: wires the configured roles into one process.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use axum::routing::get;
 use axum::Router;
 use lectern_core::auth::Keys;
 use lectern_core::config::Config;
-use lectern_core::db::Db;
+use lectern_core::db::{Db, Schema};
 use lectern_core::error;
 use lectern_core::ladder::Ladder;
 use lectern_core::queue::Queue;
@@ -54,13 +55,34 @@ const EXPOSE_HEADERS: [&str; 16] = [
     "accept-ranges",
 ];
 
-/// Starts the runtime and serves until SIGINT/SIGTERM.
-pub fn run(cfg: Config) -> anyhow::Result<()> {
+/// Starts the runtime and serves until SIGINT/SIGTERM. `schema` says whether the schema is
+/// migrated at start-up or only checked (`--no-migrate`).
+pub fn run(cfg: Config, schema: Schema) -> anyhow::Result<()> {
     init_tracing();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(serve(cfg))
+        .block_on(serve(cfg, schema))
+}
+
+/// `lectern migrate`: applies Lectern's and the queue's migrations (and creates the PostgreSQL
+/// extensions the queue needs), then exits. Run it once before a rollout, with DDL rights.
+pub fn migrate(cfg: Config) -> anyhow::Result<()> {
+    init_tracing();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let url = cfg.database_url();
+            let db = Db::open(&url, 1, 0, Schema::Apply).await?;
+            Queue::open(&url, 1, Schema::Apply).await?;
+            db.check_schema().await?;
+            println!(
+                "the schema of {} is current",
+                lectern_core::db::redact(&url)
+            );
+            Ok(())
+        })
 }
 
 /// Logging for every process of the binary (the server and its encoder children alike).
@@ -77,7 +99,7 @@ pub fn init_tracing() {
     }
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+async fn serve(cfg: Config, schema: Schema) -> anyhow::Result<()> {
     // Real histogram buckets (not summaries) so Prometheus can aggregate p95 across nodes.
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -104,15 +126,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let keys = Keys::load(cfg.secret.as_deref(), &cfg.data_dir, true)?
         .with_previous(&cfg.previous_secrets);
     let db_url = cfg.database_url();
-    let db = Db::connect_with(&db_url, cfg.db_max_connections, cfg.db_batch_connections).await?;
+    let pools = cfg.pools();
+    let db = Db::open(&db_url, pools.main, pools.batch, schema).await?;
     let store = lectern_core::storage::open(
         &cfg.storage_url(),
         cfg.s3_endpoint.as_deref(),
         Duration::from_secs(cfg.store_timeout_s),
     )
     .await?;
-    let queue = Queue::connect_with(&db_url, cfg.queue_db_connections).await?;
-    connection_budget(&db, &cfg).await;
+    let queue = Queue::open(&db_url, pools.queue, schema).await?;
+    connection_budget(&db, pools).await;
     let ladder = Ladder::load(cfg.pipeline.as_deref())?;
     let signer = Signer::new(keys.clone());
     let origin_cache = (cfg.has_role("origin") && cfg.origin_cache_mb > 0).then(|| {
@@ -124,8 +147,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         ))
     });
 
+    // Set at the first stop signal: /readyz answers 503 from then on.
+    let draining = Arc::new(AtomicBool::new(false));
+    let ready = Ready {
+        db: db.clone(),
+        store: store.clone(),
+        draining: draining.clone(),
+    };
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(move || readyz(ready.clone())))
         .route(
             "/metrics",
             get(move || std::future::ready(metrics.render())),
@@ -218,6 +249,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     if cfg.has_role("api") {
         tokio::spawn(crate::http::gauges(db.clone(), stop_rx.clone()));
+        tokio::spawn(lectern_core::queue::run_sweeper(
+            db.clone(),
+            cfg.queue_retention(),
+            stop_rx.clone(),
+        ));
     }
     let limiter = Arc::new(crate::http::RateLimiter::new(
         keys.clone(),
@@ -244,7 +280,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                         .get(crate::http::REQUEST_ID)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
-                    tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+                    // The client as the listener resolved it (behind trusted_proxies, from
+                    // X-Forwarded-For).
+                    let client = req
+                        .extensions()
+                        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                        .map(|c| c.0.ip().to_string())
+                        .unwrap_or_default();
+                    tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id, client = %client)
                 },
             ),
         )
@@ -259,6 +302,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         None => app,
     };
 
+    // A second stop signal cuts the worker drain short.
+    let (force_tx, force_rx) = tokio::sync::watch::channel(false);
+    let (workers_done_tx, workers_done_rx) = tokio::sync::watch::channel(false);
     let workers = if cfg.has_role("worker") {
         let ctx = lectern_transcoder::WorkerContext {
             db: db.clone(),
@@ -270,15 +316,29 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             isolation: lectern_transcoder::isolate::Isolation::current_exe(
                 cfg.encoder_memory_mb,
                 std::time::Duration::from_secs(cfg.encoder_stall_s.max(1)),
+                cfg.encoder_threads,
             )?,
         };
-        Some(tokio::spawn(lectern_transcoder::run_workers(
+        tracing::info!(
+            threads = ctx.isolation.threads,
+            "encoders use {} threads each (the CPUs this process may use)",
+            ctx.isolation.threads
+        );
+        let run = lectern_transcoder::run_workers(
             ctx,
             queue.clone(),
             cfg.workers,
             wait_stop(stop_rx.clone()),
-        )))
+            cfg.worker_drain_timeout(),
+            wait_stop(force_rx),
+        );
+        Some(tokio::spawn(async move {
+            let r = run.await;
+            let _ = workers_done_tx.send(true);
+            r
+        }))
     } else {
+        let _ = workers_done_tx.send(true);
         None
     };
 
@@ -301,11 +361,24 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         max_connections: crate::listener::connection_budget(cfg.max_connections),
         header_timeout: Duration::from_secs(cfg.header_timeout_s),
         drain: Duration::from_secs(60),
+        trusted_proxies: Arc::new(cfg.trusted_proxies()),
     };
+    let delay = Duration::from_secs(cfg.shutdown_delay_s);
     crate::listener::serve(listener, app, limits, async move {
         shutdown_signal().await;
-        tracing::info!("shutting down");
+        draining.store(true, Ordering::SeqCst);
+        tracing::info!("stop signal: /readyz now answers 503; draining");
         let _ = stop_tx.send(true);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = force_tx.send(true);
+        });
+        // Load balancers see the 503 and stop routing here before the listener closes.
+        tokio::time::sleep(delay).await;
+        // A worker keeps answering /healthz and /metrics while its running attempts finish.
+        let mut done = workers_done_rx;
+        let _ = done.wait_for(|v| *v).await;
+        tracing::info!("closing the listener");
     })
     .await?;
     let _ = flush_stop_tx.send(true);
@@ -316,7 +389,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     }
     if let Some(w) = workers {
-        // Running transcodes get a bounded time to finish; the rest go back to the queue.
+        // The listener closed only after the workers stopped; this collects their result.
         match tokio::time::timeout(Duration::from_secs(60), w).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "workers stopped with an error"),
@@ -329,16 +402,79 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `/readyz` checks.
+#[derive(Clone)]
+struct Ready {
+    db: Db,
+    store: Arc<dyn lectern_core::storage::ObjectStore>,
+    draining: Arc<AtomicBool>,
+}
+
+/// `GET /readyz`: 200 when the database and the object store answer within 3 s; 503 with a
+/// JSON error while the process drains or either does not answer.
+async fn readyz(r: Ready) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let unready = |code: &'static str, msg: String| {
+        error::ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, msg)
+            .with_header("retry-after", "5".to_string())
+            .into_response()
+    };
+    if r.draining.load(Ordering::SeqCst) {
+        return unready(
+            "draining",
+            "this node is shutting down and takes no new work; send requests to another node"
+                .into(),
+        );
+    }
+    let limit = Duration::from_secs(3);
+    let db = tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&r.db.pool)).await;
+    match db {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            return unready(
+                "database-unavailable",
+                format!("the database does not answer: {e}"),
+            )
+        }
+        Err(_) => {
+            return unready(
+                "database-unavailable",
+                "the database did not answer within 3 s".into(),
+            )
+        }
+    }
+    // Any answer from the store, "no such object" included, shows it is reachable.
+    match tokio::time::timeout(limit, r.store.head("readyz-probe")).await {
+        Ok(Ok(_)) | Ok(Err(lectern_core::storage::StoreError::NotFound(_))) => {}
+        Ok(Err(e)) => {
+            return unready(
+                "store-unavailable",
+                format!("the object store does not answer: {e}"),
+            )
+        }
+        Err(_) => {
+            return unready(
+                "store-unavailable",
+                "the object store did not answer within 3 s".into(),
+            )
+        }
+    }
+    axum::Json(serde_json::json!({"status": "ready"})).into_response()
+}
+
 /// Warns at start-up when this process's pools could take more PostgreSQL connections than
 /// the server has left for it (see "Connection budget" in ARCHITECTURE.md).
-async fn connection_budget(db: &lectern_core::db::Db, cfg: &Config) {
-    let Some(pg) = &db.pg else { return };
-    let mine = cfg.db_max_connections + cfg.db_batch_connections + cfg.queue_db_connections;
+async fn connection_budget(db: &lectern_core::db::Db, pools: lectern_core::config::Pools) {
+    if db.backend != lectern_core::db::Backend::Postgres {
+        return;
+    }
+    let mine = pools.total();
     let row: Result<(String, String, i64), _> = sqlx::query_as(
         "SELECT current_setting('max_connections'), current_setting('superuser_reserved_connections'), \
          (SELECT COUNT(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
     )
-    .fetch_one(pg)
+    .fetch_one(&db.pool)
     .await;
     let Ok((max, reserved, open)) = row else {
         return;
@@ -355,8 +491,8 @@ async fn connection_budget(db: &lectern_core::db::Db, cfg: &Config) {
         tracing::warn!(
             "this process's pools (db_max_connections {} + db_batch_connections {} + queue_db_connections {} = {mine}) \
              may exceed what PostgreSQL has left ({usable} usable, {open} open now); lower the pools, \
-             raise max_connections, or put PgBouncer in front",
-            cfg.db_max_connections, cfg.db_batch_connections, cfg.queue_db_connections
+             raise max_connections, or put PgBouncer (session mode) in front",
+            pools.main, pools.batch, pools.queue
         );
     }
 }

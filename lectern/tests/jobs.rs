@@ -474,8 +474,11 @@ async fn a_killed_worker_process_loses_no_job_on_postgres() {
 }
 
 #[tokio::test]
-async fn sigterm_hands_a_running_job_back() {
-    let mut app = Opts::new(Db::Sqlite).env("LECTERN_WORKERS", "1").spawn();
+async fn sigterm_past_the_drain_timeout_hands_a_running_job_back() {
+    let mut app = Opts::new(Db::Sqlite)
+        .env("LECTERN_WORKERS", "1")
+        .env("LECTERN_WORKER_DRAIN_TIMEOUT", "1s")
+        .spawn();
     let t = app.token(Role::Admin, "org-s");
     let src = common::long_clip(app.data.path(), "twenty.mp4", 20, "1920x1080");
     let id = app.upload(&t, &src, 1).await;
@@ -498,8 +501,8 @@ async fn sigterm_hands_a_running_job_back() {
         assert!(std::time::Instant::now() < deadline, "{st}");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    // A 20 s 1080p ladder takes far longer than this on 2 cores: the job was handed back,
-    // not finished.
+    // A 20 s 1080p ladder takes far longer than this on 2 cores: past the 1 s drain the job
+    // was handed back, not finished.
     let took = app.sigterm_and_wait();
     assert!(took.as_secs_f64() < 8.0, "SIGTERM took {took:?}");
     app.restart();

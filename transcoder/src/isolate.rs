@@ -355,17 +355,72 @@ pub struct Isolation {
     pub memory_mb: u64,
     /// A child silent for this long is killed as hung.
     pub stall: Duration,
+    /// Encoder and decoder threads of a child: the CPUs this process may use.
+    pub threads: u32,
 }
 
 impl Isolation {
-    /// Re-executes the running binary with the given limits.
-    pub fn current_exe(memory_mb: u64, stall: Duration) -> std::io::Result<Self> {
+    /// Re-executes the running binary with the given limits; `threads` 0 means the CPUs this
+    /// process may use ([`usable_cpus`]).
+    pub fn current_exe(memory_mb: u64, stall: Duration, threads: u32) -> std::io::Result<Self> {
         Ok(Isolation {
             exe: std::env::current_exe()?,
             memory_mb,
             stall,
+            threads: if threads == 0 { usable_cpus() } else { threads },
         })
     }
+}
+
+/// The environment variable that tells an encoder child its thread count.
+pub const THREADS_ENV: &str = "LECTERN_ENCODER_THREADS";
+
+/// CPUs this process may use: its affinity mask (what `nproc` says), lowered to the cgroup's
+/// CPU quota when one is set (`cpu.max` on cgroup v2, `cfs_quota_us` on v1), rounded up. x264
+/// and libav size their thread pools from the affinity mask alone, so in a 4-CPU pod on a
+/// 64-core node they would start 64 threads each and be throttled.
+pub fn usable_cpus() -> u32 {
+    let affinity = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(2);
+    match cgroup_quota() {
+        Some(q) => affinity.min(q.ceil().max(1.0) as u32),
+        None => affinity,
+    }
+}
+
+fn cgroup_quota() -> Option<f64> {
+    // v2: "max 100000" or "400000 100000" in this process's own cgroup.
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in own.lines() {
+        if let Some(path) = line.strip_prefix("0::") {
+            let file = format!("/sys/fs/cgroup{}/cpu.max", path.trim_end_matches('/'));
+            let text = std::fs::read_to_string(&file)
+                .or_else(|_| std::fs::read_to_string("/sys/fs/cgroup/cpu.max"))
+                .ok()?;
+            return parse_cpu_max(&text);
+        }
+    }
+    // v1
+    let quota: f64 = std::fs::read_to_string("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let period: f64 = std::fs::read_to_string("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (quota > 0.0 && period > 0.0).then(|| quota / period)
+}
+
+/// The CPUs a cgroup v2 `cpu.max` allows (`None`: no quota).
+pub fn parse_cpu_max(text: &str) -> Option<f64> {
+    let mut it = text.split_whitespace();
+    let quota: f64 = it.next()?.parse().ok()?;
+    let period: f64 = it.next().unwrap_or("100000").parse().ok()?;
+    (quota > 0.0 && period > 0.0).then(|| quota / period)
 }
 
 /// What the child sends.
@@ -438,6 +493,7 @@ pub async fn spawn(iso: &Isolation, req: &Request, cpu: Duration) -> Result<Runn
         .stderr(Stdio::inherit())
         // glibc's default of 8 arenas per core only inflates the address space the limit sees.
         .env("MALLOC_ARENA_MAX", "2")
+        .env(THREADS_ENV, iso.threads.to_string())
         .process_group(0)
         .kill_on_drop(true);
     let memory = iso.memory_mb.saturating_mul(1 << 20);
@@ -670,4 +726,19 @@ pub async fn poster(
     };
     let (_, blob) = run_to_end(iso, &req, poster::TIMEOUT).await?;
     blob.ok_or_else(|| JobError::retry("no poster frame"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_cpu_quota() {
+        assert_eq!(parse_cpu_max("max 100000\n"), None);
+        assert_eq!(parse_cpu_max("400000 100000\n"), Some(4.0));
+        assert_eq!(parse_cpu_max("150000 100000"), Some(1.5));
+        assert_eq!(parse_cpu_max(""), None);
+        let n = usable_cpus();
+        assert!(n >= 1 && n as usize <= std::thread::available_parallelism().unwrap().get());
+    }
 }

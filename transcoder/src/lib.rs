@@ -96,12 +96,16 @@ pub struct WorkerContext {
     pub isolation: isolate::Isolation,
 }
 
-/// Runs `concurrency` transcode slots until `stop` resolves; running jobs get time to finish.
+/// Runs `concurrency` transcode slots until `stop` resolves. Then the slots take no new jobs,
+/// and running attempts may finish for up to `drain`; past it, or when `force` resolves first
+/// (a second signal), they stop and hand their jobs back to the queue.
 pub async fn run_workers(
     ctx: WorkerContext,
     queue: Queue,
     concurrency: usize,
     stop: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+    force: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     pipeline::init().map_err(|e| anyhow::anyhow!("{e}"))?;
     let name = ctx.name.clone();
@@ -123,6 +127,9 @@ pub async fn run_workers(
         }
     });
     let (reg_db, reg_name) = (ctx.db.clone(), ctx.name.clone());
+    let (drain_db, drain_name) = (ctx.db.clone(), ctx.name.clone());
+    let drain_tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let drain_handles = drain_tasks.clone();
     let monitor = match queue {
         Queue::Sqlite(storage) => Monitor::new().register(move |_| {
             WorkerBuilder::new(name.clone())
@@ -143,13 +150,41 @@ pub async fn run_workers(
     monitor
         .run_with_signal(async move {
             stop.await;
-            // Running attempts see this within a second, stop their pipelines and hand the
-            // jobs back, so a deploy never waits for a long lecture to finish.
-            stopping.store(true, Ordering::Relaxed);
-            tracing::info!("stopping: handing running transcodes back to the queue");
+            // apalis now fetches nothing more and waits for the running attempts. It also stops
+            // its own heartbeat, so keep this worker's row fresh: other workers would otherwise
+            // take its running jobs as orphaned after 30 s and the drain would be wasted.
+            tracing::info!(
+                drain_s = drain.as_secs(),
+                "draining: taking no new jobs; running transcodes may finish within worker_drain_timeout"
+            );
+            let mut tasks = drain_handles.lock().expect("drain task list");
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    if let Err(e) = lectern_core::queue::keep_worker_alive(&drain_db, &drain_name).await {
+                        tracing::warn!(error = %e, "queue heartbeat during drain not recorded");
+                    }
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }));
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(drain) => tracing::warn!(
+                        "worker_drain_timeout passed; handing running transcodes back to the queue"
+                    ),
+                    _ = force => tracing::warn!(
+                        "second stop signal; handing running transcodes back to the queue now"
+                    ),
+                }
+                // Running attempts see this within a second, stop their encoders and hand the
+                // jobs back, so another worker takes them at once.
+                stopping.store(true, Ordering::Relaxed);
+            }));
             Ok(())
         })
         .await?;
+    for t in drain_tasks.lock().expect("drain task list").drain(..) {
+        t.abort();
+    }
     beat.abort();
     let _ = lectern_core::nodes::remove(&reg_db, &reg_name).await;
     Ok(())
@@ -520,10 +555,8 @@ async fn encode_and_package(
     limit: Duration,
 ) -> Result<Published, JobError> {
     let fps = spec.fps.0 as f64 / spec.fps.1.max(1) as f64;
-    // x264 keeps every core busy, so CPU time can reach cores × the wall-clock limit.
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2) as u32;
+    // x264 keeps every thread busy, so CPU time can reach threads × the wall-clock limit.
+    let cores = ctx.isolation.threads.max(1);
     let mut child = isolate::spawn(
         &ctx.isolation,
         &isolate::Request::Encode { spec },

@@ -118,6 +118,15 @@ impl Drop for NullOnDrop {
     }
 }
 
+/// Threads per encoder and decoder, from the worker ([`crate::isolate::THREADS_ENV`]); 0 lets
+/// each library pick (the node's core count).
+fn encoder_threads() -> u32 {
+    std::env::var(crate::isolate::THREADS_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn make(name: &str) -> Result<gst::Element, JobError> {
     gst::ElementFactory::make(name)
         .build()
@@ -149,6 +158,17 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
         .build()
         .map_err(|e| JobError::retry(e.to_string()))?;
     let dbin = make("decodebin")?;
+    let threads = encoder_threads();
+    if threads > 0 {
+        // libav decoders otherwise start one thread per core of the node, not of the pod.
+        dbin.downcast_ref::<gst::Bin>()
+            .expect("decodebin is a bin")
+            .connect_element_added(move |_, el| {
+                if el.find_property("max-threads").is_some() {
+                    el.set_property("max-threads", threads as i32);
+                }
+            });
+    }
     pipeline
         .add_many([&src, &dbin])
         .map_err(|e| JobError::retry(e.to_string()))?;
@@ -219,6 +239,7 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
                 .build(),
         )?;
         let enc = gst::ElementFactory::make("x264enc")
+            .property("threads", encoder_threads())
             .property("bitrate", r.bitrate_kbps)
             .property("vbv-buf-capacity", r.vbv_ms)
             .property("key-int-max", spec.gop_frames)

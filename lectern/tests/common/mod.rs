@@ -313,13 +313,15 @@ impl Drop for FaultProxy {
     }
 }
 
-fn pg_url_for(db: &str) -> String {
+/// The URL of database `db` on the test PostgreSQL server.
+pub fn pg_url_for(db: &str) -> String {
     let admin = pg_admin_url();
     let cut = admin.rfind('/').expect("database URL has a path");
     format!("{}/{db}", &admin[..cut])
 }
 
-fn pg_exec(sql: String) {
+/// Runs `sql` on the test PostgreSQL server as its admin (from any thread).
+pub fn pg_exec(sql: String) {
     // Tests run inside a tokio runtime; a runtime of our own needs its own thread.
     std::thread::spawn(move || pg_exec_here(sql))
         .join()
@@ -363,6 +365,8 @@ pub struct Opts {
     pub pg_port: Option<u16>,
     /// Reach S3 through this local port (a [`FaultProxy`]).
     pub s3_port: Option<u16>,
+    /// Extra arguments after `serve`.
+    pub args: Vec<String>,
 }
 
 impl Opts {
@@ -395,6 +399,12 @@ impl Opts {
     /// Reaches the S3 server through `port` on loopback.
     pub fn s3_via(mut self, port: u16) -> Self {
         self.s3_port = Some(port);
+        self
+    }
+
+    /// Adds an argument to `serve`.
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.into());
         self
     }
 
@@ -543,6 +553,28 @@ impl TestApp {
         started.elapsed()
     }
 
+    /// Sends SIGTERM and returns at once; [`TestApp::wait_exit`] collects the process.
+    pub fn send_sigterm(&self) {
+        assert!(
+            sigterm(self.child.as_ref().expect("running")),
+            "SIGTERM sent"
+        );
+    }
+
+    /// Waits up to `limit` for the process to exit and returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        let c = self.child.as_mut().expect("running");
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                self.child = None;
+                return st;
+            }
+            assert!(Instant::now() < deadline, "still running after {limit:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Starts the server again on the same data and port (after `kill9` or `sigterm_and_wait`).
     pub fn restart(&mut self) {
         let listen = ("LECTERN_LISTEN".to_string(), self.addr());
@@ -582,6 +614,7 @@ impl TestApp {
         if let Some(r) = &self.opts.roles {
             cmd.args(["--roles", r]);
         }
+        cmd.args(&self.opts.args);
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }
