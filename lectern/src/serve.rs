@@ -306,6 +306,9 @@ async fn serve(cfg: Config, schema: Schema) -> anyhow::Result<()> {
     let (force_tx, force_rx) = tokio::sync::watch::channel(false);
     let (workers_done_tx, workers_done_rx) = tokio::sync::watch::channel(false);
     let workers = if cfg.has_role("worker") {
+        // Fail at start, not with every job stuck in the queue, when a plugin is missing.
+        lectern_transcoder::pipeline::init()
+            .map_err(|e| anyhow::anyhow!("cannot run the worker role: {e}"))?;
         let ctx = lectern_transcoder::WorkerContext {
             db: db.clone(),
             store: store.clone(),

@@ -619,15 +619,24 @@ impl TestApp {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn lectern");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        self.base = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("server did not report its address: {line:?}"))
-            .to_string();
+        self.base = read_address(&mut child);
         self.child = Some(child);
+    }
+
+    /// Runs a prepared server command (one that ends in `lectern serve`, e.g. inside a chroot
+    /// or on another network host) as a test server; `data` is kept until the app drops.
+    pub fn from_command(mut cmd: Command, data: tempfile::TempDir) -> TestApp {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn the server command");
+        let base = read_address(&mut child);
+        TestApp {
+            base,
+            data,
+            http: reqwest::Client::new(),
+            child: Some(child),
+            pg_db: None,
+            opts: Opts::default(),
+        }
     }
 
     /// SIGKILLs the server (no clean shutdown) and starts it again on the same data and port.
@@ -782,6 +791,17 @@ impl Drop for TestApp {
             pg_exec(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
         }
     }
+}
+
+/// Reads the server's first stdout line (`lectern listening on http://…`) and returns the URL.
+fn read_address(child: &mut Child) -> String {
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    line.split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("server did not report its address: {line:?}"))
+        .to_string()
 }
 
 /// Fetches a URL and returns status, headers and body.
@@ -1066,6 +1086,11 @@ fn sigterm(child: &std::process::Child) -> bool {
         .args(["-TERM", &child.id().to_string()])
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Whether the tests run as root (network namespaces, chroot and mounts need it).
+pub fn is_root() -> bool {
+    unsafe_is_root()
 }
 
 fn unsafe_is_root() -> bool {
