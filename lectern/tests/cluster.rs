@@ -238,7 +238,7 @@ async fn migrate_on_the_embedded_database() {
     let url = format!("sqlite://{}?mode=rwc", data.path().join("l.db").display());
     let (ok, out) = lectern(&["migrate"], &url, data.path());
     assert!(ok, "{out}");
-    let app = serve_without_ddl(&url).await;
+    let _app = serve_without_ddl(&url).await;
 }
 
 #[tokio::test]
