@@ -717,3 +717,50 @@ pub async fn delete_caption(db: &Db, video: &str, lang: &str) -> Result<Option<S
             .await?;
     Ok(old.map(|o| o.0))
 }
+
+/// Records an attempt's output prefix before anything is written under it, so its objects can
+/// always be found and deleted later ([`stale_prefixes`], [`forget_prefix`]).
+pub async fn record_prefix(db: &Db, id: &str, attempt: i64, prefix: &str) -> Result<(), ApiError> {
+    sqlx::query(
+        "INSERT INTO attempt_prefixes (prefix, video_id, attempt, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(prefix)
+    .bind(id)
+    .bind(attempt)
+    .bind(now_ms())
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Forgets a prefix whose objects are deleted (or, for the published one, kept for good).
+pub async fn forget_prefix(db: &Db, prefix: &str) -> Result<(), ApiError> {
+    sqlx::query("DELETE FROM attempt_prefixes WHERE prefix = $1")
+        .bind(prefix)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+/// Prefixes that no attempt will publish: of `video` (or of every video when `None`), those of
+/// attempts older than the video's current one, or of a video that is no longer processing,
+/// never the published output. At most `limit`.
+pub async fn stale_prefixes(
+    db: &Db,
+    video: Option<&str>,
+    limit: i64,
+) -> Result<Vec<String>, ApiError> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT p.prefix FROM attempt_prefixes p LEFT JOIN videos v ON v.id = p.video_id \
+         WHERE ($1 = '' OR p.video_id = $1) \
+           AND (v.id IS NULL OR ((p.attempt < v.attempts OR v.state <> $2) \
+                AND p.prefix <> COALESCE(v.output_prefix, ''))) \
+         ORDER BY p.created_at LIMIT $3",
+    )
+    .bind(video.unwrap_or(""))
+    .bind(state::PROCESSING)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows.into_iter().map(|(p,)| p).collect())
+}

@@ -10,66 +10,11 @@ use std::collections::HashMap;
 use std::process::Command;
 
 use common::{
-    fetch, free_port, join, lecture_clip, media_cache, play_in_chromium, Db, Nginx, Opts, TestApp,
-    SECRET,
+    fetch, free_port, is_segment, join, lecture_clip, media_cache, play_in_chromium, walk_tree, Db,
+    Nginx, Opts, TestApp, SECRET,
 };
 use lectern_core::auth::{Keys, Role};
 use serde_json::Value;
-
-/// One request of a player's walk: URL, status, `X-Cache-Status`.
-#[derive(Debug)]
-struct Hit {
-    url: String,
-    status: u16,
-    cache: String,
-}
-
-/// Fetches the master and everything it leads to (media playlists, init segments, media
-/// segments, caption files), as a player that watches every rendition would.
-async fn walk_tree(http: &reqwest::Client, master_url: &str) -> Vec<Hit> {
-    let get = |url: String| async move {
-        let r = http.get(&url).send().await.unwrap();
-        let status = r.status().as_u16();
-        let cache = r
-            .headers()
-            .get("x-cache-status")
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default();
-        let body = r.bytes().await.unwrap().to_vec();
-        (Hit { url, status, cache }, body)
-    };
-    let mut hits = Vec::new();
-    let (h, body) = get(master_url.to_string()).await;
-    hits.push(h);
-    let master = m3u8_rs::parse_master_playlist_res(&body).unwrap();
-    let media: Vec<String> = master
-        .variants
-        .iter()
-        .map(|v| v.uri.clone())
-        .chain(master.alternatives.iter().filter_map(|a| a.uri.clone()))
-        .map(|u| join(master_url, &u))
-        .collect();
-    for m in media {
-        let (h, body) = get(m.clone()).await;
-        hits.push(h);
-        let pl = m3u8_rs::parse_media_playlist_res(&body).unwrap();
-        let mut files: Vec<String> = pl
-            .segments
-            .iter()
-            .filter_map(|s| s.map.as_ref().map(|m| m.uri.clone()))
-            .collect();
-        files.extend(pl.segments.iter().map(|s| s.uri.clone()));
-        for f in files {
-            hits.push(get(join(&m, &f)).await.0);
-        }
-    }
-    hits
-}
-
-fn is_segment(url: &str) -> bool {
-    let path = url.split('?').next().unwrap();
-    [".m4s", ".mp4", ".vtt"].iter().any(|e| path.ends_with(e))
-}
 
 const CAPTIONS: &str = "WEBVTT\n\n00:00:00.500 --> 00:00:04.000\nWelcome to week one.\n\n00:00:04.500 --> 00:00:09.000\nToday: kinematics.\n";
 

@@ -112,6 +112,7 @@ pub async fn run_workers(
     let stopping = ctx.stopping.clone();
     let ctx = Arc::new(ctx);
     // Operators see this process in /api/v1/admin/workers while it beats.
+    let sweeper = tokio::spawn(run_prefix_sweeper(ctx.clone()));
     let beat = tokio::spawn({
         let (db, name, stopping) = (ctx.db.clone(), ctx.name.clone(), stopping.clone());
         let started = lectern_core::now_ms();
@@ -130,15 +131,33 @@ pub async fn run_workers(
     let (drain_db, drain_name) = (ctx.db.clone(), ctx.name.clone());
     let drain_tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
     let drain_handles = drain_tasks.clone();
+    // A worker whose polling fails (the database went away: a restart, a partition) would
+    // otherwise end for good while the process lives on and beats; restart it until shutdown,
+    // backing off 1, 2, 4, then 5 s (an unreachable network fails at once). apalis asks this
+    // synchronously, so the wait moves the runtime's other tasks off this thread meanwhile.
+    let restart_stopping = stopping.clone();
+    let draining = Arc::new(AtomicBool::new(false));
+    let restart_draining = draining.clone();
+    let restart = move |w: &apalis::prelude::WorkerContext, e: &apalis::prelude::WorkerError| {
+        let stop =
+            || restart_draining.load(Ordering::Relaxed) || restart_stopping.load(Ordering::Relaxed);
+        if stop() {
+            return false;
+        }
+        let wait = Duration::from_secs(1 << w.restarts().min(3)).min(Duration::from_secs(5));
+        tracing::warn!(restarts = w.restarts(), error = %e, wait_s = wait.as_secs(), "queue polling failed; restarting the worker");
+        tokio::task::block_in_place(|| std::thread::sleep(wait));
+        !stop()
+    };
     let monitor = match queue {
-        Queue::Sqlite(storage) => Monitor::new().register(move |_| {
+        Queue::Sqlite(storage) => Monitor::new().should_restart(restart).register(move |_| {
             WorkerBuilder::new(name.clone())
                 .backend(storage.clone().poll_with_strategy(TickStrategy::new(POLL)))
                 .data(ctx.clone())
                 .concurrency(concurrency)
                 .build(handle)
         }),
-        Queue::Postgres(storage) => Monitor::new().register(move |_| {
+        Queue::Postgres(storage) => Monitor::new().should_restart(restart).register(move |_| {
             WorkerBuilder::new(name.clone())
                 .backend(storage.clone().poll_with_strategy(TickStrategy::new(POLL)))
                 .data(ctx.clone())
@@ -150,6 +169,7 @@ pub async fn run_workers(
     monitor
         .run_with_signal(async move {
             stop.await;
+            draining.store(true, Ordering::Relaxed);
             // apalis now fetches nothing more and waits for the running attempts. It also stops
             // its own heartbeat, so keep this worker's row fresh: other workers would otherwise
             // take its running jobs as orphaned after 30 s and the drain would be wasted.
@@ -186,6 +206,7 @@ pub async fn run_workers(
         t.abort();
     }
     beat.abort();
+    sweeper.abort();
     let _ = lectern_core::nodes::remove(&reg_db, &reg_name).await;
     Ok(())
 }
@@ -256,6 +277,10 @@ pub async fn transcode(ctx: &WorkerContext, video_id: &str, task: &str) -> Resul
         Ok(published) => {
             if videos::mark_ready(&ctx.db, video_id, attempt, &published).await? {
                 tracing::info!(video = %video_id, attempt, secs, "transcode ready");
+                // The published prefix stays for good; every earlier attempt's goes now,
+                // including those of attempts whose worker was killed or cut off.
+                let _ = videos::forget_prefix(&ctx.db, &published.output_prefix).await;
+                delete_stale_prefixes(ctx, Some(video_id)).await;
                 videos::attach_to_lesson(&ctx.db, &video).await?;
                 let data = serde_json::json!({
                     "video_id": video_id, "title": video.title, "lesson": video.lesson,
@@ -266,7 +291,7 @@ pub async fn transcode(ctx: &WorkerContext, video_id: &str, task: &str) -> Resul
                     .increment(1);
             } else {
                 // Superseded or deleted meanwhile: this output is nobody's.
-                let _ = ctx.store.delete_prefix(&published.output_prefix).await;
+                discard_prefix(ctx, &published.output_prefix).await;
             }
             Ok(())
         }
@@ -343,6 +368,38 @@ async fn emit_failed(
     });
     lectern_core::webhooks::emit(&ctx.db, &v.org, "video.failed", data).await?;
     Ok(())
+}
+
+/// Deletes an attempt's objects; the record goes only once they are gone, so a deletion that
+/// fails now (the store or the database unreachable) is retried by [`run_prefix_sweeper`].
+async fn discard_prefix(ctx: &WorkerContext, prefix: &str) {
+    match ctx.store.delete_prefix(prefix).await {
+        Ok(()) => {
+            let _ = videos::forget_prefix(&ctx.db, prefix).await;
+        }
+        Err(e) => {
+            tracing::warn!(prefix, error = %e, "attempt output not deleted yet; the sweep retries")
+        }
+    }
+}
+
+async fn delete_stale_prefixes(ctx: &WorkerContext, video: Option<&str>) {
+    match videos::stale_prefixes(&ctx.db, video, 100).await {
+        Ok(list) => {
+            for p in list {
+                discard_prefix(ctx, &p).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "stale attempt outputs not listed"),
+    }
+}
+
+/// Every minute, deletes the outputs of attempts that can no longer be published.
+async fn run_prefix_sweeper(ctx: Arc<WorkerContext>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        delete_stale_prefixes(&ctx, None).await;
+    }
 }
 
 /// Crashes of the encoder on one input before the video fails with `encoder-crashed`.
@@ -455,6 +512,7 @@ async fn run_attempt(ctx: &WorkerContext, v: &Video, attempt: i64) -> Result<Pub
         });
     }
     let prefix = format!("videos/{}/{}/", v.id, lectern_core::new_id());
+    videos::record_prefix(&ctx.db, &v.id, attempt, &prefix).await?;
     let spec = pipeline::Spec {
         input,
         fps: (fps.numer(), fps.denom()),
@@ -501,7 +559,7 @@ async fn run_attempt(ctx: &WorkerContext, v: &Video, attempt: i64) -> Result<Pub
         ))),
     };
     if result.is_err() {
-        let _ = ctx.store.delete_prefix(&prefix).await;
+        discard_prefix(ctx, &prefix).await;
     }
     let mut published = result?;
     published.poster_key = make_poster(ctx, &poster_input, duration_s, pw, ph, &prefix).await;

@@ -623,6 +623,19 @@ impl TestApp {
         self.child = Some(child);
     }
 
+    /// A client of a server this harness did not start (a load balancer, another host):
+    /// every request helper goes to `base`.
+    pub fn client(base: &str) -> TestApp {
+        TestApp {
+            base: base.trim_end_matches('/').to_string(),
+            data: tempfile::tempdir().unwrap(),
+            http: reqwest::Client::new(),
+            child: None,
+            pg_db: None,
+            opts: Opts::default(),
+        }
+    }
+
     /// Runs a prepared server command (one that ends in `lectern serve`, e.g. inside a chroot
     /// or on another network host) as a test server; `data` is kept until the app drops.
     pub fn from_command(mut cmd: Command, data: tempfile::TempDir) -> TestApp {
@@ -1141,4 +1154,63 @@ fn percent_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// One request of a player's walk: URL, status, `X-Cache-Status`.
+#[derive(Debug)]
+pub struct Hit {
+    /// The URL.
+    pub url: String,
+    /// Its status.
+    pub status: u16,
+    /// `X-Cache-Status` (empty without a CDN).
+    pub cache: String,
+}
+
+/// Fetches the master and everything it leads to (media playlists, init segments, media
+/// segments, caption files), as a player that watches every rendition would.
+pub async fn walk_tree(http: &reqwest::Client, master_url: &str) -> Vec<Hit> {
+    let get = |url: String| async move {
+        let r = http.get(&url).send().await.unwrap();
+        let status = r.status().as_u16();
+        let cache = r
+            .headers()
+            .get("x-cache-status")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body = r.bytes().await.unwrap().to_vec();
+        (Hit { url, status, cache }, body)
+    };
+    let mut hits = Vec::new();
+    let (h, body) = get(master_url.to_string()).await;
+    hits.push(h);
+    let master = m3u8_rs::parse_master_playlist_res(&body).unwrap();
+    let media: Vec<String> = master
+        .variants
+        .iter()
+        .map(|v| v.uri.clone())
+        .chain(master.alternatives.iter().filter_map(|a| a.uri.clone()))
+        .map(|u| join(master_url, &u))
+        .collect();
+    for m in media {
+        let (h, body) = get(m.clone()).await;
+        hits.push(h);
+        let pl = m3u8_rs::parse_media_playlist_res(&body).unwrap();
+        let mut files: Vec<String> = pl
+            .segments
+            .iter()
+            .filter_map(|s| s.map.as_ref().map(|m| m.uri.clone()))
+            .collect();
+        files.extend(pl.segments.iter().map(|s| s.uri.clone()));
+        for f in files {
+            hits.push(get(join(&m, &f)).await.0);
+        }
+    }
+    hits
+}
+
+/// Whether a URL names a segment (or caption file) rather than a playlist.
+pub fn is_segment(url: &str) -> bool {
+    let path = url.split('?').next().unwrap();
+    [".m4s", ".mp4", ".vtt"].iter().any(|e| path.ends_with(e))
 }
