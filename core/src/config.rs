@@ -447,29 +447,17 @@ impl Config {
 
     /// The upload expiry as a duration.
     pub fn upload_expiry(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(
-            crate::auth::parse_ttl(&self.upload_expiry)
-                .unwrap_or(86400)
-                .max(1) as u64,
-        )
+        duration(&self.upload_expiry, 86400, 1)
     }
 
     /// How long a stopping worker lets running attempts finish.
     pub fn worker_drain_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(
-            crate::auth::parse_ttl(&self.worker_drain_timeout)
-                .unwrap_or(900)
-                .max(0) as u64,
-        )
+        duration(&self.worker_drain_timeout, 900, 0)
     }
 
     /// How long finished queue rows are kept.
     pub fn queue_retention(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(
-            crate::auth::parse_ttl(&self.queue_retention)
-                .unwrap_or(7 * 86400)
-                .max(3600) as u64,
-        )
+        duration(&self.queue_retention, 7 * 86400, 3600)
     }
 
     /// The trusted proxy ranges (validated by [`Config::validate`]).
@@ -510,6 +498,11 @@ impl Config {
             .clone()
             .unwrap_or_else(|| format!("file://{}", self.data_dir.join("objects").display()))
     }
+}
+
+/// A duration key's value ([`Config::validate`] has refused bad ones), at least `min` seconds.
+fn duration(v: &str, default_s: i64, min_s: i64) -> std::time::Duration {
+    std::time::Duration::from_secs(crate::auth::parse_ttl(v).unwrap_or(default_s).max(min_s) as u64)
 }
 
 /// Database pool sizes of one process.

@@ -644,13 +644,15 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
             .is_some_and(|n| n > 0)
             || headers.contains_key(header::TRANSFER_ENCODING);
         if has_body && is_octet_stream(&headers) {
-            let guard = st.locks.acquire(&id).await?;
-            let upload = uploads::Upload {
-                lease_token: guard.token(),
-                ..upload
-            };
+            // A new upload has no tail, so its buffer share is known before the lease: wait for
+            // memory first, holding nothing another request of this upload would need.
             match st.reserve(&upload, &headers).await {
                 Ok(permit) => {
+                    let guard = st.locks.acquire(&id).await?;
+                    let upload = uploads::Upload {
+                        lease_token: guard.token(),
+                        ..upload
+                    };
                     let st = st.clone();
                     let w = under_lock(guard, async move {
                         let w = write_request(&st, upload, &headers, req.into_body()).await;
@@ -664,10 +666,7 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
                 // A busy node still creates the upload but stores none of this body: the
                 // client reads `Upload-Offset: 0` and sends it again with PATCH (tus allows a
                 // server to keep less than it was sent).
-                Err(_) => {
-                    guard.release().await;
-                    drain(req).await;
-                }
+                Err(_) => drain(req).await,
             }
         } else if length == 0 {
             finish(&st, &upload).await?;

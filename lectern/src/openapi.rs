@@ -491,6 +491,16 @@ const OPS: &[Op] = &[
     ),
     op(
         "get",
+        "/readyz",
+        "operations",
+        "Readiness: 503 while draining or while the database or object store does not answer",
+        "none",
+        200,
+        &[503],
+        &[],
+    ),
+    op(
+        "get",
         "/api/v1/openapi.json",
         "operations",
         "This document",

@@ -39,13 +39,7 @@ async fn readyz_follows_the_database_and_the_store() {
     assert_eq!(s, 503, "{body}");
     assert_eq!(body["code"], "store-unavailable", "{body}");
     // Liveness is not readiness: the process itself is fine.
-    let h = app
-        .http
-        .get(format!("{}/healthz", app.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(h.status(), 200);
+    assert_eq!(get_json(&app, "/healthz").await.0, 200);
     s3.restore().await;
 
     pg.cut();
@@ -107,13 +101,11 @@ async fn sigterm_drains_a_worker_the_running_job_finishes_here() {
         assert!(Instant::now() < deadline, "/readyz still {s} after SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let h = app
-        .http
-        .get(format!("{}/healthz", app.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(h.status(), 200, "a draining worker answers /healthz");
+    assert_eq!(
+        get_json(&app, "/healthz").await.0,
+        200,
+        "a draining worker answers /healthz"
+    );
     let status = app.wait_exit(Duration::from_secs(180));
     assert!(status.success(), "clean exit after the drain: {status}");
 
