@@ -1,9 +1,12 @@
 //! Shared pieces of Lectern's benchmarks: spawning servers, timing, medians, peak RSS.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use serde_json::Value;
 
 /// A server process under measurement; killed on drop.
 pub struct Server {
@@ -77,6 +80,41 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Peak RSS (VmHWM), MiB, of the live child processes of `pid`: the encoder processes.
+pub fn children_peak_rss_mib(pid: u32) -> f64 {
+    let mut peak = 0.0f64;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(1))
+            .and_then(|s| s.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            peak = peak.max(peak_rss_mib(child));
+        }
+    }
+    peak
+}
+
+/// CPU seconds of `pid` and of its children that have been waited for.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // utime, stime, and cutime, cstime: the encoder runs in a child process of the server
+    // (one per attempt, reaped when it ends), so its CPU is counted once it has been waited.
+    let ticks: f64 = [11, 12, 13, 14]
+        .iter()
+        .filter_map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz.max(1.0)
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -142,6 +180,71 @@ pub async fn tus_upload(
         .next()
         .unwrap_or_default()
         .to_string())
+}
+
+/// Every job the token can see, by video id (pages through the whole list).
+pub async fn all_jobs(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> anyhow::Result<HashMap<String, Value>> {
+    let mut out = HashMap::new();
+    let mut cursor = String::new();
+    loop {
+        let page: Value = http
+            .get(format!(
+                "{base}/api/v1/admin/jobs?limit=100&cursor={cursor}"
+            ))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        for j in page["jobs"].as_array().into_iter().flatten() {
+            out.insert(j["id"].as_str().unwrap_or_default().to_string(), j.clone());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 field of a job.
+pub fn job_ms(job: &Value, key: &str) -> Option<f64> {
+    chrono::DateTime::parse_from_rfc3339(job[key].as_str()?)
+        .ok()
+        .map(|d| d.timestamp_millis() as f64)
+}
+
+/// Polls the job list until job `id` is `ready` (an error if it failed or an hour passed),
+/// calling `tick` before every poll; returns the job.
+pub async fn wait_ready(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    id: &str,
+    mut tick: impl FnMut(),
+) -> anyhow::Result<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3600);
+    loop {
+        tick();
+        let job = all_jobs(http, base, token)
+            .await?
+            .remove(id)
+            .unwrap_or_default();
+        match job["state"].as_str() {
+            Some("ready") => return Ok(job),
+            Some("failed") | Some("canceled") => anyhow::bail!("transcode failed: {job}"),
+            _ => {}
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "transcode did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[cfg(test)]

@@ -168,15 +168,19 @@ fn parked(class: i64) -> i64 {
 
 // Fairness without rewriting the queue. Within a class an org's jobs run oldest first, so
 // only each org's oldest queued job of a class (its *head*) competes with other orgs: it gets
-// round = the org's running attempts, so an org holding fewer workers goes first. Every other
+// round = the org's recent service (its running attempts plus those it started within
+// `FAIR_SHARE_WINDOW_MS`), so an org holding fewer workers goes first, and among orgs that
+// hold none the one served least lately goes first: a burst takes turns one job per org.
+// (Counting running attempts alone made idle orgs tie at round 0 on a busy single slot, and
+// the tie went to whichever head was queued first: first come, first served.) Every other
 // queued job is *parked* at the back of its class. Keeping that true costs a few single-row
 // writes per event, whatever the backlog: an enqueue places one job, and a start (or a class
 // change) re-ranks the org's heads, one per class, and promotes the next job. No statement
 // touches more than one job row, and none runs in a transaction, so enqueues and starts of
 // one org can never deadlock.
 
-/// Where a new job of `org` in `class` goes: the head of its class (round = the org's running
-/// attempts) when the org has nothing queued there yet, else parked behind it.
+/// Where a new job of `org` in `class` goes: the head of its class (round = the org's recent
+/// service) when the org has nothing queued there yet, else parked behind it.
 pub async fn placement(db: &Db, org: &str, class: i64) -> Result<i64, ApiError> {
     let (queued,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM (SELECT 1 FROM videos WHERE org = $1 AND state = $2 AND priority = $3 LIMIT 1) q",
@@ -192,17 +196,24 @@ pub async fn placement(db: &Db, org: &str, class: i64) -> Result<i64, ApiError> 
     Ok(effective_priority(class, running(db, org).await?))
 }
 
+/// How far back an org's started attempts count towards its fairness round.
+const FAIR_SHARE_WINDOW_MS: i64 = 15 * 60 * 1000;
+
+/// An org's recent service: attempts running now, plus those started within the window.
 async fn running(db: &Db, org: &str) -> Result<i64, ApiError> {
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM videos WHERE org = $1 AND state = $2")
-        .bind(org)
-        .bind(state::PROCESSING)
-        .fetch_one(&db.pool)
-        .await?;
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM videos WHERE org = $1 AND (state = $2 OR started_at >= $3)",
+    )
+    .bind(org)
+    .bind(state::PROCESSING)
+    .bind(crate::now_ms() - FAIR_SHARE_WINDOW_MS)
+    .fetch_one(&db.pool)
+    .await?;
     Ok(n)
 }
 
-/// Re-ranks `org`'s heads after its running count or a job's class changed: in each class
-/// with queued jobs, the oldest becomes (or stays) the head at round = running, and any other
+/// Re-ranks `org`'s heads after its recent service or a job's class changed: in each class
+/// with queued jobs, the oldest becomes (or stays) the head at round = recent service, and any other
 /// job still ranked as a head is parked.
 pub async fn refresh_heads(db: &Db, org: &str) -> Result<(), ApiError> {
     let running = running(db, org).await?;

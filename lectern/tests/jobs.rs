@@ -326,6 +326,45 @@ async fn orgs_take_turns_classes_order_the_queue_and_admins_change_priority() {
 }
 
 #[tokio::test]
+async fn a_burst_from_several_orgs_takes_turns_one_job_per_org() {
+    // Three orgs queue three lectures each (A's first, then B's, then C's) before a single
+    // slot starts. Every round serves each org once: with running attempts alone as the
+    // round, every head tied at 1 after the first round and the oldest went first
+    // (A B C A A B B C C), so an org's burst still ran back to back.
+    let api = Opts::new(Db::Sqlite).roles("api,ingest,origin").spawn();
+    let clip = common::clip("clip-360p.mp4");
+    let name = "filename Y2xpcC5tcDQ=";
+    let mut ids = std::collections::HashMap::new();
+    for org in ["org-a", "org-b", "org-c"] {
+        let t = api.token(Role::Instructor, org);
+        for k in 0..3 {
+            ids.insert(upload_meta(&api, &t, &clip, name).await, (org, k));
+        }
+    }
+    let worker = api.peer_with("worker", &[("LECTERN_WORKERS", "1")]);
+    for (id, (org, _)) in &ids {
+        let (st, _) = api.wait_done(&api.token(Role::Instructor, org), id).await;
+        assert_eq!(st["state"], "ready", "{st}");
+    }
+    drop(worker);
+    let order: Vec<String> = start_order(&api)
+        .await
+        .iter()
+        .map(|id| {
+            let (org, k) = ids[id];
+            format!("{org}#{k}")
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "org-a#0", "org-b#0", "org-c#0", "org-a#1", "org-b#1", "org-c#1", "org-a#2", "org-b#2",
+            "org-c#2"
+        ]
+    );
+}
+
+#[tokio::test]
 async fn one_lecture_of_org_b_passes_fifty_of_org_a_on_postgres() {
     // Org A bulk-queues 50 lectures while a single-slot worker is busy with its first one;
     // org B's only lecture must start in the next free slot.

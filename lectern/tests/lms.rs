@@ -1396,7 +1396,7 @@ const HOT_QUERIES: &[(&str, &str)] = &[
     ("video list", "SELECT id FROM videos WHERE org = 'o' AND state = 'ready' AND (created_at < 5 OR (created_at = 5 AND id < 'x')) ORDER BY created_at DESC, id DESC LIMIT 21"),
     ("queue position", "SELECT COUNT(*) FROM videos WHERE state = 'queued' AND queue_priority > 5"),
     ("fairness head of a class", "SELECT id FROM videos WHERE org = 'o' AND state = 'queued' AND priority = 10 ORDER BY queued_at, id LIMIT 1"),
-    ("running attempts of an org", "SELECT COUNT(*) FROM videos WHERE org = 'o' AND state = 'processing'"),
+    ("recent service of an org", "SELECT COUNT(*) FROM videos WHERE org = 'o' AND (state = 'processing' OR started_at >= 5)"),
     ("due webhook deliveries", "SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_at <= 5 ORDER BY next_at LIMIT 32"),
     ("expired uploads", "SELECT id FROM uploads WHERE state = 'uploading' AND expires_at < 5"),
 ];

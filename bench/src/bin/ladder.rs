@@ -10,10 +10,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Parser;
-use lectern_bench::{ffmpeg, fresh_dir, median, Server};
+use lectern_bench::{children_peak_rss_mib, cpu_seconds, ffmpeg, fresh_dir, median, Server};
 use lectern_core::auth::{Keys, Role};
 use lectern_core::ladder::Ladder;
 
@@ -81,42 +81,6 @@ fn make_source(work: &Path, secs: u32) -> anyhow::Result<PathBuf> {
     ])?;
     std::fs::rename(&tmp, &src)?;
     Ok(src)
-}
-
-/// utime + stime of a live process, seconds.
-/// Peak RSS (VmHWM), MiB, of the live child processes of `pid`: the encoder processes.
-fn children_peak_rss_mib(pid: u32) -> f64 {
-    let mut peak = 0.0f64;
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.split(' ').nth(1))
-            .and_then(|s| s.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            peak = peak.max(lectern_bench::peak_rss_mib(child));
-        }
-    }
-    peak
-}
-
-/// CPU seconds of `pid` and of its children that have been waited for.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // utime, stime, and cutime, cstime: the encoder runs in a child process of the server
-    // (one per attempt, reaped when it ends), so its CPU is counted once it has been waited.
-    let ticks: f64 = [11, 12, 13, 14]
-        .iter()
-        .filter_map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / hz.max(1.0)
 }
 
 /// Runs a command to completion and measures it with wait4 (CPU and peak RSS of the child).
@@ -199,32 +163,13 @@ async fn lectern_ladder(args: &Args, src: &Path, dir: &Path) -> anyhow::Result<(
     let body = tokio::fs::read(src).await?;
     let cpu0 = cpu_seconds(pid);
     let id = lectern_bench::tus_upload(&http, &server.base, &token, body).await?;
-    let deadline = Instant::now() + Duration::from_secs(1800);
     let mut encoder_rss = 0.0f64;
-    let job = loop {
+    let job = lectern_bench::wait_ready(&http, &server.base, &token, &id, || {
         encoder_rss = encoder_rss.max(children_peak_rss_mib(pid));
-        let j: serde_json::Value = http
-            .get(format!("{}/api/v1/admin/jobs?limit=1", server.base))
-            .bearer_auth(&token)
-            .send()
-            .await?
-            .json()
-            .await?;
-        let job = j["jobs"][0].clone();
-        match job["state"].as_str() {
-            Some("ready") => break job,
-            Some("failed") | Some("canceled") => anyhow::bail!("transcode failed: {job}"),
-            _ => {}
-        }
-        anyhow::ensure!(Instant::now() < deadline, "transcode did not finish");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await?;
     let cpu_s = cpu_seconds(pid) - cpu0;
-    let t = |k: &str| {
-        chrono::DateTime::parse_from_rfc3339(job[k].as_str().unwrap_or_default())
-            .map(|d| d.timestamp_millis() as f64 / 1000.0)
-            .unwrap_or(0.0)
-    };
+    let t = |k: &str| lectern_bench::job_ms(&job, k).unwrap_or(0.0) / 1000.0;
     // The server and its encoder process run at once: their peaks add up.
     let cost = Cost {
         wall_s: t("finished_at") - t("started_at"),
