@@ -343,6 +343,9 @@ impl Config {
 
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.storage {
+            crate::storage::Backend::parse(url).map_err(ConfigError::Invalid)?;
+        }
         for r in &self.roles {
             if !ALL_ROLES.contains(&r.as_str()) {
                 return Err(ConfigError::Invalid(format!(

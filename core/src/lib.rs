@@ -5,14 +5,23 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod keys;
 pub mod ladder;
 pub mod nodes;
+pub mod object_http;
 pub mod queue;
-pub mod s3;
 pub mod storage;
 pub mod text;
+pub mod text_enum;
 pub mod videos;
 pub mod webhooks;
+
+/// What `text_enum!` expands to needs, reachable from other crates.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+    pub use sqlx;
+}
 
 /// Milliseconds since the Unix epoch, the one time unit stored in the database.
 pub fn now_ms() -> i64 {

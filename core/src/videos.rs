@@ -6,20 +6,50 @@ use crate::db::Db;
 use crate::error::ApiError;
 use crate::now_ms;
 
-/// Lifecycle states, as the status API names them.
+crate::text_enum! {
+    /// A video's lifecycle state: stored as its name in `videos.state` and named so in the API.
+    pub enum VideoState {
+        /// Bytes are still arriving.
+        Uploading => "uploading",
+        /// Waiting for a transcode worker.
+        Queued => "queued",
+        /// A worker is transcoding it.
+        Processing => "processing",
+        /// Playable.
+        Ready => "ready",
+        /// Transcoding failed; `error_code` says why.
+        Failed => "failed",
+        /// Stopped by an admin.
+        Canceled => "canceled",
+    }
+}
+
+impl VideoState {
+    /// The states a transcode job can be in (every state but `uploading`).
+    pub const JOB: [VideoState; 5] = [
+        VideoState::Queued,
+        VideoState::Processing,
+        VideoState::Ready,
+        VideoState::Failed,
+        VideoState::Canceled,
+    ];
+}
+
+/// The state names as string constants, for SQL parameters and string matches.
 pub mod state {
-    /// Bytes are still arriving.
-    pub const UPLOADING: &str = "uploading";
-    /// Waiting for a transcode worker.
-    pub const QUEUED: &str = "queued";
-    /// A worker is transcoding it.
-    pub const PROCESSING: &str = "processing";
-    /// Playable.
-    pub const READY: &str = "ready";
-    /// Transcoding failed; `error_code` says why.
-    pub const FAILED: &str = "failed";
-    /// Stopped by an admin.
-    pub const CANCELED: &str = "canceled";
+    use super::VideoState;
+    /// See [`VideoState::Uploading`].
+    pub const UPLOADING: &str = VideoState::Uploading.as_str();
+    /// See [`VideoState::Queued`].
+    pub const QUEUED: &str = VideoState::Queued.as_str();
+    /// See [`VideoState::Processing`].
+    pub const PROCESSING: &str = VideoState::Processing.as_str();
+    /// See [`VideoState::Ready`].
+    pub const READY: &str = VideoState::Ready.as_str();
+    /// See [`VideoState::Failed`].
+    pub const FAILED: &str = VideoState::Failed.as_str();
+    /// See [`VideoState::Canceled`].
+    pub const CANCELED: &str = VideoState::Canceled.as_str();
 }
 
 /// Queue priority classes: higher runs first.
@@ -47,8 +77,8 @@ pub struct Video {
     pub lesson: Option<String>,
     /// Original filename.
     pub filename: Option<String>,
-    /// One of [`state`].
-    pub state: String,
+    /// Where it is in its lifecycle.
+    pub state: VideoState,
     /// Fraction done of the current phase.
     pub progress: f64,
     /// Queue priority class.
@@ -164,9 +194,9 @@ impl Video {
     /// The prefix a player is served from: the published output once ready, else the running
     /// attempt's once it is playable; `None` when there is nothing to watch yet.
     pub fn playable_prefix(&self) -> Option<&str> {
-        match self.state.as_str() {
-            state::READY => self.output_prefix.as_deref(),
-            state::PROCESSING => self.live_prefix.as_deref(),
+        match self.state {
+            VideoState::Ready => self.output_prefix.as_deref(),
+            VideoState::Processing => self.live_prefix.as_deref(),
             _ => None,
         }
     }
@@ -245,10 +275,89 @@ pub async fn mark_queued(
     Ok(())
 }
 
+/// One transcode attempt of a video, as its worker holds it. Every write is fenced by the
+/// attempt number (and state), so an attempt that was superseded (handed back, canceled,
+/// retried elsewhere, the video deleted) changes nothing.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    db: Db,
+    video_id: String,
+    number: i64,
+}
+
+impl Attempt {
+    /// Starts the next attempt of `video_id` for apalis task `task` on `worker`: the video is
+    /// `processing` and counts one more attempt. `None` when it no longer waits for this task.
+    pub async fn start(
+        db: &Db,
+        video_id: &str,
+        worker: &str,
+        task: &str,
+    ) -> Result<Option<Attempt>, ApiError> {
+        Ok(start_attempt(db, video_id, worker, task)
+            .await?
+            .map(|number| Attempt {
+                db: db.clone(),
+                video_id: video_id.to_string(),
+                number,
+            }))
+    }
+
+    /// The attempt's number (1 for the first).
+    pub fn number(&self) -> i64 {
+        self.number
+    }
+
+    /// Records the prefix the attempt writes under, before its first object.
+    pub async fn record_prefix(&self, prefix: &str) -> Result<(), ApiError> {
+        record_prefix(&self.db, &self.video_id, self.number, prefix).await
+    }
+
+    /// Records what the probe found about the source.
+    pub async fn set_source_info(&self, s: SourceInfo) -> Result<(), ApiError> {
+        set_source_info(&self.db, &self.video_id, s).await
+    }
+
+    /// Makes the attempt's output playable while it encodes; false if it was superseded.
+    pub async fn set_live(&self, prefix: &str) -> Result<bool, ApiError> {
+        set_live(&self.db, &self.video_id, self.number, prefix).await
+    }
+
+    /// Reports progress (fraction of the source encoded) and the encoder's frame rate.
+    pub async fn set_progress(&self, progress: f64, fps: f64) -> Result<(), ApiError> {
+        set_progress(&self.db, &self.video_id, self.number, progress, fps).await
+    }
+
+    /// Whether the video is still `processing` (not canceled or deleted meanwhile).
+    pub async fn still_processing(&self) -> Result<bool, ApiError> {
+        Ok(current_state(&self.db, &self.video_id).await? == Some(VideoState::Processing))
+    }
+
+    /// Publishes the attempt's output: the video is `ready`. False if it was superseded.
+    pub async fn mark_ready(&self, p: &Published) -> Result<bool, ApiError> {
+        mark_ready(&self.db, &self.video_id, self.number, p).await
+    }
+
+    /// Fails the video for good with a stable code and advice.
+    pub async fn mark_failed(&self, code: &str, message: &str) -> Result<(), ApiError> {
+        mark_failed(&self.db, &self.video_id, self.number, code, message).await
+    }
+
+    /// Counts an encoder crash on this input; returns the crashes so far.
+    pub async fn record_crash(&self) -> Result<i64, ApiError> {
+        record_crash(&self.db, &self.video_id, self.number).await
+    }
+
+    /// Hands the video back to the queue for another attempt.
+    pub async fn requeue(&self) -> Result<(), ApiError> {
+        requeue(&self.db, &self.video_id, self.number).await
+    }
+}
+
 /// Starts an attempt: returns the attempt number, or `None` when the video is no longer
 /// waiting for one (deleted, canceled, already published) or `task` is a stale queue entry
 /// (the video was canceled and retried, which queued a newer task).
-pub async fn start_attempt(
+async fn start_attempt(
     db: &Db,
     id: &str,
     worker: &str,
@@ -273,7 +382,7 @@ pub async fn start_attempt(
 }
 
 /// Records what probing found.
-pub async fn set_source_info(db: &Db, id: &str, s: SourceInfo) -> Result<(), ApiError> {
+async fn set_source_info(db: &Db, id: &str, s: SourceInfo) -> Result<(), ApiError> {
     sqlx::query(
         "UPDATE videos SET duration_s = $1, source_width = $2, source_height = $3, source_fps = $4, \
          updated_at = $5 WHERE id = $6",
@@ -290,7 +399,7 @@ pub async fn set_source_info(db: &Db, id: &str, s: SourceInfo) -> Result<(), Api
 }
 
 /// Records transcode progress (fraction of media time) and speed of a running attempt.
-pub async fn set_progress(
+async fn set_progress(
     db: &Db,
     id: &str,
     attempt: i64,
@@ -313,7 +422,7 @@ pub async fn set_progress(
 
 /// Makes a running attempt's output watchable while it is still encoding (its first segment
 /// of every track is stored); false when the attempt is no longer the current one.
-pub async fn set_live(db: &Db, id: &str, attempt: i64, prefix: &str) -> Result<bool, ApiError> {
+async fn set_live(db: &Db, id: &str, attempt: i64, prefix: &str) -> Result<bool, ApiError> {
     let res = sqlx::query(
         "UPDATE videos SET live_prefix = $1, updated_at = $2 WHERE id = $3 AND attempts = $4 AND state = $5",
     )
@@ -329,7 +438,7 @@ pub async fn set_live(db: &Db, id: &str, attempt: i64, prefix: &str) -> Result<b
 
 /// Publishes a finished attempt; returns false when the video changed under it (deleted,
 /// canceled or taken over by a newer attempt), in which case the output must be discarded.
-pub async fn mark_ready(db: &Db, id: &str, attempt: i64, p: &Published) -> Result<bool, ApiError> {
+async fn mark_ready(db: &Db, id: &str, attempt: i64, p: &Published) -> Result<bool, ApiError> {
     let now = now_ms();
     let res = sqlx::query(
         "UPDATE videos SET state = $1, progress = 1.0, renditions = $2, output_prefix = $3, \
@@ -349,7 +458,7 @@ pub async fn mark_ready(db: &Db, id: &str, attempt: i64, p: &Published) -> Resul
 }
 
 /// Fails an attempt for good with a stable code and a message for the instructor.
-pub async fn mark_failed(
+async fn mark_failed(
     db: &Db,
     id: &str,
     attempt: i64,
@@ -374,7 +483,7 @@ pub async fn mark_failed(
 }
 
 /// Counts a crash of the encoder process on this video's attempt; returns the crashes so far.
-pub async fn record_crash(db: &Db, id: &str, attempt: i64) -> Result<i64, ApiError> {
+async fn record_crash(db: &Db, id: &str, attempt: i64) -> Result<i64, ApiError> {
     let row: Option<(i64,)> = sqlx::query_as(
         "UPDATE videos SET encoder_crashes = encoder_crashes + 1, updated_at = $1 \
          WHERE id = $2 AND attempts = $3 RETURNING encoder_crashes",
@@ -388,7 +497,7 @@ pub async fn record_crash(db: &Db, id: &str, attempt: i64) -> Result<i64, ApiErr
 }
 
 /// Hands an attempt back to the queue after a transient fault.
-pub async fn requeue(db: &Db, id: &str, attempt: i64) -> Result<(), ApiError> {
+async fn requeue(db: &Db, id: &str, attempt: i64) -> Result<(), ApiError> {
     sqlx::query(
         "UPDATE videos SET state = $1, worker = NULL, progress = 0.0, live_prefix = NULL, updated_at = $2 \
          WHERE id = $3 AND attempts = $4 AND state = $5",
@@ -419,7 +528,7 @@ pub async fn org_pending(db: &Db, org: &str) -> Result<u64, ApiError> {
 /// 1-based position among queued videos in the order workers take them (effective priority,
 /// then oldest), or `None`.
 pub async fn queue_position(db: &Db, v: &Video) -> Result<Option<i64>, ApiError> {
-    if v.state != state::QUEUED {
+    if v.state != VideoState::Queued {
         return Ok(None);
     }
     let queued_at = v.queued_at.unwrap_or(v.created_at);
@@ -645,8 +754,8 @@ pub async fn lesson_has_ready_video(
 }
 
 /// The current state of a video (for workers checking for cancellation).
-pub async fn current_state(db: &Db, id: &str) -> Result<Option<String>, ApiError> {
-    let row: Option<(String,)> = sqlx::query_as("SELECT state FROM videos WHERE id = $1")
+pub async fn current_state(db: &Db, id: &str) -> Result<Option<VideoState>, ApiError> {
+    let row: Option<(VideoState,)> = sqlx::query_as("SELECT state FROM videos WHERE id = $1")
         .bind(id)
         .fetch_optional(&db.pool)
         .await?;
@@ -656,7 +765,7 @@ pub async fn current_state(db: &Db, id: &str) -> Result<Option<String>, ApiError
 /// Seconds left for a running attempt, from its pace so far; `None` when unknown.
 pub fn eta_s(v: &Video, now_ms: i64) -> Option<f64> {
     let started = v.started_at?;
-    if v.state != state::PROCESSING || v.progress < 0.02 {
+    if v.state != VideoState::Processing || v.progress < 0.02 {
         return None;
     }
     let elapsed = (now_ms - started).max(0) as f64 / 1000.0;
@@ -720,7 +829,7 @@ pub async fn delete_caption(db: &Db, video: &str, lang: &str) -> Result<Option<S
 
 /// Records an attempt's output prefix before anything is written under it, so its objects can
 /// always be found and deleted later ([`stale_prefixes`], [`forget_prefix`]).
-pub async fn record_prefix(db: &Db, id: &str, attempt: i64, prefix: &str) -> Result<(), ApiError> {
+async fn record_prefix(db: &Db, id: &str, attempt: i64, prefix: &str) -> Result<(), ApiError> {
     sqlx::query(
         "INSERT INTO attempt_prefixes (prefix, video_id, attempt, created_at) VALUES ($1, $2, $3, $4)",
     )

@@ -25,8 +25,9 @@ use futures::StreamExt;
 use lectern_core::auth::{Auth, Claims, HasKeys, Keys};
 use lectern_core::db::Db;
 use lectern_core::error::ApiError;
+use lectern_core::object_http::{object_response, request_range};
 use lectern_core::queue::Queue;
-use lectern_core::storage::{object_response, request_range, ObjectStore, Part, StoreError};
+use lectern_core::storage::{MultipartStore, ObjectStore, Part, PartList, StoreError};
 use lectern_core::videos::{self, priority, NewVideo};
 use lectern_wire::tus::Concat;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -140,7 +141,26 @@ impl HasKeys for IngestState {
     }
 }
 
+/// The store's multipart capability, which tus uploads are built on.
+fn parts_of(store: &dyn ObjectStore) -> Result<&dyn MultipartStore, StoreError> {
+    store.multipart().ok_or_else(|| {
+        StoreError::Backend("this object store cannot assemble uploads from parts".into())
+    })
+}
+
 impl IngestState {
+    /// The store's multipart capability (see [`parts_of`]).
+    fn parts(&self) -> Result<&dyn MultipartStore, StoreError> {
+        parts_of(&*self.store)
+    }
+
+    /// Whether the store writes parts in place as bytes arrive (then no tail objects exist).
+    fn in_place(&self) -> bool {
+        self.store
+            .multipart()
+            .is_some_and(|m| m.in_place().is_some())
+    }
+
     /// Builds the ingest state; `part_size` is clamped to 8–64 MiB.
     pub fn new(
         db: Db,
@@ -226,7 +246,7 @@ impl IngestState {
         u: &Upload,
         headers: &HeaderMap,
     ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
-        if self.store.min_part_size() == 0 && u.tail_key.is_none() {
+        if self.in_place() && u.tail_key.is_none() {
             return Ok(None);
         }
         let two_parts = 2 * self.part_size as u64;
@@ -273,8 +293,8 @@ impl IngestState {
             let Ok(_guard) = self.locks.acquire(&u.id).await else {
                 continue;
             };
-            if u.state == uploads::UPLOADING {
-                self.store
+            if u.state == uploads::UploadState::Uploading {
+                self.parts()?
                     .abort_multipart(&u.object_key, &u.multipart_id)
                     .await?;
                 if let Some(t) = &u.tail_key {
@@ -540,7 +560,7 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
                     ))
                 }
             };
-            if p.state != uploads::COMPLETE {
+            if p.state != uploads::UploadState::Complete {
                 return Err(ApiError::bad_request(
                     "partial-incomplete",
                     format!("partial upload {pid} is not complete; finish every partial before the final upload"),
@@ -586,8 +606,8 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
         .await?;
 
     let id = lectern_core::new_id();
-    let object_key = format!("sources/{id}");
-    let multipart_id = st.store.create_multipart(&object_key).await?;
+    let object_key = lectern_core::keys::source(&id);
+    let multipart_id = st.parts()?.create_multipart(&object_key).await?;
     let upload = uploads::insert(
         &st.db,
         uploads::NewUpload {
@@ -616,7 +636,9 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
         };
         if let Err(e) = videos::insert(&st.db, video).await {
             let _ = uploads::delete(&st.db, &id).await;
-            let _ = st.store.abort_multipart(&object_key, &multipart_id).await;
+            if let Ok(m) = st.parts() {
+                let _ = m.abort_multipart(&object_key, &multipart_id).await;
+            }
             return Err(e);
         }
     }
@@ -691,7 +713,7 @@ async fn create(st: IngestState, req: Request) -> Result<Response, ApiError> {
 
 async fn load(st: &IngestState, id: &str, org: &str) -> Result<Upload, ApiError> {
     match uploads::get(&st.db, id).await? {
-        Some(u) if u.org == org && u.state == uploads::TERMINATED => Err(gone()),
+        Some(u) if u.org == org && u.state == uploads::UploadState::Terminated => Err(gone()),
         Some(u) if u.org == org => Ok(u),
         _ => Err(ApiError::not_found("upload")),
     }
@@ -735,7 +757,7 @@ async fn head(st: IngestState, id: &str, req: Request) -> Result<Response, ApiEr
     if let Some(c) = concat_header(&u, &base).and_then(|c| HeaderValue::from_str(&c).ok()) {
         h.insert("upload-concat", c);
     }
-    if u.state == uploads::UPLOADING {
+    if u.state == uploads::UploadState::Uploading {
         if let Ok(v) = HeaderValue::from_str(&http_date(u.expires_at)) {
             h.insert("upload-expires", v);
         }
@@ -920,7 +942,7 @@ async fn write_request(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Written, ApiError> {
-    if u.state != uploads::UPLOADING {
+    if u.state != uploads::UploadState::Uploading {
         return Err(ApiError::conflict(
             "upload-complete",
             "this upload is already complete",
@@ -939,7 +961,7 @@ async fn write_request(
     let progressive = checksum.is_none() && headers.contains_key(header::CONTENT_LENGTH);
     let before = u.offset_bytes as u64;
     // A store that writes parts in place takes the bytes as they arrive and needs no tails.
-    let (u, error) = if st.store.min_part_size() == 0 && u.tail_key.is_none() {
+    let (u, error) = if st.in_place() && u.tail_key.is_none() {
         write_body_in_place(st, u, body, limit, progressive, checksum).await?
     } else {
         write_body(st, u, body, limit, progressive, checksum).await?
@@ -1079,7 +1101,7 @@ async fn write_body_in_place(
     // (each costs a device cache flush), at the price of re-sending up to 64 MiB after a crash.
     let p = (st.part_size as u64).max(DISK_PART);
     let mut parts = cur.part_list();
-    let mut offset: u64 = parts.iter().map(|p| p.size).sum();
+    let mut offset: u64 = parts.total();
     // A short last part (the end of an earlier request) is continued rather than followed by
     // a new one, so small client chunks do not pile up parts: `carried` of its bytes are
     // already stored and committed.
@@ -1096,12 +1118,13 @@ async fn write_body_in_place(
                 Some(w) => w,
                 None => {
                     // A continued part keeps its number and starts where its bytes end.
-                    let number = parts.len() as u32 + 1;
+                    let number = parts.next_number();
                     let w = st
-                        .store
+                        .parts()?
+                        .in_place()
+                        .ok_or_else(|| ApiError::internal("the store writes no parts in place"))?
                         .part_writer(&cur.multipart_id, number, offset)
-                        .await?
-                        .ok_or_else(|| ApiError::internal("the store has no part writer"))?;
+                        .await?;
                     writer.insert(w)
                 }
             };
@@ -1212,15 +1235,17 @@ async fn write_body(
                 if let Some(h) = inflight.take() {
                     land!(h.await);
                 }
-                let number = parts.len() as u32 + 1;
-                let at = parts.iter().map(|p| p.size).sum();
+                let number = parts.next_number();
+                let at = parts.total();
                 let (store, key, id) = (
                     st.store.clone(),
                     cur.object_key.clone(),
                     cur.multipart_id.clone(),
                 );
                 inflight = Some(tokio::spawn(async move {
-                    store.put_part(&key, &id, number, at, data).await
+                    parts_of(&*store)?
+                        .put_part(&key, &id, number, at, data)
+                        .await
                 }));
             }
         }
@@ -1239,16 +1264,16 @@ async fn write_body(
         return Err(e);
     }
     let interrupted = input.end().await?;
-    let stored: u64 = parts.iter().map(|p| p.size).sum::<u64>() + buf.len() as u64;
+    let stored: u64 = parts.total() + buf.len() as u64;
     let unchanged = stored == cur.offset_bytes as u64 && parts.len() == committed;
     if !unchanged {
         let tail = if cur.known_length() == Some(stored) {
             // The last part may be smaller than S3's minimum.
             if !buf.is_empty() {
-                let number = parts.len() as u32 + 1;
-                let at = parts.iter().map(|p| p.size).sum();
+                let number = parts.next_number();
+                let at = parts.total();
                 parts.push(
-                    st.store
+                    st.parts()?
                         .put_part(
                             &cur.object_key,
                             &cur.multipart_id,
@@ -1285,7 +1310,7 @@ async fn write_body(
 /// allows them (every part but the last must be at least 5 MiB on S3), re-reading small ones.
 async fn compose(st: &IngestState, u: &Upload, partials: &[Upload]) -> Result<(), ApiError> {
     let p = st.part_size;
-    let mut parts: Vec<Part> = Vec::new();
+    let mut parts = PartList::default();
     let mut buf = BytesMut::new();
     for (i, part) in partials.iter().enumerate() {
         let last = i + 1 == partials.len();
@@ -1293,11 +1318,11 @@ async fn compose(st: &IngestState, u: &Upload, partials: &[Upload]) -> Result<()
         if size == 0 {
             continue;
         }
-        if buf.is_empty() && (size >= MIN_PART.min(st.store.min_part_size()) || last) {
-            let n = parts.len() as u32 + 1;
-            let at = parts.iter().map(|p| p.size).sum();
+        if buf.is_empty() && (size >= MIN_PART.min(st.parts()?.min_part_size()) || last) {
+            let n = parts.next_number();
+            let at = parts.total();
             parts.push(
-                st.store
+                st.parts()?
                     .copy_part(&u.object_key, &u.multipart_id, n, at, &part.object_key)
                     .await?,
             );
@@ -1307,11 +1332,11 @@ async fn compose(st: &IngestState, u: &Upload, partials: &[Upload]) -> Result<()
         while let Some(chunk) = got.next().await {
             buf.extend_from_slice(&chunk.map_err(ApiError::unavailable)?);
             while buf.len() >= p {
-                let n = parts.len() as u32 + 1;
-                let at = parts.iter().map(|p| p.size).sum();
+                let n = parts.next_number();
+                let at = parts.total();
                 let data = buf.split_to(p).freeze();
                 parts.push(
-                    st.store
+                    st.parts()?
                         .put_part(&u.object_key, &u.multipart_id, n, at, data)
                         .await?,
                 );
@@ -1319,10 +1344,10 @@ async fn compose(st: &IngestState, u: &Upload, partials: &[Upload]) -> Result<()
         }
     }
     if !buf.is_empty() {
-        let n = parts.len() as u32 + 1;
-        let at = parts.iter().map(|p| p.size).sum();
+        let n = parts.next_number();
+        let at = parts.total();
         parts.push(
-            st.store
+            st.parts()?
                 .put_part(&u.object_key, &u.multipart_id, n, at, buf.freeze())
                 .await?,
         );
@@ -1333,8 +1358,8 @@ async fn compose(st: &IngestState, u: &Upload, partials: &[Upload]) -> Result<()
 
 /// Assembles the object, marks the upload complete and queues its video. Idempotent.
 async fn finish(st: &IngestState, u: &Upload) -> Result<(), ApiError> {
-    if u.state == uploads::UPLOADING {
-        st.store
+    if u.state == uploads::UploadState::Uploading {
+        st.parts()?
             .complete_multipart(&u.object_key, &u.multipart_id, &u.part_list())
             .await?;
         uploads::mark_complete(&st.db, &u.id).await?;
@@ -1345,7 +1370,7 @@ async fn finish(st: &IngestState, u: &Upload) -> Result<(), ApiError> {
     let Some(v) = videos::get(&st.db, &u.id).await? else {
         return Ok(());
     };
-    if v.state == videos::state::UPLOADING {
+    if v.state == videos::VideoState::Uploading {
         // Enqueue first: a crash in between leaves the video `uploading` with a full upload,
         // which `recover` finishes again; the worker accepts it in either state.
         let qp = lectern_core::queue::placement(&st.db, &v.org, v.priority).await?;
@@ -1367,14 +1392,14 @@ async fn terminate(st: IngestState, id: &str, req: Request) -> Result<Response, 
     load(&st, id, &claims.org).await?;
     let _guard = st.locks.acquire(id).await?;
     let u = load(&st, id, &claims.org).await?;
-    if u.state == uploads::COMPLETE && u.is_video() {
+    if u.state == uploads::UploadState::Complete && u.is_video() {
         return Err(ApiError::conflict(
             "upload-complete",
             "this upload is complete and its video is being processed; it can no longer be terminated",
         ));
     }
-    if u.state == uploads::UPLOADING {
-        st.store
+    if u.state == uploads::UploadState::Uploading {
+        st.parts()?
             .abort_multipart(&u.object_key, &u.multipart_id)
             .await?;
         if let Some(t) = &u.tail_key {
@@ -1394,7 +1419,7 @@ async fn terminate(st: IngestState, id: &str, req: Request) -> Result<Response, 
 async fn download(st: IngestState, id: &str, req: Request) -> Result<Response, ApiError> {
     let (claims, req) = authorize(&st, req).await?;
     let u = load(&st, id, &claims.org).await?;
-    if u.state != uploads::COMPLETE {
+    if u.state != uploads::UploadState::Complete {
         return Err(ApiError::conflict(
             "upload-incomplete",
             "the upload is not complete yet; finish it, then download",

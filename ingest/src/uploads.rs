@@ -5,14 +5,19 @@ use lectern_core::auth::Claims;
 use lectern_core::db::Db;
 use lectern_core::error::ApiError;
 use lectern_core::now_ms;
-use lectern_core::storage::Part;
+use lectern_core::storage::PartList;
 
-/// Bytes are still arriving.
-pub const UPLOADING: &str = "uploading";
-/// Every byte arrived and the object is assembled.
-pub const COMPLETE: &str = "complete";
-/// Terminated by the client or expired; answers 410.
-pub const TERMINATED: &str = "terminated";
+lectern_core::text_enum! {
+    /// An upload's state, stored as its name in `uploads.state`.
+    pub enum UploadState {
+        /// Bytes are still arriving.
+        Uploading => "uploading",
+        /// Every byte arrived and the object is assembled.
+        Complete => "complete",
+        /// Terminated by the client or expired; answers 410.
+        Terminated => "terminated",
+    }
+}
 
 /// `length` of an upload whose length is deferred.
 pub const DEFERRED: i64 = -1;
@@ -42,8 +47,8 @@ pub struct Upload {
     pub tail_key: Option<String>,
     /// Size of the tail object.
     pub tail_size: i64,
-    /// `uploading`, `complete` or `terminated`.
-    pub state: String,
+    /// Where the upload is.
+    pub state: UploadState,
     /// `''`, `partial` or `final` (concatenation).
     pub concat: String,
     /// For a final upload: JSON list of the partial upload ids.
@@ -56,7 +61,7 @@ pub struct Upload {
 
 impl Upload {
     /// The committed parts.
-    pub fn part_list(&self) -> Vec<Part> {
+    pub fn part_list(&self) -> PartList {
         serde_json::from_str(&self.parts).unwrap_or_default()
     }
 
@@ -112,7 +117,7 @@ pub async fn insert(db: &Db, n: NewUpload<'_>) -> Result<Upload, ApiError> {
     .bind(n.metadata)
     .bind(n.object_key)
     .bind(n.multipart_id)
-    .bind(UPLOADING)
+    .bind(UploadState::Uploading)
     .bind(n.concat)
     .bind(serde_json::to_string(n.partials).expect("ids serialize"))
     .bind(now)
@@ -139,12 +144,12 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<Upload>, ApiError> {
 pub async fn commit(
     db: &Db,
     u: &Upload,
-    parts: Vec<Part>,
+    parts: PartList,
     tail: Option<(String, u64)>,
     expires_at: i64,
 ) -> Result<Upload, ApiError> {
     let tail_size = tail.as_ref().map(|t| t.1).unwrap_or(0) as i64;
-    let offset = parts.iter().map(|p| p.size as i64).sum::<i64>() + tail_size;
+    let offset = parts.total() as i64 + tail_size;
     let parts_json = serde_json::to_string(&parts).expect("parts serialize");
     let tail_key = tail.map(|t| t.0);
     let res = sqlx::query(
@@ -159,7 +164,7 @@ pub async fn commit(
     .bind(expires_at)
     .bind(&u.id)
     .bind(u.offset_bytes)
-    .bind(UPLOADING)
+    .bind(UploadState::Uploading)
     .bind(u.lease_token)
     .execute(&db.pool)
     .await?;
@@ -194,7 +199,7 @@ pub async fn set_length(db: &Db, id: &str, length: u64) -> Result<(), ApiError> 
 /// Marks an upload whose object is assembled.
 pub async fn mark_complete(db: &Db, id: &str) -> Result<(), ApiError> {
     sqlx::query("UPDATE uploads SET state = $1, tail_key = NULL, tail_size = 0, updated_at = $2 WHERE id = $3")
-        .bind(COMPLETE)
+        .bind(UploadState::Complete)
         .bind(now_ms())
         .bind(id)
         .execute(&db.pool)
@@ -205,7 +210,7 @@ pub async fn mark_complete(db: &Db, id: &str) -> Result<(), ApiError> {
 /// Leaves a tombstone, so later requests get 410.
 pub async fn mark_terminated(db: &Db, id: &str) -> Result<(), ApiError> {
     sqlx::query("UPDATE uploads SET state = $1, parts = '[]', tail_key = NULL, tail_size = 0, updated_at = $2 WHERE id = $3")
-        .bind(TERMINATED)
+        .bind(UploadState::Terminated)
         .bind(now_ms())
         .bind(id)
         .execute(&db.pool)
@@ -224,7 +229,7 @@ pub async fn list_full_unfinished(db: &Db) -> Result<Vec<Upload>, ApiError> {
          WHERE u.offset_bytes = u.length AND u.concat <> 'partial' AND (u.state = $1 OR v.state = $1)",
         cols.join(", ")
     )))
-    .bind(UPLOADING)
+    .bind(UploadState::Uploading)
     .fetch_all(&db.pool)
     .await?)
 }
@@ -236,8 +241,8 @@ pub async fn list_expired(db: &Db, now: i64) -> Result<Vec<Upload>, ApiError> {
         "SELECT {COLS} FROM uploads WHERE expires_at < $1 AND (state = $2 OR (state = $3 AND concat = 'partial'))"
     )))
     .bind(now)
-    .bind(UPLOADING)
-    .bind(COMPLETE)
+    .bind(UploadState::Uploading)
+    .bind(UploadState::Complete)
     .fetch_all(&db.pool)
     .await?)
 }
@@ -259,7 +264,7 @@ pub async fn org_bytes(db: &Db, org: &str) -> Result<u64, ApiError> {
          FROM uploads WHERE org = $1 AND state <> $2",
     )
     .bind(org)
-    .bind(TERMINATED)
+    .bind(UploadState::Terminated)
     .fetch_one(&db.pool)
     .await?;
     Ok(n.unwrap_or(0).max(0) as u64)

@@ -1,4 +1,5 @@
-//! `/api/v1`: video status and playback URLs.
+//! `/api/v1` videos and the admin queue: list, status, rename, delete and playback URLs of
+//! videos, the transcode jobs admins list, reprioritise, cancel and retry, and the workers.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -7,7 +8,7 @@ use axum::{Json, Router};
 use lectern_core::auth::{Auth, HasKeys, Keys, Role};
 use lectern_core::db::Db;
 use lectern_core::error::{ApiError, ApiJson};
-use lectern_core::videos::{self, state};
+use lectern_core::videos::{self, VideoState};
 use lectern_origin::Signer;
 use serde_json::{json, Value};
 
@@ -20,17 +21,9 @@ struct JobsQuery {
     cursor: Option<String>,
 }
 
-const JOB_STATES: [&str; 5] = [
-    state::QUEUED,
-    state::PROCESSING,
-    state::READY,
-    state::FAILED,
-    state::CANCELED,
-];
-
 fn job_json(v: &videos::Video) -> Value {
     let error = match (&v.error_code, &v.error_message) {
-        (Some(code), Some(message)) if v.state == state::FAILED => {
+        (Some(code), Some(message)) if v.state == VideoState::Failed => {
             json!({"code": code, "message": message})
         }
         _ => Value::Null,
@@ -43,12 +36,12 @@ fn job_json(v: &videos::Video) -> Value {
         "state": v.state,
         "attempts": v.attempts,
         "worker": v.worker,
-        "progress": if v.state == state::READY { 1.0 } else { v.progress },
+        "progress": if v.state == VideoState::Ready { 1.0 } else { v.progress },
         "queued_at": v.queued_at.map(lectern_core::rfc3339),
         "started_at": v.started_at.map(lectern_core::rfc3339),
         "finished_at": v.finished_at.map(lectern_core::rfc3339),
         "error": error,
-        "fps": if v.state == state::PROCESSING { v.encode_fps } else { None },
+        "fps": if v.state == VideoState::Processing { v.encode_fps } else { None },
     })
 }
 
@@ -142,10 +135,13 @@ async fn jobs(
             })?,
     };
     if let Some(s) = q.state.as_deref() {
-        if !JOB_STATES.contains(&s) {
+        if !VideoState::parse(s).is_some_and(|s| VideoState::JOB.contains(&s)) {
             return Err(ApiError::bad_request(
                 "invalid-state",
-                format!("state must be one of {}", JOB_STATES.join(", ")),
+                format!(
+                    "state must be one of {}",
+                    VideoState::names(&VideoState::JOB)
+                ),
             ));
         }
     }
@@ -202,7 +198,9 @@ async fn job_of(
 ) -> Result<videos::Video, ApiError> {
     require_admin(c)?;
     match videos::get(&st.db, id).await? {
-        Some(v) if (c.role == Role::Operator || v.org == c.org) && v.state != state::UPLOADING => {
+        Some(v)
+            if (c.role == Role::Operator || v.org == c.org) && v.state != VideoState::Uploading =>
+        {
             Ok(v)
         }
         _ => Err(ApiError::not_found("job")),
@@ -235,8 +233,8 @@ async fn retry_job(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let v = job_of(&st, &c, &id).await?;
-    if v.state != state::FAILED && v.state != state::CANCELED {
-        return Err(not_retryable(&v.state));
+    if v.state != VideoState::Failed && v.state != VideoState::Canceled {
+        return Err(not_retryable(v.state.as_str()));
     }
     // The new task owns the queue entry; a task left from before the cancel is stale and skips.
     let qp = lectern_core::queue::placement(&st.db, &v.org, v.priority).await?;
@@ -246,7 +244,7 @@ async fn retry_job(
         .await
         .map_err(ApiError::unavailable)?;
     if !videos::retry(&st.db, &v.id, &task, qp).await? {
-        return Err(not_retryable(&v.state));
+        return Err(not_retryable(v.state.as_str()));
     }
     tracing::info!(video = %v.id, by = %c.sub, "job retried");
     let v = job_of(&st, &c, &id).await?;
@@ -382,22 +380,22 @@ async fn status(
         _ => Value::Null,
     };
     let error = match (&v.error_code, &v.error_message) {
-        (Some(code), Some(message)) if v.state == state::FAILED => {
+        (Some(code), Some(message)) if v.state == VideoState::Failed => {
             json!({"code": code, "message": message})
         }
         _ => Value::Null,
     };
-    let progress = match v.state.as_str() {
-        state::READY => 1.0,
+    let progress = match v.state {
+        VideoState::Ready => 1.0,
         // Read from the upload itself, so ingest writes no extra row per chunk.
-        state::UPLOADING => lectern_ingest::upload_progress(&st.db, &v.id)
+        VideoState::Uploading => lectern_ingest::upload_progress(&st.db, &v.id)
             .await?
             .unwrap_or(0.0),
         _ => v.progress,
     };
     // The poster sits beside the segments: unguessable, immutable, no signature needed.
-    let poster_url = match (&v.poster_key, v.state.as_str()) {
-        (Some(key), state::READY) => key.strip_prefix("videos/").map(|rest| {
+    let poster_url = match (&v.poster_key, v.state) {
+        (Some(key), VideoState::Ready) => lectern_core::keys::under_videos(key).map(|rest| {
             format!(
                 "{}/v/{rest}",
                 lectern_core::base_url(st.public_url.as_deref(), &headers)
@@ -458,15 +456,6 @@ async fn playback(
     )?))
 }
 
-const VIDEO_STATES: [&str; 6] = [
-    state::UPLOADING,
-    state::QUEUED,
-    state::PROCESSING,
-    state::READY,
-    state::FAILED,
-    state::CANCELED,
-];
-
 async fn list_videos(
     State(st): State<ApiState>,
     Auth(c): Auth,
@@ -474,10 +463,13 @@ async fn list_videos(
 ) -> Result<Json<Value>, ApiError> {
     c.require_manager()?;
     if let Some(s) = q.state.as_deref() {
-        if !VIDEO_STATES.contains(&s) {
+        if VideoState::parse(s).is_none() {
             return Err(ApiError::bad_request(
                 "invalid-state",
-                format!("state must be one of {}", VIDEO_STATES.join(", ")),
+                format!(
+                    "state must be one of {}",
+                    VideoState::names(VideoState::ALL)
+                ),
             ));
         }
     }
@@ -493,7 +485,7 @@ async fn list_videos(
         "videos": rows.iter().map(|v| json!({
             "id": v.id, "title": v.title, "state": v.state, "filename": v.filename,
             "duration_s": v.duration_s, "lesson": v.lesson,
-            "progress": if v.state == state::READY { 1.0 } else { v.progress },
+            "progress": if v.state == VideoState::Ready { 1.0 } else { v.progress },
             "created_at": lectern_core::rfc3339(v.created_at),
         })).collect::<Vec<_>>(),
         "next_cursor": next,
@@ -530,7 +522,7 @@ async fn delete_video(
 ) -> Result<StatusCode, ApiError> {
     let v = videos::get_in_org(&st.db, &id, &c.org).await?;
     c.require_manager()?;
-    if v.state == state::UPLOADING {
+    if v.state == VideoState::Uploading {
         return Err(ApiError::conflict(
             "still-uploading",
             "the upload is still in progress; terminate it with DELETE /files/{id} instead",
@@ -539,11 +531,13 @@ async fn delete_video(
     // A running attempt sees the cancel within a second and removes its own prefix.
     videos::cancel(&st.db, &v.id).await?;
     st.store.delete(&v.source_key).await?;
-    st.store.delete_prefix(&format!("videos/{}/", v.id)).await?;
+    st.store
+        .delete_prefix(&lectern_core::keys::video_root(&v.id))
+        .await?;
     videos::forget(&st.db, &v.id).await?;
     let purge = format!("/v/{}/", v.id);
     if let Some(c) = &st.origin_cache {
-        c.invalidate_prefix(&format!("videos/{}/", v.id));
+        c.invalidate_prefix(&lectern_core::keys::video_root(&v.id));
     }
     // Heartbeats for its lessons must stop counting at once, on every API node.
     st.access.invalidate().await;

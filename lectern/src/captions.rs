@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use lectern_core::auth::Auth;
 use lectern_core::error::{unprocessable, ApiError};
+use lectern_core::keys;
 use lectern_core::videos::{self, Caption};
 use lectern_wire::{playlist, webvtt};
 use serde_json::{json, Value};
@@ -80,13 +81,13 @@ pub async fn put(
         )
     })?;
     let token = lectern_core::new_id();
-    let dir = format!("videos/{}/{token}/subs-{lang}/", v.id);
+    let dir = keys::captions_dir(&v.id, &token, &lang);
     st.store
-        .put_bytes(&format!("{dir}captions.vtt"), body.clone())
+        .put_bytes(&format!("{dir}{}", keys::CAPTIONS_FILE), body.clone())
         .await?;
     st.store
         .put_bytes(
-            &format!("{dir}index.m3u8"),
+            &format!("{dir}{}", keys::MEDIA_PLAYLIST),
             Bytes::from(playlist::subtitle_playlist(duration)),
         )
         .await?;
@@ -119,7 +120,7 @@ pub async fn delete(
     match videos::delete_caption(&st.db, &v.id, &lang).await? {
         Some(token) => {
             st.store
-                .delete_prefix(&format!("videos/{}/{token}/", v.id))
+                .delete_prefix(&keys::revision(&v.id, &token))
                 .await?;
             Ok(StatusCode::NO_CONTENT)
         }

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use lectern_core::auth::Keys;
 use lectern_core::db::Db;
 use lectern_core::error::ApiError;
+use lectern_core::videos::{state, VideoState};
 
 /// The header carrying a request's id, accepted from the client or generated.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -295,14 +296,7 @@ async fn refresh(db: &Db) -> Result<(), ApiError> {
     .await?;
     let now = lectern_core::now_ms();
     let mut oldest = None;
-    for st in [
-        "uploading",
-        "queued",
-        "processing",
-        "ready",
-        "failed",
-        "canceled",
-    ] {
+    for st in VideoState::ALL.iter().map(|s| s.as_str()) {
         let n = rows.iter().find(|r| r.0 == st).map_or(0, |r| r.1);
         metrics::gauge!("lectern_jobs", "state" => st).set(n as f64);
     }
@@ -311,8 +305,11 @@ async fn refresh(db: &Db) -> Result<(), ApiError> {
             oldest = Some(q);
         }
     }
-    metrics::gauge!("lectern_queue_depth")
-        .set(rows.iter().find(|r| r.0 == "queued").map_or(0, |r| r.1) as f64);
+    metrics::gauge!("lectern_queue_depth").set(
+        rows.iter()
+            .find(|r| r.0 == state::QUEUED)
+            .map_or(0, |r| r.1) as f64,
+    );
     metrics::gauge!("lectern_queue_oldest_age_seconds")
         .set(oldest.map_or(0.0, |q| (now - q).max(0) as f64 / 1000.0));
     let size = db.pool.size() as f64;

@@ -22,6 +22,7 @@ use axum::{Json, Router};
 use lectern_core::auth::{Auth, Claims, HasKeys, Keys, Role};
 use lectern_core::db::Db;
 use lectern_core::error::{unprocessable, ApiError, ApiJson};
+use lectern_core::videos::VideoState;
 use lectern_core::{new_id, now_ms, rfc3339};
 use lectern_origin::Signer;
 use page::PageQuery;
@@ -650,7 +651,7 @@ pub fn playback_json(
     viewer: &Claims,
 ) -> Result<Value, ApiError> {
     if video.playable_prefix().is_none() {
-        let when = if video.state == lectern_core::videos::state::PROCESSING {
+        let when = if video.state == VideoState::Processing {
             "it can be watched as soon as its first segments are encoded (a few seconds)"
         } else {
             "it can be watched once it is processing or ready"

@@ -30,11 +30,10 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use lectern_core::db::Db;
 use lectern_core::error::ApiError;
-use lectern_core::storage::{
-    object_response, request_range, ByteRange, ObjectMeta, ObjectStore, StoreError,
-};
-use lectern_core::videos::{self, state};
-use lectern_packager::{LIVE_MASTER_PLAYLIST, MASTER_PLAYLIST};
+use lectern_core::keys::{self, LIVE_MASTER_PLAYLIST, MASTER_PLAYLIST};
+use lectern_core::object_http::{object_response, request_range};
+use lectern_core::storage::{ByteRange, ObjectMeta, ObjectStore, StoreError};
+use lectern_core::videos::{self, VideoState};
 
 pub use cache::ObjectCache;
 pub use sign::{QueryParams, SignedQuery, Signer};
@@ -173,7 +172,7 @@ async fn master_inner(
     let prefix = v
         .playable_prefix()
         .ok_or_else(|| ApiError::not_found("playable video"))?;
-    let growing = v.state != state::READY;
+    let growing = v.state != VideoState::Ready;
     let file = if growing {
         LIVE_MASTER_PLAYLIST
     } else {
@@ -383,11 +382,11 @@ async fn file_inner(
     if !valid_id(video) || !valid_id(token) || !valid_folder(rendition) || !valid_file(file) {
         return Err(ApiError::not_found("object"));
     }
-    let key = format!("videos/{video}/{token}/{rendition}/{file}");
+    let key = keys::track_file(video, token, rendition, file);
     if file.ends_with(".m3u8") {
         let (_, exp) = signed(st, video, raw)?;
         let (e, hit) = load(st, &key, false).await?;
-        let growing = !hit && !memchr_endlist(&e.body);
+        let growing = !hit && !has_endlist(&e.body);
         if !hit && !growing {
             // A VOD playlist never changes again.
             st.cache.insert(&key, e.clone());
@@ -487,7 +486,7 @@ fn count(what: Counted) {
 }
 
 /// Whether a media playlist is complete (`#EXT-X-ENDLIST`).
-fn memchr_endlist(body: &[u8]) -> bool {
+fn has_endlist(body: &[u8]) -> bool {
     body.windows(14).rev().any(|w| w == b"#EXT-X-ENDLIST")
 }
 
@@ -553,7 +552,7 @@ mod tests {
             !valid_folder("master.m3u8"),
             "a file cannot pose as a folder"
         );
-        assert!(memchr_endlist(b"#EXTINF:6,\nseg1.m4s\n#EXT-X-ENDLIST\n"));
-        assert!(!memchr_endlist(b"#EXT-X-PLAYLIST-TYPE:EVENT\n"));
+        assert!(has_endlist(b"#EXTINF:6,\nseg1.m4s\n#EXT-X-ENDLIST\n"));
+        assert!(!has_endlist(b"#EXT-X-PLAYLIST-TYPE:EVENT\n"));
     }
 }

@@ -25,12 +25,7 @@ use m3u8_rs::{
 
 /// The audio group id used in the master playlist.
 pub const AUDIO_GROUP: &str = "aac";
-/// Playlist file name inside each track folder.
-pub const MEDIA_PLAYLIST: &str = "index.m3u8";
-/// Master playlist name at the prefix.
-pub const MASTER_PLAYLIST: &str = "master.m3u8";
-/// Master playlist of an attempt that is still encoding (nominal bandwidths).
-pub const LIVE_MASTER_PLAYLIST: &str = "live.m3u8";
+pub use lectern_core::keys::{INIT_SEGMENT, LIVE_MASTER_PLAYLIST, MASTER_PLAYLIST, MEDIA_PLAYLIST};
 
 /// What kind of track a rendition carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,7 +224,7 @@ impl Packager {
 
     /// Stores a track's init segment (`ftyp` + `moov`).
     pub async fn init(&mut self, track: usize, data: Bytes) -> Result<(), PackError> {
-        let key = self.key(track, "init.mp4")?;
+        let key = self.key(track, INIT_SEGMENT)?;
         let codec = codec_from_init(&data);
         self.store.put_bytes(&key, data).await?;
         let t = self.track(track)?;
@@ -344,7 +339,7 @@ fn media_playlist(t: &TrackState, live_target: Option<u64>) -> Vec<u8> {
             uri: uri.clone(),
             duration: *d,
             map: (i == 0).then(|| Map {
-                uri: "init.mp4".into(),
+                uri: INIT_SEGMENT.into(),
                 ..Default::default()
             }),
             ..Default::default()

@@ -48,6 +48,15 @@ pub enum JobError {
     /// The encoder process crashed, was killed, or hung: the input may be to blame.
     #[error("encoder crashed: {0}")]
     Crashed(String),
+    /// The attempt ran past its time limit; retried like a transient fault, and named
+    /// `transcode-timeout` once the attempts run out.
+    #[error("attempt timed out after {limit_s:.1} s (the limit for {source_s:.1} s of source)")]
+    TimedOut {
+        /// The attempt's limit, seconds.
+        limit_s: f64,
+        /// The source's length, seconds.
+        source_s: f64,
+    },
 }
 
 impl JobError {
@@ -259,7 +268,7 @@ async fn handle(
 
 /// Runs one attempt for a video, as apalis task `task`, and records the outcome on it.
 pub async fn transcode(ctx: &WorkerContext, video_id: &str, task: &str) -> Result<(), JobError> {
-    let Some(attempt) = videos::start_attempt(&ctx.db, video_id, &ctx.name, task).await? else {
+    let Some(attempt) = videos::Attempt::start(&ctx.db, video_id, &ctx.name, task).await? else {
         tracing::info!(video = %video_id, task, "video no longer waits for this task; skipping");
         return Ok(());
     };
@@ -270,13 +279,13 @@ pub async fn transcode(ctx: &WorkerContext, video_id: &str, task: &str) -> Resul
     // behind orgs that hold fewer.
     lectern_core::queue::refresh_heads(&ctx.db, &video.org).await?;
     let started = Instant::now();
-    tracing::info!(video = %video_id, attempt, "transcode started");
-    let result = run_attempt(ctx, &video, attempt).await;
+    tracing::info!(video = %video_id, attempt = attempt.number(), "transcode started");
+    let result = run_attempt(ctx, &video, &attempt).await;
     let secs = started.elapsed().as_secs_f64();
     match result {
         Ok(published) => {
-            if videos::mark_ready(&ctx.db, video_id, attempt, &published).await? {
-                tracing::info!(video = %video_id, attempt, secs, "transcode ready");
+            if attempt.mark_ready(&published).await? {
+                tracing::info!(video = %video_id, attempt = attempt.number(), secs, "transcode ready");
                 // The published prefix stays for good; every earlier attempt's goes now,
                 // including those of attempts whose worker was killed or cut off.
                 let _ = videos::forget_prefix(&ctx.db, &published.output_prefix).await;
@@ -296,62 +305,69 @@ pub async fn transcode(ctx: &WorkerContext, video_id: &str, task: &str) -> Resul
             Ok(())
         }
         Err(JobError::Canceled) => {
-            tracing::info!(video = %video_id, attempt, "transcode canceled");
+            tracing::info!(video = %video_id, attempt = attempt.number(), "transcode canceled");
             metrics::counter!("lectern_transcode_jobs_total", "outcome" => "canceled").increment(1);
             Ok(())
         }
         Err(JobError::Abort { code, message }) => {
-            tracing::info!(video = %video_id, attempt, code, "transcode failed for good");
+            tracing::info!(video = %video_id, attempt = attempt.number(), code, "transcode failed for good");
             metrics::counter!("lectern_transcode_jobs_total", "outcome" => "failed").increment(1);
-            videos::mark_failed(&ctx.db, video_id, attempt, code, &message).await?;
+            attempt.mark_failed(code, &message).await?;
             emit_failed(ctx, &video, code, &message).await?;
             Err(JobError::Abort { code, message })
         }
         Err(JobError::Crashed(why)) => {
             // The child took the blow; this process, and every other role in it, carries on.
-            let crashes = videos::record_crash(&ctx.db, video_id, attempt).await?;
-            if crashes >= CRASHES_TO_FAIL || attempt >= MAX_ATTEMPTS as i64 {
-                tracing::error!(video = %video_id, attempt, crashes, %why, "the encoder keeps crashing on this input; giving up");
+            let crashes = attempt.record_crash().await?;
+            if crashes >= CRASHES_TO_FAIL || attempt.number() >= MAX_ATTEMPTS as i64 {
+                tracing::error!(video = %video_id, attempt = attempt.number(), crashes, %why, "the encoder keeps crashing on this input; giving up");
                 metrics::counter!("lectern_transcode_jobs_total", "outcome" => "failed")
                     .increment(1);
                 let (code, msg) = ("encoder-crashed", "The video encoder crashed on this file twice, so it was not published. Re-export the recording as H.264 MP4 (for example with HandBrake's Fast 1080p30 preset) and upload it again.");
-                videos::mark_failed(&ctx.db, video_id, attempt, code, msg).await?;
+                attempt.mark_failed(code, msg).await?;
                 emit_failed(ctx, &video, code, msg).await?;
                 return Err(JobError::abort(code, msg));
             }
-            tracing::warn!(video = %video_id, attempt, crashes, %why, "the encoder process crashed; will retry");
+            tracing::warn!(video = %video_id, attempt = attempt.number(), crashes, %why, "the encoder process crashed; will retry");
             metrics::counter!("lectern_transcode_jobs_total", "outcome" => "crashed").increment(1);
-            videos::requeue(&ctx.db, video_id, attempt).await?;
+            attempt.requeue().await?;
             tokio::time::sleep(Duration::from_secs(2)).await;
             Err(JobError::Crashed(why))
         }
-        Err(JobError::Retry(why)) if ctx.stopping.load(Ordering::Relaxed) => {
+        Err(why @ (JobError::Retry(_) | JobError::TimedOut { .. }))
+            if ctx.stopping.load(Ordering::Relaxed) =>
+        {
             // Handed back: another worker (or this one after a restart) takes it at once.
-            tracing::info!(video = %video_id, attempt, %why, "worker stopping; job handed back");
+            tracing::info!(video = %video_id, attempt = attempt.number(), %why, "worker stopping; job handed back");
             metrics::counter!("lectern_transcode_jobs_total", "outcome" => "handed-back")
                 .increment(1);
-            videos::requeue(&ctx.db, video_id, attempt).await?;
-            Err(JobError::Retry(why))
+            attempt.requeue().await?;
+            Err(why)
         }
-        Err(JobError::Retry(why)) if attempt >= MAX_ATTEMPTS as i64 => {
-            tracing::error!(video = %video_id, attempt, %why, "transcode keeps failing; giving up");
+        Err(why @ (JobError::Retry(_) | JobError::TimedOut { .. }))
+            if attempt.number() >= MAX_ATTEMPTS as i64 =>
+        {
+            tracing::error!(video = %video_id, attempt = attempt.number(), %why, "transcode keeps failing; giving up");
             metrics::counter!("lectern_transcode_jobs_total", "outcome" => "failed").increment(1);
-            let (code, msg) = if why.starts_with(TIMED_OUT) {
+            let (code, msg) = if matches!(why, JobError::TimedOut { .. }) {
                 ("transcode-timeout", "Every transcode attempt ran past its time limit. An admin can retry it, or raise timeout_base_s / timeout_per_media_s in the pipeline file.")
             } else {
                 ("transcode-failed", "Transcoding failed repeatedly because of a server-side problem. An admin can retry it.")
             };
-            videos::mark_failed(&ctx.db, video_id, attempt, code, msg).await?;
+            attempt.mark_failed(code, msg).await?;
             emit_failed(ctx, &video, code, msg).await?;
             Err(JobError::abort(code, msg))
         }
-        Err(JobError::Retry(why)) => {
-            tracing::warn!(video = %video_id, attempt, %why, "transcode attempt failed; will retry");
+        Err(why @ (JobError::Retry(_) | JobError::TimedOut { .. })) => {
+            tracing::warn!(video = %video_id, attempt = attempt.number(), %why, "transcode attempt failed; will retry");
             metrics::counter!("lectern_transcode_jobs_total", "outcome" => "retry").increment(1);
-            videos::requeue(&ctx.db, video_id, attempt).await?;
+            attempt.requeue().await?;
             // Back off before the slot takes the job again.
-            tokio::time::sleep(Duration::from_secs(2u64.pow(attempt.clamp(1, 6) as u32))).await;
-            Err(JobError::Retry(why))
+            tokio::time::sleep(Duration::from_secs(
+                2u64.pow(attempt.number().clamp(1, 6) as u32),
+            ))
+            .await;
+            Err(why)
         }
     }
 }
@@ -405,9 +421,6 @@ async fn run_prefix_sweeper(ctx: Arc<WorkerContext>) {
 /// Crashes of the encoder on one input before the video fails with `encoder-crashed`.
 const CRASHES_TO_FAIL: i64 = 2;
 
-/// How a timed-out attempt's retry reason starts.
-const TIMED_OUT: &str = "attempt timed out";
-
 /// A staged copy of a remote source, removed when dropped.
 struct Staged(Option<PathBuf>);
 
@@ -422,7 +435,7 @@ impl Drop for Staged {
 async fn source_path(
     ctx: &WorkerContext,
     v: &Video,
-    attempt: i64,
+    attempt: &videos::Attempt,
 ) -> Result<(PathBuf, Staged), JobError> {
     if let Some(p) = ctx.store.local_path(&v.source_key) {
         if tokio::fs::try_exists(&p).await.unwrap_or(false) {
@@ -433,7 +446,9 @@ async fn source_path(
     tokio::fs::create_dir_all(&ctx.scratch_dir)
         .await
         .map_err(|e| JobError::retry(e.to_string()))?;
-    let path = ctx.scratch_dir.join(format!("{}-{attempt}.src", v.id));
+    let path = ctx
+        .scratch_dir
+        .join(format!("{}-{}.src", v.id, attempt.number()));
     let staged = Staged(Some(path.clone()));
     let mut got = ctx
         .store
@@ -455,7 +470,11 @@ async fn source_path(
     Ok((path, staged))
 }
 
-async fn run_attempt(ctx: &WorkerContext, v: &Video, attempt: i64) -> Result<Published, JobError> {
+async fn run_attempt(
+    ctx: &WorkerContext,
+    v: &Video,
+    attempt: &videos::Attempt,
+) -> Result<Published, JobError> {
     let (input, _staged) = source_path(ctx, v, attempt).await?;
     let probe = isolate::probe(&ctx.isolation, input.clone()).await?;
     let vp = probe
@@ -475,17 +494,14 @@ async fn run_attempt(ctx: &WorkerContext, v: &Video, attempt: i64) -> Result<Pub
         .duration
         .map(|d| d.nseconds() as f64 / 1e9)
         .unwrap_or(0.0);
-    videos::set_source_info(
-        &ctx.db,
-        &v.id,
-        SourceInfo {
+    attempt
+        .set_source_info(SourceInfo {
             duration_s,
             width,
             height,
             fps: if src_fps > 0.0 { src_fps } else { fps_f },
-        },
-    )
-    .await?;
+        })
+        .await?;
     let renditions = ladder.renditions_for(width, height);
 
     let mut tracks: Vec<Track> = renditions
@@ -511,8 +527,8 @@ async fn run_attempt(ctx: &WorkerContext, v: &Video, attempt: i64) -> Result<Pub
             nominal_bps: (ladder.audio.bitrate as u64, ladder.audio.bitrate as u64),
         });
     }
-    let prefix = format!("videos/{}/{}/", v.id, lectern_core::new_id());
-    videos::record_prefix(&ctx.db, &v.id, attempt, &prefix).await?;
+    let prefix = lectern_core::keys::revision(&v.id, &lectern_core::new_id());
+    attempt.record_prefix(&prefix).await?;
     let spec = pipeline::Spec {
         input,
         fps: (fps.numer(), fps.denom()),
@@ -553,10 +569,10 @@ async fn run_attempt(ctx: &WorkerContext, v: &Video, attempt: i64) -> Result<Pub
     .await
     {
         Ok(r) => r,
-        Err(_) => Err(JobError::retry(format!(
-            "{TIMED_OUT} after {:.1} s (the limit for {duration_s:.1} s of source)",
-            limit.as_secs_f64()
-        ))),
+        Err(_) => Err(JobError::TimedOut {
+            limit_s: limit.as_secs_f64(),
+            source_s: duration_s,
+        }),
     };
     if result.is_err() {
         discard_prefix(ctx, &prefix).await;
@@ -593,7 +609,7 @@ async fn make_poster(
             return None;
         }
     };
-    let key = format!("{prefix}poster/poster.jpg");
+    let key = lectern_core::keys::poster(prefix);
     match ctx.store.put_bytes(&key, jpeg).await {
         Ok(()) => Some(key),
         Err(e) => {
@@ -606,7 +622,7 @@ async fn make_poster(
 async fn encode_and_package(
     ctx: &WorkerContext,
     v: &Video,
-    attempt: i64,
+    attempt: &videos::Attempt,
     spec: pipeline::Spec,
     mut packager: Packager,
     duration_s: f64,
@@ -646,9 +662,9 @@ async fn encode_and_package(
                             produced += duration;
                         }
                         match packager.fragment(track, data, duration).await {
-                            Ok(true) => match videos::set_live(&ctx.db, &v.id, attempt, packager.prefix()).await {
+                            Ok(true) => match attempt.set_live(packager.prefix()).await {
                                 Ok(_) => {
-                                    tracing::info!(video = %v.id, attempt, "playable while encoding");
+                                    tracing::info!(video = %v.id, attempt = attempt.number(), "playable while encoding");
                                     Ok(())
                                 }
                                 Err(e) => Err(JobError::from(e)),
@@ -665,10 +681,10 @@ async fn encode_and_package(
                             last_pos = pos;
                             metrics::gauge!("lectern_transcode_fps", "worker" => ctx.name.clone()).set(enc_fps);
                             if duration_s > 0.0 {
-                                let _ = videos::set_progress(&ctx.db, &v.id, attempt, (pos / duration_s).min(0.99), enc_fps).await;
+                                let _ = attempt.set_progress((pos / duration_s).min(0.99), enc_fps).await;
                             }
                             // An admin may cancel while we encode: stop the encoder, publish nothing.
-                            if videos::current_state(&ctx.db, &v.id).await.ok().flatten().as_deref() != Some(videos::state::PROCESSING) {
+                            if !attempt.still_processing().await.unwrap_or(false) {
                                 Err(JobError::Canceled)
                             } else {
                                 Ok(())

@@ -12,8 +12,8 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use crate::storage::{
-    validate_key, ByteRange, ByteStream, GetResult, ObjectMeta, ObjectStore, Part, StoreError,
-    StoreResult,
+    validate_key, ByteRange, ByteStream, GetResult, MultipartStore, ObjectMeta, ObjectStore, Part,
+    PartList, StoreError, StoreResult,
 };
 
 /// Parts of streamed writes (`put_stream`) of unknown length.
@@ -57,25 +57,16 @@ fn backend<E: std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>
 }
 
 impl S3Store {
-    /// Opens `s3://BUCKET[/PREFIX]` with the standard AWS environment (credentials, region)
+    /// Opens `bucket`, keys under `prefix` (see [`super::Backend`]), with the standard AWS environment (credentials, region)
     /// and an optional endpoint for S3-compatible servers. Creates the bucket if it is missing.
     /// A stalled server costs at most `timeout` per attempt: to connect, to the first byte of
     /// an answer (a part's upload included), and between two bytes of a body read.
     pub async fn open(
-        url: &str,
+        bucket: String,
+        prefix: String,
         endpoint: Option<&str>,
         timeout: std::time::Duration,
     ) -> anyhow::Result<Self> {
-        let rest = url
-            .strip_prefix("s3://")
-            .ok_or_else(|| anyhow::anyhow!("not an s3:// URL: {url}"))?;
-        let (bucket, prefix) = match rest.split_once('/') {
-            Some((b, p)) => (b.to_string(), p.trim_matches('/').to_string()),
-            None => (rest.to_string(), String::new()),
-        };
-        if bucket.is_empty() {
-            anyhow::bail!("the storage URL {url} names no bucket: use s3://BUCKET");
-        }
         let region = std::env::var("AWS_REGION")
             .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
             .unwrap_or_else(|_| "us-east-1".into());
@@ -182,7 +173,7 @@ impl ObjectStore for S3Store {
         let full = self.key(key)?;
         let mut buf = BytesMut::new();
         let mut total = 0u64;
-        let mut upload: Option<(String, Vec<Part>)> = None;
+        let mut upload: Option<(String, PartList)> = None;
         loop {
             let next = body.next().await;
             if let Some(chunk) = &next {
@@ -206,12 +197,11 @@ impl ObjectStore for S3Store {
                 return Ok(total);
             }
             if upload.is_none() {
-                upload = Some((self.create_multipart(key).await?, Vec::new()));
+                upload = Some((self.create_multipart(key).await?, PartList::default()));
             }
             let (id, parts) = upload.as_mut().expect("just created");
             if !buf.is_empty() {
-                let n = parts.len() as u32 + 1;
-                let at = parts.iter().map(|p| p.size).sum();
+                let (n, at) = (parts.next_number(), parts.total());
                 parts.push(self.put_part(key, id, n, at, buf.split().freeze()).await?);
             }
             if next.is_none() {
@@ -328,6 +318,13 @@ impl ObjectStore for S3Store {
         }
     }
 
+    fn multipart(&self) -> Option<&dyn MultipartStore> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl MultipartStore for S3Store {
     async fn create_multipart(&self, key: &str) -> StoreResult<String> {
         let full = self.key(key)?;
         let out = self
@@ -411,7 +408,7 @@ impl ObjectStore for S3Store {
         &self,
         key: &str,
         upload_id: &str,
-        parts: &[Part],
+        parts: &PartList,
     ) -> StoreResult<()> {
         let full = self.key(key)?;
         if parts.is_empty() {
@@ -464,5 +461,10 @@ impl ObjectStore for S3Store {
             }
             Err(e) => Err(backend(e)),
         }
+    }
+
+    // S3 refuses a part under 5 MiB unless it is the last.
+    fn min_part_size(&self) -> u64 {
+        5 << 20
     }
 }
