@@ -53,16 +53,14 @@ pub(crate) async fn compose(
                 .await?,
         );
     }
-    let u = uploads::commit(&st.db, u, parts, None, st.expires_at()).await?;
+    let u = st.engines.native().ctx().commit(u, parts, None).await?;
     finish(st, &u).await
 }
 
 /// Assembles the object, marks the upload complete and queues its video. Idempotent.
 pub(crate) async fn finish(st: &IngestState, u: &Upload) -> Result<(), ApiError> {
     if u.state == uploads::UploadState::Uploading {
-        st.parts()?
-            .complete_multipart(&u.object_key, &u.multipart_id, &u.part_list())
-            .await?;
+        st.engines.of(u).assemble(u).await?;
         uploads::mark_complete(&st.db, &u.id).await?;
     }
     if !u.is_video() {

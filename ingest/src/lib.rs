@@ -7,13 +7,14 @@
 //! client chunk size works. The offset in the database moves only after the bytes it counts
 //! are durable, so a crash never overstates it.
 //!
-//! Following a PATCH: `tus` (headers, auth, the upload's lock) → `body` (the reader and the
-//! store's engine, which commits the offset through `uploads`) → `handoff` once the last byte
-//! is in (assemble, mark complete, queue the video). `uploads` owns the table, `lock` the
-//! leases, `checksum` the digests.
+//! Following a PATCH: `tus` (headers, auth, the upload's lock) → `body` (checks and the body
+//! reader) → `engine` (stores the bytes, commits the offset through `uploads`) → `handoff`
+//! once the last byte is in (assemble, mark complete, queue the video). `uploads` owns the
+//! table, `lock` the leases, `checksum` the digests.
 
 mod body;
 mod checksum;
+mod engine;
 mod handoff;
 mod lock;
 mod tus;
@@ -35,7 +36,7 @@ use lectern_core::db::Db;
 use lectern_core::error::ApiError;
 use lectern_core::object_http::{object_response, request_range};
 use lectern_core::queue::Queue;
-use lectern_core::storage::{MultipartStore, ObjectStore, Part, PartList, StoreError};
+use lectern_core::storage::{MultipartStore, ObjectStore, PartList, StoreError};
 use lectern_core::videos::{self, priority, NewVideo};
 use lectern_wire::tus::Concat;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -128,6 +129,7 @@ pub struct IngestState {
     /// Bytes per stored part.
     pub part_size: usize,
     locks: Locks,
+    engines: engine::Engines,
     /// Memory for request bodies buffered on their way to a multipart store, in
     /// [`BUFFER_UNIT`]s; bounds a node's memory however many uploads arrive at once.
     buffers: Arc<tokio::sync::Semaphore>,
@@ -157,24 +159,10 @@ impl HasKeys for IngestState {
     }
 }
 
-/// The store's multipart capability, which tus uploads are built on.
-fn parts_of(store: &dyn ObjectStore) -> Result<&dyn MultipartStore, StoreError> {
-    store.multipart().ok_or_else(|| {
-        StoreError::Backend("this object store cannot assemble uploads from parts".into())
-    })
-}
-
 impl IngestState {
-    /// The store's multipart capability (see [`parts_of`]).
+    /// The store's multipart capability (concatenation copies parts with it).
     fn parts(&self) -> Result<&dyn MultipartStore, StoreError> {
-        parts_of(&*self.store)
-    }
-
-    /// Whether the store writes parts in place as bytes arrive (then no tail objects exist).
-    fn in_place(&self) -> bool {
-        self.store
-            .multipart()
-            .is_some_and(|m| m.in_place().is_some())
+        engine::parts_of(&*self.store)
     }
 
     /// Builds the ingest state; `part_size` is clamped to 8–64 MiB.
@@ -189,6 +177,14 @@ impl IngestState {
     ) -> Self {
         let part_size = part_size.clamp(*PART_SIZE_RANGE.start(), *PART_SIZE_RANGE.end());
         let locks = Locks::new(db.clone());
+        let engines = engine::Engines::new(engine::Ctx {
+            db: db.clone(),
+            store: store.clone(),
+            part_size,
+            expiry,
+            #[cfg(test)]
+            crash_after: None,
+        });
         Self {
             db,
             store,
@@ -198,6 +194,7 @@ impl IngestState {
             expiry,
             part_size,
             locks,
+            engines,
             buffers: Arc::new(tokio::sync::Semaphore::new(0)),
             buffer_units: 0,
             quotas: Quotas::default(),
@@ -262,7 +259,7 @@ impl IngestState {
         u: &Upload,
         headers: &HeaderMap,
     ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
-        if self.in_place() && u.tail_key.is_none() {
+        if !self.engines.of(u).buffers() {
             return Ok(None);
         }
         let two_parts = 2 * self.part_size as u64;
@@ -310,12 +307,7 @@ impl IngestState {
                 continue;
             };
             if u.state == uploads::UploadState::Uploading {
-                self.parts()?
-                    .abort_multipart(&u.object_key, &u.multipart_id)
-                    .await?;
-                if let Some(t) = &u.tail_key {
-                    self.store.delete(t).await?;
-                }
+                self.engines.of(&u).discard(&u).await?;
                 if u.is_video() {
                     videos::delete(&self.db, &u.id).await?;
                 }

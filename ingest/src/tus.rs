@@ -287,7 +287,7 @@ pub(crate) async fn create(st: IngestState, req: Request) -> Result<Response, Ap
 
     let id = lectern_core::new_id();
     let object_key = lectern_core::keys::source(&id);
-    let multipart_id = st.parts()?.create_multipart(&object_key).await?;
+    let multipart_id = st.engines.native().create(&object_key).await?;
     let upload = uploads::insert(
         &st.db,
         uploads::NewUpload {
@@ -316,9 +316,7 @@ pub(crate) async fn create(st: IngestState, req: Request) -> Result<Response, Ap
         };
         if let Err(e) = videos::insert(&st.db, video).await {
             let _ = uploads::delete(&st.db, &id).await;
-            if let Ok(m) = st.parts() {
-                let _ = m.abort_multipart(&object_key, &multipart_id).await;
-            }
+            let _ = st.engines.native().discard(&upload).await;
             return Err(e);
         }
     }
@@ -631,12 +629,7 @@ pub(crate) async fn terminate(
         ));
     }
     if u.state == uploads::UploadState::Uploading {
-        st.parts()?
-            .abort_multipart(&u.object_key, &u.multipart_id)
-            .await?;
-        if let Some(t) = &u.tail_key {
-            st.store.delete(t).await?;
-        }
+        st.engines.of(&u).discard(&u).await?;
     } else {
         st.store.delete(&u.object_key).await?;
     }
