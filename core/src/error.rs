@@ -4,13 +4,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+pub use lectern_wire::Code;
+
 /// An error as the client sees it: an HTTP status, a stable kebab-case code and a human message.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     /// HTTP status sent with the body.
     pub status: StatusCode,
-    /// Stable, kebab-case machine code.
-    pub code: &'static str,
+    /// Stable, kebab-case machine code (its status is [`Code::status`] unless overridden).
+    pub code: Code,
     /// What happened and what to do about it.
     pub message: String,
     /// Extra headers (e.g. `Tus-Resumable`) that protocol handlers need on error responses.
@@ -24,14 +26,22 @@ struct Body<'a> {
 }
 
 impl ApiError {
-    /// Builds an error with the given status, code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// Builds an error with the given code (answered with its status) and message.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
         Self {
-            status,
+            status: StatusCode::from_u16(code.status())
+                .expect("the code table holds valid statuses"),
             code,
             message: message.into(),
             headers: Vec::new(),
         }
+    }
+
+    /// Answers with `status` instead of the code's own: only where a framework chose the
+    /// status (a rejected JSON body, a refused framework response).
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
     }
 
     /// Adds a response header.
@@ -40,41 +50,26 @@ impl ApiError {
         self
     }
 
-    /// 400 with the given code.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
     /// 401: no token or an invalid one.
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(Code::Unauthorized, message)
     }
 
     /// 403: the right org but the wrong role.
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(Code::Forbidden, message)
     }
 
     /// 404 for anything unknown or belonging to another org.
     pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            format!("{what} not found"),
-        )
-    }
-
-    /// 409 with the given code.
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, message)
+        Self::new(Code::NotFound, format!("{what} not found"))
     }
 
     /// 500 for unexpected failures; the detail is logged, not sent.
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error");
         Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            Code::Internal,
             "an internal error occurred; retry later, and report it if it persists",
         )
     }
@@ -83,8 +78,7 @@ impl ApiError {
     /// was kept.
     pub fn storage_full() -> Self {
         Self::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "storage-full",
+            Code::StorageFull,
             "the server's storage is full; nothing past the reported offset was kept. Resume from HEAD's offset once an operator has freed space",
         )
         .with_header("retry-after", "60")
@@ -94,8 +88,7 @@ impl ApiError {
     pub fn unavailable(err: impl std::fmt::Display) -> Self {
         tracing::warn!(error = %err, "dependency unavailable");
         Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            Code::Unavailable,
             "a storage or database dependency is unavailable; retry shortly",
         )
         .with_header("retry-after", "2")
@@ -119,7 +112,7 @@ impl std::error::Error for ApiError {}
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&Body {
-            code: self.code,
+            code: self.code.as_str(),
             message: &self.message,
         })
         .unwrap_or_default();
@@ -174,8 +167,7 @@ impl From<crate::storage::StoreError> for ApiError {
         match e {
             crate::storage::StoreError::NotFound(_) => ApiError::not_found("object"),
             crate::storage::StoreError::InvalidRange => ApiError::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "range-not-satisfiable",
+                Code::RangeNotSatisfiable,
                 "the requested byte range lies outside the object",
             ),
             // ENOSPC, EDQUOT and EFBIG: the data folder is full. Nothing past the last
@@ -201,8 +193,7 @@ pub async fn not_found_fallback() -> ApiError {
 /// Fallback for a known path with an unsupported method.
 pub async fn method_not_allowed_fallback() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
+        Code::MethodNotAllowed,
         "this method is not supported on this path",
     )
 }
@@ -223,13 +214,13 @@ where
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(e) => Err(ApiError::new(
-                e.status(),
-                "invalid-body",
+                Code::InvalidBody,
                 format!(
                     "{}; send a JSON body with the documented fields",
                     e.body_text()
                 ),
-            )),
+            )
+            .with_status(e.status())),
         }
     }
 }
@@ -237,11 +228,6 @@ where
 /// A malformed header or parameter: 400 with the parser's code.
 impl From<lectern_wire::Invalid> for ApiError {
     fn from(e: lectern_wire::Invalid) -> Self {
-        ApiError::bad_request(e.code, e.message)
+        ApiError::new(e.code, e.message)
     }
-}
-
-/// 422 with the given code: the request is well-formed but its content is refused.
-pub fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
 }

@@ -2,7 +2,8 @@
 //! counted in characters (a CJK title is as long as it looks), and free of control characters
 //! wherever the text may reach a playlist, a header or a log line.
 
-use crate::error::{unprocessable, ApiError};
+use crate::error::ApiError;
+use crate::error::Code;
 
 /// Longest title, in characters.
 pub const TITLE_MAX: usize = 300;
@@ -20,8 +21,8 @@ pub fn has_controls(s: &str) -> bool {
 pub fn title(t: &str) -> Result<&str, ApiError> {
     let t = t.trim();
     if t.is_empty() || t.chars().count() > TITLE_MAX || has_controls(t) {
-        return Err(unprocessable(
-            "invalid-title",
+        return Err(ApiError::new(
+            Code::InvalidTitle,
             "title must be 1 to 300 characters, without control characters",
         ));
     }
@@ -34,8 +35,8 @@ pub fn description(d: &str) -> Result<(), ApiError> {
         || d.chars()
             .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
     {
-        return Err(unprocessable(
-            "invalid-description",
+        return Err(ApiError::new(
+            Code::InvalidDescription,
             "description must be at most 10,000 characters",
         ));
     }

@@ -4,6 +4,7 @@
 //! business (`engine`).
 
 use super::*;
+use lectern_core::error::Code;
 
 /// Writes one request body (PATCH, or POST with creation-with-upload), honouring
 /// `Upload-Checksum`, and finishes the upload when its last byte arrived.
@@ -14,8 +15,8 @@ pub(crate) async fn write_request(
     body: Body,
 ) -> Result<Written, ApiError> {
     if u.state != uploads::UploadState::Uploading {
-        return Err(ApiError::conflict(
-            "upload-complete",
+        return Err(ApiError::new(
+            Code::UploadComplete,
             "this upload is already complete",
         ));
     }
@@ -123,8 +124,7 @@ impl BodyReader {
     pub(crate) async fn end(self) -> Result<Option<String>, ApiError> {
         if let Some(e) = &self.interrupted {
             if self.checksum.is_some() {
-                return Err(ApiError::bad_request(
-                    "body-interrupted",
+                return Err(ApiError::new(Code::BodyInterrupted,
                     format!("the request body was cut off ({e}); its checksum cannot be verified, so nothing was stored"),
                 ));
             }
@@ -141,8 +141,8 @@ impl BodyReader {
 /// The answer to a body cut off mid-way: what arrived is kept, resume from the offset.
 pub(crate) fn cut_off(cur: &Upload, e: &str) -> ApiError {
     tracing::info!(upload = %cur.id, offset = cur.offset_bytes, error = %e, "body cut off; kept what arrived");
-    ApiError::bad_request(
-        "body-interrupted",
+    ApiError::new(
+        Code::BodyInterrupted,
         format!(
             "the request body was cut off ({e}); send HEAD and resume from Upload-Offset {}",
             cur.offset_bytes

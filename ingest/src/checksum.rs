@@ -88,8 +88,7 @@ impl Checksum {
 /// The 460 answer for a body whose checksum does not match.
 pub fn mismatch() -> ApiError {
     ApiError::new(
-        axum::http::StatusCode::from_u16(460).expect("460 is a valid status"),
-        "checksum-mismatch",
+        lectern_core::error::Code::ChecksumMismatch,
         "the PATCH body does not match Upload-Checksum; nothing was stored, send the chunk again",
     )
 }

@@ -20,6 +20,7 @@ mod lock;
 mod tus;
 mod uploads;
 
+use lectern_core::error::Code;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -93,7 +94,7 @@ async fn refuse(req: Request, err: ApiError) -> ApiError {
 
 /// Reads and discards a request's body, up to [`DRAIN_LIMIT`] and [`DRAIN_TIME`].
 async fn drain(req: Request) {
-    let declared = header_u64(req.headers(), "content-length", "invalid-content-length")
+    let declared = header_u64(req.headers(), "content-length", Code::InvalidContentLength)
         .ok()
         .flatten();
     if declared.is_none_or(|n| n <= DRAIN_LIMIT) {
@@ -224,9 +225,7 @@ impl IngestState {
         if q.pending_videos > 0 && video {
             let pending = videos::org_pending(&self.db, org).await?;
             if pending >= q.pending_videos {
-                return Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "queue-quota-exceeded",
+                return Err(ApiError::new(Code::QueueQuotaExceeded,
                     format!(
                         "your organisation has {pending} videos uploading or waiting to be transcoded, its quota is {}; retry once some are ready",
                         q.pending_videos
@@ -238,9 +237,7 @@ impl IngestState {
         if q.storage_bytes > 0 {
             let used = uploads::org_bytes(&self.db, org).await?;
             if used.saturating_add(adding) > q.storage_bytes {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "storage-quota-exceeded",
+                return Err(ApiError::new(Code::StorageQuotaExceeded,
                     format!(
                         "your organisation stores {used} bytes of its {}-byte quota and this upload needs {adding} more; delete videos it no longer needs, or ask the operator to raise org_storage_quota_mb",
                         q.storage_bytes
@@ -264,7 +261,7 @@ impl IngestState {
         }
         let two_parts = 2 * self.part_size as u64;
         let body =
-            header_u64(headers, "content-length", "invalid-content-length")?.unwrap_or(two_parts);
+            header_u64(headers, "content-length", Code::InvalidContentLength)?.unwrap_or(two_parts);
         let need = (u.tail_size.max(0) as u64 + body).clamp(1, two_parts);
         let units = (need.div_ceil(BUFFER_UNIT) as u32).min(self.buffer_units);
         match tokio::time::timeout(BUFFER_WAIT, self.buffers.clone().acquire_many_owned(units))
@@ -273,9 +270,7 @@ impl IngestState {
             Ok(Ok(permit)) => Ok(Some(permit)),
             _ => {
                 metrics::counter!("lectern_upload_buffer_refusals_total").increment(1);
-                Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "over-capacity",
+                Err(ApiError::new(Code::OverCapacity,
                     "this node is buffering as many upload bytes as it may; retry after the pause Retry-After gives (HEAD tells where to resume)",
                 )
                 .with_header("retry-after", "2"))

@@ -12,12 +12,12 @@
 //! [`LEASE`]; a request that finds a lease not renewed for two periods waits for it to run out
 //! and takes it, so a crash costs the client a few seconds, not a 423.
 
+use lectern_core::error::Code;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use lectern_core::db::Db;
 use lectern_core::error::ApiError;
 use lectern_core::now_ms;
@@ -47,9 +47,7 @@ pub struct Guard {
 }
 
 fn locked() -> ApiError {
-    ApiError::new(
-        StatusCode::LOCKED,
-        "upload-locked",
+    ApiError::new(Code::UploadLocked,
         "another request is writing to this upload; wait for it to end, then resume from HEAD's offset",
     )
     .with_header("retry-after", "1")

@@ -2,6 +2,7 @@
 //! HEAD, PATCH, termination and download. Bodies go to `body`, finished uploads to `handoff`.
 
 use super::*;
+use lectern_core::error::Code;
 
 /// The `/files/` routes.
 pub fn router(state: IngestState) -> Router {
@@ -63,8 +64,7 @@ pub(crate) async fn item(
 
 pub(crate) fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
+        Code::MethodNotAllowed,
         "tus supports OPTIONS, POST, HEAD, PATCH, DELETE and GET here",
     )
 }
@@ -96,8 +96,7 @@ pub(crate) fn check_tus_resumable(headers: &HeaderMap) -> Result<(), ApiError> {
     match headers.get("tus-resumable").and_then(|v| v.to_str().ok()) {
         Some(TUS_VERSION) => Ok(()),
         _ => Err(ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            "unsupported-tus-version",
+            Code::UnsupportedTusVersion,
             "send `Tus-Resumable: 1.0.0`; this server speaks tus 1.0.0",
         )
         .with_header("tus-version", TUS_VERSION)),
@@ -123,7 +122,7 @@ pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a s
 pub(crate) fn header_u64(
     headers: &HeaderMap,
     name: &str,
-    code: &'static str,
+    code: Code,
 ) -> Result<Option<u64>, ApiError> {
     match headers.get(name) {
         None => Ok(None),
@@ -132,9 +131,7 @@ pub(crate) fn header_u64(
             .ok()
             .and_then(lectern_wire::tus::number)
             .map(Some)
-            .ok_or_else(|| {
-                ApiError::bad_request(code, format!("`{name}` must be a non-negative integer"))
-            }),
+            .ok_or_else(|| ApiError::new(code, format!("`{name}` must be a non-negative integer"))),
     }
 }
 
@@ -150,16 +147,14 @@ pub(crate) fn is_octet_stream(headers: &HeaderMap) -> bool {
 
 pub(crate) fn too_large() -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "upload-too-large",
+        Code::UploadTooLarge,
         format!("uploads are limited to {MAX_SIZE} bytes (2 GiB); trim or re-encode the recording"),
     )
 }
 
 pub(crate) fn gone() -> ApiError {
     ApiError::new(
-        StatusCode::GONE,
-        "upload-gone",
+        Code::UploadGone,
         "this upload was terminated or expired; start a new upload",
     )
 }
@@ -187,16 +182,16 @@ pub(crate) async fn create(st: IngestState, req: Request) -> Result<Response, Ap
     }
     if let Some(f) = meta.get("filename") {
         if f.chars().count() > 255 || lectern_core::text::has_controls(f) {
-            return Err(ApiError::bad_request(
-                "invalid-metadata",
+            return Err(ApiError::new(
+                Code::InvalidMetadata,
                 "filename must be at most 255 characters without control characters",
             ));
         }
     }
     if let Some(l) = meta.get("lesson").filter(|l| !l.is_empty()) {
         if !lectern_core::text::is_id(l) {
-            return Err(lectern_core::error::unprocessable(
-                "unknown-lesson",
+            return Err(ApiError::new(
+                Code::UnknownLesson,
                 "the `lesson` metadata is not a lesson id",
             ));
         }
@@ -205,8 +200,8 @@ pub(crate) async fn create(st: IngestState, req: Request) -> Result<Response, Ap
         None | Some("") => priority::NORMAL,
         Some("bulk") => priority::BULK,
         Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid-metadata",
+            return Err(ApiError::new(
+                Code::InvalidMetadata,
                 format!("unknown priority '{other}'; the only value accepted is `bulk`"),
             ))
         }
@@ -215,8 +210,8 @@ pub(crate) async fn create(st: IngestState, req: Request) -> Result<Response, Ap
         // Checked before a byte is stored; replacing a published lesson's video jumps the queue.
         match videos::lesson_has_ready_video(&st.db, &claims.org, lesson).await? {
             None => {
-                return Err(lectern_core::error::unprocessable(
-                    "unknown-lesson",
+                return Err(ApiError::new(
+                    Code::UnknownLesson,
                     format!(
                     "no lesson {lesson} in your org; create it first or drop the `lesson` metadata"
                 ),
@@ -234,15 +229,14 @@ pub(crate) async fn create(st: IngestState, req: Request) -> Result<Response, Ap
             let p = match uploads::get(&st.db, pid).await? {
                 Some(p) if p.org == claims.org && p.concat == "partial" => p,
                 _ => {
-                    return Err(ApiError::bad_request(
-                        "invalid-concat",
+                    return Err(ApiError::new(
+                        Code::InvalidConcat,
                         format!("{pid} is not a partial upload of yours"),
                     ))
                 }
             };
             if p.state != uploads::UploadState::Complete {
-                return Err(ApiError::bad_request(
-                    "partial-incomplete",
+                return Err(ApiError::new(Code::PartialIncomplete,
                     format!("partial upload {pid} is not complete; finish every partial before the final upload"),
                 ));
             }
@@ -255,27 +249,27 @@ pub(crate) async fn create(st: IngestState, req: Request) -> Result<Response, Ap
         sum
     } else {
         match (
-            header_u64(&headers, "upload-length", "invalid-upload-length")?,
+            header_u64(&headers, "upload-length", Code::InvalidUploadLength)?,
             header_str(&headers, "upload-defer-length"),
         ) {
             (Some(len), None) if len > MAX_SIZE => return Err(too_large()),
             (Some(len), None) => len as i64,
             (None, Some("1")) => uploads::DEFERRED,
             (None, Some(_)) => {
-                return Err(ApiError::bad_request(
-                    "invalid-defer-length",
+                return Err(ApiError::new(
+                    Code::InvalidDeferLength,
                     "Upload-Defer-Length must be 1",
                 ))
             }
             (Some(_), Some(_)) => {
-                return Err(ApiError::bad_request(
-                    "invalid-upload-length",
+                return Err(ApiError::new(
+                    Code::InvalidUploadLength,
                     "send either Upload-Length or Upload-Defer-Length, not both",
                 ))
             }
             (None, None) => {
-                return Err(ApiError::bad_request(
-                    "missing-upload-length",
+                return Err(ApiError::new(
+                    Code::MissingUploadLength,
                     "send `Upload-Length` with the file size in bytes, or `Upload-Defer-Length: 1`",
                 ))
             }
@@ -340,7 +334,7 @@ pub(crate) async fn create(st: IngestState, req: Request) -> Result<Response, Ap
         offset = length as u64;
         expires = None;
     } else {
-        let has_body = header_u64(&headers, "content-length", "invalid-content-length")?
+        let has_body = header_u64(&headers, "content-length", Code::InvalidContentLength)?
             .is_some_and(|n| n > 0)
             || headers.contains_key(header::TRANSFER_ENCODING);
         if has_body && is_octet_stream(&headers) {
@@ -448,15 +442,14 @@ pub(crate) async fn patch(st: IngestState, id: &str, req: Request) -> Result<Res
     let (claims, req) = authorize(&st, req).await?;
     if !is_octet_stream(req.headers()) {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "invalid-content-type",
+            Code::InvalidContentType,
             "PATCH bodies must be sent as `Content-Type: application/offset+octet-stream`",
         ));
     }
-    let client_offset = header_u64(req.headers(), "upload-offset", "invalid-upload-offset")?
+    let client_offset = header_u64(req.headers(), "upload-offset", Code::InvalidUploadOffset)?
         .ok_or_else(|| {
-            ApiError::bad_request(
-                "missing-upload-offset",
+            ApiError::new(
+                Code::MissingUploadOffset,
                 "send `Upload-Offset` with the offset HEAD reported",
             )
         })?;
@@ -501,8 +494,7 @@ pub(crate) async fn patch_locked(
         .await);
     }
     if client_offset != u.offset_bytes as u64 {
-        return Err(refuse(req, ApiError::conflict(
-            "offset-mismatch",
+        return Err(refuse(req, ApiError::new(Code::OffsetMismatch,
             format!(
                 "Upload-Offset {client_offset} does not match the stored offset {}; send HEAD and resume from there",
                 u.offset_bytes
@@ -510,12 +502,12 @@ pub(crate) async fn patch_locked(
         )
         .with_header("upload-offset", u.offset_bytes.to_string())).await);
     }
-    if let Some(len) = header_u64(req.headers(), "upload-length", "invalid-upload-length")? {
+    if let Some(len) = header_u64(req.headers(), "upload-length", Code::InvalidUploadLength)? {
         match u.known_length() {
             None if len > MAX_SIZE => return Err(too_large()),
             None if len < u.offset_bytes as u64 => {
-                return Err(ApiError::bad_request(
-                    "invalid-upload-length",
+                return Err(ApiError::new(
+                    Code::InvalidUploadLength,
                     "Upload-Length is smaller than the bytes already stored",
                 ))
             }
@@ -529,8 +521,8 @@ pub(crate) async fn patch_locked(
                 u.length = len as i64;
             }
             Some(known) if known != len => {
-                return Err(ApiError::bad_request(
-                    "invalid-upload-length",
+                return Err(ApiError::new(
+                    Code::InvalidUploadLength,
                     format!("the upload's length is already {known}"),
                 ))
             }
@@ -541,7 +533,7 @@ pub(crate) async fn patch_locked(
         Some(len) => len - u.offset_bytes as u64,
         None => MAX_SIZE - u.offset_bytes as u64,
     };
-    let content_length = header_u64(req.headers(), "content-length", "invalid-content-length")?;
+    let content_length = header_u64(req.headers(), "content-length", Code::InvalidContentLength)?;
     if let Some(len) = content_length {
         if len > remaining {
             return Err(refuse(req, exceeds(remaining)).await);
@@ -569,8 +561,7 @@ pub(crate) async fn patch_locked(
 
 pub(crate) fn exceeds(remaining: u64) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "exceeds-upload-length",
+        Code::ExceedsUploadLength,
         format!("the body runs past Upload-Length; only {remaining} more bytes fit in this upload"),
     )
 }
@@ -623,8 +614,7 @@ pub(crate) async fn terminate(
     let _guard = st.locks.acquire(id).await?;
     let u = load(&st, id, &claims.org).await?;
     if u.state == uploads::UploadState::Complete && u.is_video() {
-        return Err(ApiError::conflict(
-            "upload-complete",
+        return Err(ApiError::new(Code::UploadComplete,
             "this upload is complete and its video is being processed; it can no longer be terminated",
         ));
     }
@@ -649,8 +639,8 @@ pub(crate) async fn download(
     let (claims, req) = authorize(&st, req).await?;
     let u = load(&st, id, &claims.org).await?;
     if u.state != uploads::UploadState::Complete {
-        return Err(ApiError::conflict(
-            "upload-incomplete",
+        return Err(ApiError::new(
+            Code::UploadIncomplete,
             "the upload is not complete yet; finish it, then download",
         ));
     }

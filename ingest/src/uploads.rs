@@ -4,6 +4,7 @@
 use lectern_core::auth::Claims;
 use lectern_core::db::Db;
 use lectern_core::error::ApiError;
+use lectern_core::error::Code;
 use lectern_core::now_ms;
 use lectern_core::storage::PartList;
 
@@ -169,8 +170,8 @@ pub async fn commit(
     .execute(&db.pool)
     .await?;
     if res.rows_affected() != 1 {
-        return Err(ApiError::conflict(
-            "offset-mismatch",
+        return Err(ApiError::new(
+            Code::OffsetMismatch,
             "the upload moved while this chunk was written; send HEAD and resume from its offset",
         ));
     }

@@ -7,6 +7,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lectern_core::auth::{Auth, HasKeys, Keys, Role};
 use lectern_core::db::Db;
+use lectern_core::error::Code;
 use lectern_core::error::{ApiError, ApiJson};
 use lectern_core::videos::{self, VideoState};
 use lectern_origin::Signer;
@@ -128,16 +129,16 @@ async fn jobs(
             .ok()
             .filter(|l| (1..=100).contains(l))
             .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid-limit",
+                ApiError::new(
+                    Code::InvalidLimit,
                     "limit must be a whole number from 1 to 100",
                 )
             })?,
     };
     if let Some(s) = q.state.as_deref() {
         if !VideoState::parse(s).is_some_and(|s| VideoState::JOB.contains(&s)) {
-            return Err(ApiError::bad_request(
-                "invalid-state",
+            return Err(ApiError::new(
+                Code::InvalidState,
                 format!(
                     "state must be one of {}",
                     VideoState::names(&VideoState::JOB)
@@ -162,8 +163,8 @@ async fn jobs(
                 .and_then(|(t, i)| t.parse::<i64>().ok().map(|t| (t, i.to_string())))
                 .filter(|(_, i)| i.len() == 32 && i.bytes().all(|b| b.is_ascii_hexdigit()))
                 .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid-cursor",
+                    ApiError::new(
+                        Code::InvalidCursor,
                         "cursor must be a next_cursor value from this list",
                     )
                 })?;
@@ -214,8 +215,8 @@ async fn cancel_job(
 ) -> Result<Json<Value>, ApiError> {
     let v = job_of(&st, &c, &id).await?;
     if !videos::cancel(&st.db, &v.id).await? {
-        return Err(ApiError::conflict(
-            "not-cancelable",
+        return Err(ApiError::new(
+            Code::NotCancelable,
             format!(
                 "the job is {}; only queued or processing jobs can be canceled",
                 v.state
@@ -252,8 +253,8 @@ async fn retry_job(
 }
 
 fn not_retryable(state: &str) -> ApiError {
-    ApiError::conflict(
-        "not-retryable",
+    ApiError::new(
+        Code::NotRetryable,
         format!("the job is {state}; only failed or canceled jobs can be retried"),
     )
 }
@@ -276,20 +277,19 @@ async fn patch_job(
 ) -> Result<Json<Value>, ApiError> {
     let v = job_of(&st, &c, &id).await?;
     let Json(p) = body.map_err(|e| {
-        ApiError::bad_request(
-            "invalid-body",
+        ApiError::new(
+            Code::InvalidBody,
             format!("expected {{\"priority\": 0..{MAX_PRIORITY}}}: {e}"),
         )
     })?;
     if !(0..=MAX_PRIORITY).contains(&p.priority) {
-        return Err(ApiError::bad_request(
-            "invalid-priority",
+        return Err(ApiError::new(Code::InvalidPriority,
             format!("priority must be a whole number from 0 to {MAX_PRIORITY} (bulk 0, upload 10, replacement 20)"),
         ));
     }
     if !videos::set_priority(&st.db, &v.id, p.priority).await? {
-        return Err(ApiError::conflict(
-            "not-queued",
+        return Err(ApiError::new(
+            Code::NotQueued,
             format!(
                 "the job is {}; only a queued job's priority can change",
                 v.state
@@ -464,8 +464,8 @@ async fn list_videos(
     c.require_manager()?;
     if let Some(s) = q.state.as_deref() {
         if VideoState::parse(s).is_none() {
-            return Err(ApiError::bad_request(
-                "invalid-state",
+            return Err(ApiError::new(
+                Code::InvalidState,
                 format!(
                     "state must be one of {}",
                     VideoState::names(VideoState::ALL)
@@ -523,8 +523,8 @@ async fn delete_video(
     let v = videos::get_in_org(&st.db, &id, &c.org).await?;
     c.require_manager()?;
     if v.state == VideoState::Uploading {
-        return Err(ApiError::conflict(
-            "still-uploading",
+        return Err(ApiError::new(
+            Code::StillUploading,
             "the upload is still in progress; terminate it with DELETE /files/{id} instead",
         ));
     }

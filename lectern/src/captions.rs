@@ -8,7 +8,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use lectern_core::auth::Auth;
-use lectern_core::error::{unprocessable, ApiError};
+use lectern_core::error::ApiError;
+use lectern_core::error::Code;
 use lectern_core::keys;
 use lectern_core::videos::{self, Caption};
 use lectern_wire::{playlist, webvtt};
@@ -36,16 +37,16 @@ pub async fn put(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body.map_err(|e| {
         ApiError::new(
-            e.status(),
-            "too-large",
+            Code::TooLarge,
             format!("{}; caption files are limited to 5 MiB", e.body_text()),
         )
+        .with_status(e.status())
     })?;
     let v = videos::get_in_org(&st.db, &id, &c.org).await?;
     c.require_manager()?;
     if !playlist::language(&lang) {
-        return Err(ApiError::bad_request(
-            "invalid-language",
+        return Err(ApiError::new(
+            Code::InvalidLanguage,
             "the language must be a BCP 47 tag such as en, pt-BR or zh-Hant",
         ));
     }
@@ -55,15 +56,13 @@ pub async fn put(
         .unwrap_or("");
     if !ctype.is_empty() && !ctype.starts_with("text/vtt") && !ctype.starts_with("text/plain") {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
+            Code::UnsupportedMediaType,
             "send the captions as Content-Type: text/vtt",
         ));
     }
     if body.len() > MAX_BYTES {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-large",
+            Code::TooLarge,
             "caption files are limited to 5 MiB",
         ));
     }
@@ -72,11 +71,11 @@ pub async fn put(
     // LF, …) could end its attribute or line and inject tags.
     playlist::label(&label)?;
     let text = std::str::from_utf8(&body)
-        .map_err(|_| unprocessable("invalid-webvtt", "WebVTT must be UTF-8 text"))?;
-    let cues = webvtt::validate(text).map_err(|e| unprocessable("invalid-webvtt", e))?;
+        .map_err(|_| ApiError::new(Code::InvalidWebvtt, "WebVTT must be UTF-8 text"))?;
+    let cues = webvtt::validate(text).map_err(|e| ApiError::new(Code::InvalidWebvtt, e))?;
     let duration = v.duration_s.ok_or_else(|| {
-        ApiError::conflict(
-            "duration-unknown",
+        ApiError::new(
+            Code::DurationUnknown,
             "add captions once the video is processing or ready (its duration is not known yet)",
         )
     })?;

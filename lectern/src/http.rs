@@ -1,6 +1,7 @@
 //! Cross-cutting HTTP layers: request ids, RED metrics per route, rate limits, and the gauges
 //! refreshed in the background (jobs by state, queue age, DB pool).
 
+use lectern_core::error::Code;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -56,22 +57,25 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
         .and_then(|b| String::from_utf8(b.to_vec()).ok())
         .unwrap_or_default();
     let (code, advice) = match status {
-        StatusCode::BAD_REQUEST => ("bad-request", "check the path and query parameters"),
-        StatusCode::NOT_FOUND => ("not-found", "check the URL"),
-        StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "use a supported method"),
-        StatusCode::PAYLOAD_TOO_LARGE => ("too-large", "send a smaller body"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            ("unsupported-media-type", "send the documented Content-Type")
-        }
-        StatusCode::UNPROCESSABLE_ENTITY => ("invalid-body", "fix the request body"),
-        s if s.is_server_error() => ("internal", "retry later"),
-        _ => ("bad-request", "check the request"),
+        StatusCode::BAD_REQUEST => (Code::BadRequest, "check the path and query parameters"),
+        StatusCode::NOT_FOUND => (Code::NotFound, "check the URL"),
+        StatusCode::METHOD_NOT_ALLOWED => (Code::MethodNotAllowed, "use a supported method"),
+        StatusCode::PAYLOAD_TOO_LARGE => (Code::TooLarge, "send a smaller body"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            Code::UnsupportedMediaType,
+            "send the documented Content-Type",
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY => (Code::InvalidBody, "fix the request body"),
+        s if s.is_server_error() => (Code::Internal, "retry later"),
+        _ => (Code::BadRequest, "check the request"),
     };
     let message = match text.trim() {
         "" => format!("{}; {advice}", status.canonical_reason().unwrap_or("error")),
         t => format!("{t}; {advice}"),
     };
-    let mut e = ApiError::new(status, code, message).into_response();
+    let mut e = ApiError::new(code, message)
+        .with_status(status)
+        .into_response();
     for (k, v) in parts.headers.iter() {
         if k != axum::http::header::CONTENT_TYPE && k != axum::http::header::CONTENT_LENGTH {
             e.headers_mut().append(k.clone(), v.clone());
@@ -93,8 +97,7 @@ pub fn reject_malformed<B>(req: &axum::http::Request<B>) -> Option<Response> {
     if uri.len() > MAX_URI {
         return Some(
             ApiError::new(
-                StatusCode::URI_TOO_LONG,
-                "uri-too-long",
+                Code::UriTooLong,
                 format!(
                     "the URL is {} bytes; at most {MAX_URI} are accepted",
                     uri.len()
@@ -110,9 +113,7 @@ pub fn reject_malformed<B>(req: &axum::http::Request<B>) -> Option<Response> {
         .sum();
     if header_bytes > MAX_HEADER_BYTES {
         return Some(
-            ApiError::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers-too-large",
+            ApiError::new(Code::HeadersTooLarge,
                 format!("the request headers are {header_bytes} bytes; at most {MAX_HEADER_BYTES} are accepted"),
             )
             .into_response(),
@@ -127,10 +128,12 @@ pub fn reject_malformed<B>(req: &axum::http::Request<B>) -> Option<Response> {
                 let v = h * 16 + l;
                 if v < 0x20 || v == 0x7f {
                     return Some(
-                        ApiError::bad_request(
-                            "invalid-url",
+                        // The request's own URL, not a URL in its body: malformed, so 400.
+                        ApiError::new(
+                            Code::InvalidUrl,
                             "the URL holds an encoded control character (such as %00); remove it",
                         )
+                        .with_status(StatusCode::BAD_REQUEST)
                         .into_response(),
                     );
                 }
@@ -265,8 +268,7 @@ pub async fn rate_limit(
             metrics::counter!("lectern_rate_limited_total").increment(1);
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
             ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate-limited",
+                Code::RateLimited,
                 format!("too many requests; retry in {secs} s"),
             )
             .with_header("retry-after", secs.to_string())

@@ -511,9 +511,37 @@ const OPS: &[Op] = &[
     ),
 ];
 
+/// The error codes and their statuses, from the one table (`lectern_wire::Code`).
+fn code_table() -> String {
+    let mut t = String::from("Stable kebab-case code:");
+    for c in lectern_core::error::Code::ALL {
+        t.push_str(&format!(
+            "\n- `{}` ({}): {}",
+            c.as_str(),
+            c.status(),
+            c.meaning()
+        ));
+    }
+    t
+}
+
+/// A status's meaning and the codes answered with it.
+fn status_description(status: u16) -> String {
+    let codes: Vec<&str> = lectern_core::error::Code::ALL
+        .iter()
+        .filter(|c| c.status() == status)
+        .map(|c| c.as_str())
+        .collect();
+    if codes.is_empty() {
+        status_text(status).to_string()
+    } else {
+        format!("{}; codes: {}", status_text(status), codes.join(", "))
+    }
+}
+
 fn status_text(code: u16) -> &'static str {
     match code {
-        400 => "Malformed request (invalid-body, invalid-limit, invalid-cursor, …)",
+        400 => "Malformed request",
         401 => "No token, or an invalid one",
         403 => "Right org, wrong role (or not enrolled, or a bad playlist signature)",
         404 => "Unknown, or another org's",
@@ -527,10 +555,10 @@ fn status_text(code: u16) -> &'static str {
         423 => "Another request holds the upload",
         429 => "Rate limited; see Retry-After",
         460 => "Checksum mismatch",
-        414 => "URI over 8 KiB (uri-too-long)",
-        431 => "Request headers over 32 KiB (headers-too-large)",
+        414 => "URI over 8 KiB",
+        431 => "Request headers over 32 KiB",
         503 => "A dependency is unavailable, or the server is at capacity; see Retry-After",
-        507 => "Storage full (storage-full); the offset stays at what is stored",
+        507 => "Storage full; the offset stays at what is stored",
         _ => "Error",
     }
 }
@@ -538,6 +566,9 @@ fn status_text(code: u16) -> &'static str {
 /// Statuses the listener may answer for any operation (`http::reject_malformed`, the
 /// connection cap).
 const LISTENER: &[u16] = &[400, 414, 431, 503];
+
+/// Creations that answer 200 instead of 201 when what they create already exists.
+const IDEMPOTENT_CREATES: &[(&str, &str)] = &[("post", "/api/v1/courses/{id}/enrollments")];
 
 /// The whole document.
 pub fn document() -> Value {
@@ -550,6 +581,12 @@ pub fn document() -> Value {
         } else {
             json!({"description": "Success"})
         };
+        if o.ok == 201 && IDEMPOTENT_CREATES.contains(&(o.method, o.path)) {
+            responses.insert(
+                "200".into(),
+                json!({"description": "It already existed; nothing changed", "content": {"application/json": {"schema": {"type": "object"}}}}),
+            );
+        }
         responses.insert(o.ok.to_string(), success);
         // Every JSON body is refused with 415 when it is sent as anything else.
         let json_body: &[u16] = if o.body.is_empty() { &[] } else { &[415] };
@@ -571,7 +608,7 @@ pub fn document() -> Value {
             responses.insert(
                 e.to_string(),
                 json!({
-                    "description": status_text(*e),
+                    "description": status_description(*e),
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
                 }),
             );
@@ -633,7 +670,11 @@ pub fn document() -> Value {
                 "type": "object",
                 "required": ["code", "message"],
                 "properties": {
-                    "code": {"type": "string", "description": "Stable kebab-case code"},
+                    "code": {
+                        "type": "string",
+                        "description": code_table(),
+                        "enum": lectern_core::error::Code::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+                    },
                     "message": {"type": "string", "description": "What happened and what to do"},
                 },
             }},

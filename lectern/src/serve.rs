@@ -415,16 +415,15 @@ struct Ready {
 /// `GET /readyz`: 200 when the database and the object store answer within 3 s; 503 with a
 /// JSON error while the process drains or either does not answer.
 async fn readyz(r: Ready) -> axum::response::Response {
-    use axum::http::StatusCode;
     use axum::response::IntoResponse;
-    let unready = |code: &'static str, msg: String| {
-        error::ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, msg)
+    let unready = |code: error::Code, msg: String| {
+        error::ApiError::new(code, msg)
             .with_header("retry-after", "5".to_string())
             .into_response()
     };
     if r.draining.load(Ordering::SeqCst) {
         return unready(
-            "draining",
+            error::Code::Draining,
             "this node is shutting down and takes no new work; send requests to another node"
                 .into(),
         );
@@ -435,13 +434,13 @@ async fn readyz(r: Ready) -> axum::response::Response {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             return unready(
-                "database-unavailable",
+                error::Code::DatabaseUnavailable,
                 format!("the database does not answer: {e}"),
             )
         }
         Err(_) => {
             return unready(
-                "database-unavailable",
+                error::Code::DatabaseUnavailable,
                 "the database did not answer within 3 s".into(),
             )
         }
@@ -451,13 +450,13 @@ async fn readyz(r: Ready) -> axum::response::Response {
         Ok(Ok(_)) | Ok(Err(lectern_core::storage::StoreError::NotFound(_))) => {}
         Ok(Err(e)) => {
             return unready(
-                "store-unavailable",
+                error::Code::StoreUnavailable,
                 format!("the object store does not answer: {e}"),
             )
         }
         Err(_) => {
             return unready(
-                "store-unavailable",
+                error::Code::StoreUnavailable,
                 "the object store did not answer within 3 s".into(),
             )
         }

@@ -11,6 +11,7 @@ pub mod page;
 pub mod progress;
 pub mod webhooks;
 
+use lectern_core::error::Code;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lectern_core::auth::{Auth, Claims, HasKeys, Keys, Role};
 use lectern_core::db::Db;
-use lectern_core::error::{unprocessable, ApiError, ApiJson};
+use lectern_core::error::{ApiError, ApiJson};
 use lectern_core::videos::VideoState;
 use lectern_core::{new_id, now_ms, rfc3339};
 use lectern_origin::Signer;
@@ -461,8 +462,8 @@ async fn visible_lesson(st: &LmsState, c: &Claims, id: &str) -> Result<Lesson, A
 async fn check_video(db: &Db, video: &str, org: &str) -> Result<(), ApiError> {
     match lectern_core::videos::get(db, video).await? {
         Some(v) if v.org == org => Ok(()),
-        _ => Err(unprocessable(
-            "unknown-video",
+        _ => Err(ApiError::new(
+            Code::UnknownVideo,
             format!("no video {video} in your org; upload it first"),
         )),
     }
@@ -492,8 +493,8 @@ async fn create_lesson(
     let position = match b.position {
         Some(p) if p >= 0 => p,
         Some(_) => {
-            return Err(unprocessable(
-                "invalid-position",
+            return Err(ApiError::new(
+                Code::InvalidPosition,
                 "position must not be negative",
             ))
         }
@@ -590,8 +591,8 @@ async fn patch_lesson(
     check_title(&title)?;
     let position = b.position.unwrap_or(l.position);
     if position < 0 {
-        return Err(unprocessable(
-            "invalid-position",
+        return Err(ApiError::new(
+            Code::InvalidPosition,
             "position must not be negative",
         ));
     }
@@ -656,8 +657,8 @@ pub fn playback_json(
         } else {
             "it can be watched once it is processing or ready"
         };
-        return Err(ApiError::conflict(
-            "not-ready",
+        return Err(ApiError::new(
+            Code::NotReady,
             format!("the video is {}; {when}", video.state),
         ));
     }
@@ -703,8 +704,8 @@ async fn lesson_playback(
         None => None,
     }
     .ok_or_else(|| {
-        ApiError::conflict(
-            "no-video",
+        ApiError::new(
+            Code::NoVideo,
             "this lesson has no video yet; an instructor must attach one",
         )
     })?;
@@ -734,8 +735,8 @@ async fn enroll(
     course_row(&st.db, &course, &c.org).await?;
     manager(&c)?;
     if b.user.is_empty() || b.user.len() > 200 {
-        return Err(unprocessable(
-            "invalid-user",
+        return Err(ApiError::new(
+            Code::InvalidUser,
             "user must be the learner's token subject (1 to 200 characters)",
         ));
     }
@@ -839,8 +840,7 @@ async fn post_progress(
         || b.watched.len() > 1000
         || b.watched.iter().any(|(a, z)| !ok(*a) || !ok(*z) || z < a)
     {
-        return Err(unprocessable(
-            "invalid-progress",
+        return Err(ApiError::new(Code::InvalidProgress,
             "position_s and watched [[start, end], …] must be seconds within the video, start ≤ end, at most 1000 ranges",
         ));
     }

@@ -4,6 +4,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use lectern_core::error::ApiError;
+use lectern_core::error::Code;
 use serde_json::Value;
 
 /// Default page size.
@@ -41,8 +42,8 @@ impl PageQuery {
                 .ok()
                 .filter(|l| (1..=MAX_LIMIT).contains(l))
                 .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid-limit",
+                    ApiError::new(
+                        Code::InvalidLimit,
                         format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
                     )
                 })?,
@@ -55,8 +56,8 @@ impl PageQuery {
                     .and_then(|b| serde_json::from_slice::<Vec<Value>>(&b).ok())
                     .filter(|v| v.len() == keys)
                     .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "invalid-cursor",
+                        ApiError::new(
+                            Code::InvalidCursor,
                             "cursor must be a next_cursor value from this list",
                         )
                     })?,
@@ -97,8 +98,8 @@ impl Page {
 }
 
 fn bad_cursor() -> ApiError {
-    ApiError::bad_request(
-        "invalid-cursor",
+    ApiError::new(
+        Code::InvalidCursor,
         "cursor must be a next_cursor value from this list",
     )
 }

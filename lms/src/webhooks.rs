@@ -7,6 +7,7 @@
 //! event id: delivery is at least once. Failures retry with exponential backoff (1 s doubling,
 //! capped at 1 h) for up to `MAX_ATTEMPTS`; every attempt is recorded and listed to admins.
 
+use lectern_core::error::Code;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
@@ -15,7 +16,7 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use lectern_core::auth::{hmac, Auth, Claims, Role};
 use lectern_core::db::Db;
-use lectern_core::error::{unprocessable, ApiError, ApiJson};
+use lectern_core::error::{ApiError, ApiJson};
 use lectern_core::webhooks::EVENTS;
 use lectern_core::{new_id, now_ms, rfc3339};
 use serde::Deserialize;
@@ -64,27 +65,26 @@ async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     admin(&c)?;
     if b.url.len() > MAX_URL {
-        return Err(unprocessable(
-            "invalid-url",
+        return Err(ApiError::new(
+            Code::InvalidUrl,
             format!("url must be at most {MAX_URL} characters"),
         ));
     }
     let url = reqwest::Url::parse(&b.url)
-        .map_err(|e| unprocessable("invalid-url", format!("url is not a valid URL: {e}")))?;
+        .map_err(|e| ApiError::new(Code::InvalidUrl, format!("url is not a valid URL: {e}")))?;
     let https = url.scheme() == "https";
     if !(https || (st.webhook_allow_http && url.scheme() == "http")) || url.host().is_none() {
-        return Err(unprocessable(
-            "invalid-url",
+        return Err(ApiError::new(Code::InvalidUrl,
             "webhook URLs must be https:// (plain http only where the operator set webhook_allow_http)",
         ));
     }
     st.egress
         .check(&url)
         .await
-        .map_err(|why| unprocessable("forbidden-url", format!("webhook URL refused: {why}")))?;
+        .map_err(|why| ApiError::new(Code::ForbiddenUrl, format!("webhook URL refused: {why}")))?;
     if b.events.is_empty() || b.events.iter().any(|e| !EVENTS.contains(&e.as_str())) {
-        return Err(unprocessable(
-            "invalid-events",
+        return Err(ApiError::new(
+            Code::InvalidEvents,
             format!("events must be a non-empty list of {}", EVENTS.join(", ")),
         ));
     }

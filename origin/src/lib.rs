@@ -17,6 +17,7 @@
 pub mod cache;
 mod sign;
 
+use lectern_core::error::Code;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -116,7 +117,7 @@ fn signed<'q>(
         let mut e = ApiError::forbidden(
             "this playlist URL repeats a signature parameter; ask the playback endpoint for a fresh URL",
         );
-        e.code = "invalid-signature";
+        e.code = Code::InvalidSignature;
         e
     })?;
     let exp = st.signer.verify(video, &q)?;
@@ -138,7 +139,10 @@ fn vod_playlist_cache(exp: i64) -> HeaderValue {
 
 /// A path segment that does not decode (`%FF`) is the client's mistake: 400 JSON.
 fn bad_path(e: PathRejection) -> ApiError {
-    ApiError::bad_request("invalid-path", format!("{}; check the URL", e.body_text()))
+    ApiError::new(
+        Code::InvalidPath,
+        format!("{}; check the URL", e.body_text()),
+    )
 }
 
 async fn master(
@@ -452,8 +456,7 @@ async fn file_inner(
 /// 416 naming the object's size, as RFC 9110 asks.
 fn unsatisfiable(size: u64) -> ApiError {
     ApiError::new(
-        StatusCode::RANGE_NOT_SATISFIABLE,
-        "range-not-satisfiable",
+        Code::RangeNotSatisfiable,
         format!("the object has {size} bytes; ask for a range inside it"),
     )
     .with_header("content-range", format!("bytes */{size}"))

@@ -11,6 +11,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use lectern_core::auth::Keys;
 use lectern_core::error::ApiError;
+use lectern_core::error::Code;
 use sha2::Sha256;
 use std::sync::Arc;
 
@@ -136,7 +137,7 @@ impl Signer {
         let deny = |why: &str| {
             let mut e =
                 ApiError::forbidden(format!("{why}; ask the playback endpoint for a fresh URL"));
-            e.code = "invalid-signature";
+            e.code = Code::InvalidSignature;
             e
         };
         let (Some(exp_text), Some(kid), Some(vw), Some(sig)) = (q.exp, q.kid, q.vw, q.sig) else {

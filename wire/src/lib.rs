@@ -6,24 +6,27 @@
 //! its own (`fuzz/`) and builds in seconds; the crates that serve HTTP map [`Invalid`] onto
 //! their error responses.
 
+mod code;
 pub mod playlist;
 pub mod range;
 pub mod signed;
 pub mod tus;
 pub mod webvtt;
 
+pub use code::Code;
+
 /// Why an input was refused: a stable kebab-case code and a message that says what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
     /// Stable kebab-case code, as the API answers it.
-    pub code: &'static str,
+    pub code: Code,
     /// What is wrong and what to send instead.
     pub message: String,
 }
 
 impl Invalid {
     /// An `Invalid` with this code and message.
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
         Invalid {
             code,
             message: message.into(),

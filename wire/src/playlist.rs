@@ -3,6 +3,7 @@
 //! What users name here (a caption's language and label) is checked by the same module that
 //! writes it, so nothing they send can end an attribute or a line.
 
+use crate::Code;
 use crate::Invalid;
 
 /// A caption track as the master lists it.
@@ -32,7 +33,7 @@ pub fn label(l: &str) -> Result<(), Invalid> {
     if l.is_empty() || l.chars().count() > 100 || l.contains('"') || l.chars().any(char::is_control)
     {
         return Err(Invalid::new(
-            "invalid-label",
+            Code::InvalidLabel,
             "label must be 1 to 100 characters without quotes, line breaks or control characters",
         ));
     }
@@ -49,7 +50,7 @@ pub fn rewrite_master(
 ) -> Result<Vec<u8>, Invalid> {
     let mut pl = m3u8_rs::parse_master_playlist_res(raw).map_err(|_| {
         Invalid::new(
-            "invalid-playlist",
+            Code::InvalidPlaylist,
             "the stored master playlist does not parse",
         )
     })?;
@@ -65,7 +66,7 @@ pub fn rewrite_master(
     let alts = pl.alternatives.iter().filter_map(|m| m.uri.as_deref());
     if pl.variants.is_empty() || !uris.chain(alts).all(plain) {
         return Err(Invalid::new(
-            "invalid-playlist",
+            Code::InvalidPlaylist,
             "the stored master playlist names a URI that is not a relative path",
         ));
     }
@@ -89,7 +90,7 @@ pub fn rewrite_master(
     for c in subs {
         if !language(c.lang) {
             return Err(Invalid::new(
-                "invalid-language",
+                Code::InvalidLanguage,
                 "not a BCP 47 language tag",
             ));
         }
@@ -107,7 +108,7 @@ pub fn rewrite_master(
     }
     let mut out = Vec::new();
     pl.write_to(&mut out)
-        .map_err(|e| Invalid::new("invalid-playlist", e.to_string()))?;
+        .map_err(|e| Invalid::new(Code::InvalidPlaylist, e.to_string()))?;
     Ok(out)
 }
 

@@ -1,6 +1,7 @@
 //! tus 1.0 request headers: `Upload-Metadata`, `Upload-Concat`, `Upload-Checksum`, and the
 //! integer headers (`Upload-Offset`, `Upload-Length`, `Content-Length`).
 
+use crate::Code;
 use std::collections::HashMap;
 
 use base64::engine::general_purpose::STANDARD;
@@ -20,7 +21,7 @@ pub const MAX_PARTIALS: usize = 64;
 pub fn metadata(raw: &str) -> Result<HashMap<String, String>, Invalid> {
     let bad = |why: String| {
         Invalid::new(
-            "invalid-metadata",
+            Code::InvalidMetadata,
             format!("invalid Upload-Metadata: {why}"),
         )
     };
@@ -99,8 +100,7 @@ pub fn concat(v: &str) -> Result<Concat, Invalid> {
         _ => {}
     }
     let bad = || {
-        Invalid::new(
-            "invalid-concat",
+        Invalid::new(Code::InvalidConcat,
             "Upload-Concat must be `partial` or `final;<url> <url>…` naming this server's partial uploads",
         )
     };
@@ -124,14 +124,14 @@ pub fn concat(v: &str) -> Result<Concat, Invalid> {
     }
     if ids.len() > MAX_PARTIALS {
         return Err(Invalid::new(
-            "too-many-partials",
+            Code::TooManyPartials,
             format!("a final upload may concatenate at most {MAX_PARTIALS} partial uploads"),
         ));
     }
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = ids.iter().find(|i| !seen.insert(i.as_str())) {
         return Err(Invalid::new(
-            "duplicate-partial",
+            Code::DuplicatePartial,
             format!("partial upload {dup} is named more than once in Upload-Concat"),
         ));
     }
@@ -175,7 +175,7 @@ pub const ALGORITHMS: &str = "sha1,sha256";
 pub fn checksum(v: &str) -> Result<(Algorithm, Vec<u8>), Invalid> {
     let (algo, digest) = v.trim().split_once(' ').ok_or_else(|| {
         Invalid::new(
-            "invalid-checksum",
+            Code::InvalidChecksum,
             "Upload-Checksum must be `<algorithm> <base64 digest>`",
         )
     })?;
@@ -184,20 +184,20 @@ pub fn checksum(v: &str) -> Result<(Algorithm, Vec<u8>), Invalid> {
         "sha256" => Algorithm::Sha256,
         other => {
             return Err(Invalid::new(
-                "unsupported-checksum-algorithm",
+                Code::UnsupportedChecksumAlgorithm,
                 format!("checksum algorithm '{other}' is not supported; use one of {ALGORITHMS}"),
             ))
         }
     };
     let want = STANDARD.decode(digest.trim()).map_err(|_| {
         Invalid::new(
-            "invalid-checksum",
+            Code::InvalidChecksum,
             "the Upload-Checksum digest is not base64",
         )
     })?;
     if want.len() != algorithm.digest_len() {
         return Err(Invalid::new(
-            "invalid-checksum",
+            Code::InvalidChecksum,
             format!(
                 "a {algo} digest is {} bytes; this one is {}",
                 algorithm.digest_len(),
