@@ -1,6 +1,7 @@
 //! Shared seams of Lectern. Nothing here depends on GStreamer, so the API, ingest and origin
 //! crates can use it without pulling in the media stack.
 
+pub mod access;
 pub mod auth;
 pub mod config;
 pub mod db;
@@ -9,6 +10,7 @@ pub mod keys;
 pub mod ladder;
 pub mod nodes;
 pub mod object_http;
+pub mod page;
 pub mod queue;
 pub mod storage;
 pub mod text;

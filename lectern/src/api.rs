@@ -321,8 +321,9 @@ pub struct ApiState {
     pub store: std::sync::Arc<dyn lectern_core::storage::ObjectStore>,
     /// This node's origin cache, dropped for a deleted video.
     pub origin_cache: Option<std::sync::Arc<lectern_origin::ObjectCache>>,
-    /// The LMS heartbeat-permission cache, cleared when a video goes away.
-    pub access: std::sync::Arc<lectern_lms::AccessCache>,
+    /// Which learners may watch what (enrollments with the LMS, else the whole org); its
+    /// caches are cleared when a video goes away.
+    pub access: std::sync::Arc<dyn lectern_core::access::PlaybackAccess>,
     /// Command that purges a deleted video's path from the CDN.
     pub cdn_purge_command: Option<String>,
 }
@@ -438,7 +439,7 @@ async fn playback(
         }
         // Learners watch the videos of lessons in courses they are enrolled in.
         Role::Learner => {
-            if !lectern_lms::learner_may_watch(&st.db, &c.org, &c.sub, &v.id).await? {
+            if !st.access.learner_may_watch(&c.org, &c.sub, &v.id).await? {
                 return Err(ApiError::forbidden(
                     "you are not enrolled in a course with this video; ask an instructor to enroll you",
                 ));
@@ -446,7 +447,7 @@ async fn playback(
         }
         Role::Instructor | Role::Admin => {}
     }
-    Ok(Json(lectern_lms::playback_json(
+    Ok(Json(lectern_origin::playback_json(
         &st.signer,
         st.public_url.as_deref(),
         &headers,
@@ -459,7 +460,7 @@ async fn playback(
 async fn list_videos(
     State(st): State<ApiState>,
     Auth(c): Auth,
-    Query(q): Query<lectern_lms::page::PageQuery>,
+    Query(q): Query<lectern_core::page::PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     c.require_manager()?;
     if let Some(s) = q.state.as_deref() {

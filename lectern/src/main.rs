@@ -2,11 +2,13 @@
 
 mod api;
 mod captions;
+mod egress;
 mod http;
 mod listener;
 mod openapi;
 mod serve;
 mod upload;
+mod webhooks;
 
 use std::path::PathBuf;
 

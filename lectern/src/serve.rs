@@ -187,38 +187,55 @@ async fn serve(cfg: Config, schema: Schema) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // The progress flusher stops only after the listener has drained, so heartbeats that were
     // answered 202 during shutdown are written too.
+    #[cfg_attr(not(feature = "lms"), allow(unused_variables))]
     let (flush_stop_tx, flush_stop_rx) = tokio::sync::watch::channel(false);
-    let mut flusher = None;
+    #[cfg_attr(not(feature = "lms"), allow(unused_mut))]
+    let mut flusher: Option<tokio::task::JoinHandle<()>> = None;
     if cfg.has_role("api") {
-        let shared = match &cfg.redis_url {
-            Some(url) => Some(lectern_lms::cache::SharedCache::connect(url).await?),
-            None => None,
+        // Without the LMS, learners watch their org's videos and nothing flushes progress.
+        #[cfg(not(feature = "lms"))]
+        let access: Arc<dyn lectern_core::access::PlaybackAccess> =
+            Arc::new(lectern_core::access::OrgWide);
+        #[cfg(feature = "lms")]
+        let access: Arc<dyn lectern_core::access::PlaybackAccess> = {
+            let shared = match &cfg.redis_url {
+                Some(url) => Some(lectern_lms::cache::SharedCache::connect(url).await?),
+                None => None,
+            };
+            let cache = lectern_lms::AccessCache::new(Duration::from_secs(30), shared);
+            let progress = Arc::new(lectern_lms::progress::Buffer::new(
+                db.clone(),
+                cfg.complete_ratio,
+            ));
+            flusher = Some(tokio::spawn({
+                let progress = progress.clone();
+                let stop = flush_stop_rx.clone();
+                async move { progress.run(stop).await }
+            }));
+            app = app.merge(lectern_lms::router(lectern_lms::LmsState {
+                db: db.clone(),
+                keys: keys.clone(),
+                signer: signer.clone(),
+                public_url: cfg.public_url.clone(),
+                grace_s: cfg.playback_grace_s as i64,
+                progress,
+                access: cache.clone(),
+                write_behind: cfg.progress_write_behind,
+            }));
+            Arc::new(lectern_lms::Enrollments {
+                db: db.clone(),
+                cache,
+            })
         };
-        let access = lectern_lms::AccessCache::new(Duration::from_secs(30), shared);
-        let progress = Arc::new(lectern_lms::progress::Buffer::new(
-            db.clone(),
-            cfg.complete_ratio,
-        ));
-        flusher = Some(tokio::spawn({
-            let progress = progress.clone();
-            let stop = flush_stop_rx.clone();
-            async move { progress.run(stop).await }
-        }));
-        app = app.merge(lectern_lms::router(lectern_lms::LmsState {
+        app = app.merge(crate::webhooks::router(crate::webhooks::WebhookState {
             db: db.clone(),
             keys: keys.clone(),
-            signer: signer.clone(),
-            public_url: cfg.public_url.clone(),
-            grace_s: cfg.playback_grace_s as i64,
-            progress,
-            access: access.clone(),
-            webhook_allow_http: cfg.webhook_allow_http,
-            egress: lectern_lms::egress::Egress::new(&cfg.webhook_allowed_hosts),
-            write_behind: cfg.progress_write_behind,
+            allow_http: cfg.webhook_allow_http,
+            egress: crate::egress::Egress::new(&cfg.webhook_allowed_hosts),
         }));
-        tokio::spawn(lectern_lms::webhooks::run_sender(
+        tokio::spawn(crate::webhooks::run_sender(
             db.clone(),
-            lectern_lms::egress::Egress::new(&cfg.webhook_allowed_hosts),
+            crate::egress::Egress::new(&cfg.webhook_allowed_hosts),
             stop_rx.clone(),
         ));
         app = app.merge(api::router(ApiState {

@@ -6,10 +6,7 @@
 //! run the platform and have no access to org content.
 
 pub mod cache;
-pub mod egress;
-pub mod page;
 pub mod progress;
-pub mod webhooks;
 
 use lectern_core::error::Code;
 use std::collections::HashMap;
@@ -23,10 +20,9 @@ use axum::{Json, Router};
 use lectern_core::auth::{Auth, Claims, HasKeys, Keys, Role};
 use lectern_core::db::Db;
 use lectern_core::error::{ApiError, ApiJson};
-use lectern_core::videos::VideoState;
+use lectern_core::page::PageQuery;
 use lectern_core::{new_id, now_ms, rfc3339};
 use lectern_origin::Signer;
-use page::PageQuery;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -47,10 +43,6 @@ pub struct LmsState {
     pub progress: Arc<progress::Buffer>,
     /// Who may send progress for which lesson (hot path of every heartbeat).
     pub access: Arc<AccessCache>,
-    /// Accept plain `http://` webhook URLs (development and tests only).
-    pub webhook_allow_http: bool,
-    /// Where webhooks may deliver (public addresses, plus hosts the operator allowed).
-    pub egress: egress::Egress,
     /// Coalesce heartbeats in memory (true) or write each one at once (the naive baseline).
     pub write_behind: bool,
 }
@@ -90,8 +82,7 @@ pub fn router(state: LmsState) -> Router {
         .route("/api/v1/lessons/{id}/playback", get(lesson_playback))
         .route("/api/v1/lessons/{id}/progress", post(post_progress))
         .route("/api/v1/me/continue", get(continue_watching))
-        .with_state(state.clone())
-        .merge(webhooks::router(state))
+        .with_state(state)
 }
 
 /// Heartbeat permissions, (user, org, lesson) → the lesson's course and video duration, in
@@ -642,35 +633,29 @@ async fn delete_lesson(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A signed playback URL for a ready video: valid for its duration plus `grace_s`.
-pub fn playback_json(
-    signer: &Signer,
-    public_url: Option<&str>,
-    headers: &HeaderMap,
-    video: &lectern_core::videos::Video,
-    grace_s: i64,
-    viewer: &Claims,
-) -> Result<Value, ApiError> {
-    if video.playable_prefix().is_none() {
-        let when = if video.state == VideoState::Processing {
-            "it can be watched as soon as its first segments are encoded (a few seconds)"
-        } else {
-            "it can be watched once it is processing or ready"
-        };
-        return Err(ApiError::new(
-            Code::NotReady,
-            format!("the video is {}; {when}", video.state),
-        ));
+/// Playback access by enrollment: a learner watches the videos of lessons in courses it is
+/// enrolled in. Deleting a video clears the heartbeat cache on every node.
+pub struct Enrollments {
+    /// Database.
+    pub db: Db,
+    /// The heartbeat-permission cache the LMS shares.
+    pub cache: Arc<AccessCache>,
+}
+
+#[async_trait::async_trait]
+impl lectern_core::access::PlaybackAccess for Enrollments {
+    async fn learner_may_watch(
+        &self,
+        org: &str,
+        user: &str,
+        video: &str,
+    ) -> Result<bool, ApiError> {
+        learner_may_watch(&self.db, org, user, video).await
     }
-    let duration = video.duration_s.unwrap_or(0.0).ceil() as i64;
-    let exp = chrono::Utc::now().timestamp() + duration + grace_s;
-    let base = lectern_core::base_url(public_url, headers);
-    let tag = signer.viewer_tag(&viewer.org, &viewer.sub);
-    Ok(json!({
-        "url": signer.master_url(&base, &video.id, &tag, exp),
-        "expires_at": rfc3339(exp * 1000),
-        "state": video.state,
-    }))
+
+    async fn invalidate(&self) {
+        self.cache.invalidate().await;
+    }
 }
 
 /// Whether a learner is enrolled in some course of `org` with a lesson showing `video`.
@@ -709,7 +694,7 @@ async fn lesson_playback(
             "this lesson has no video yet; an instructor must attach one",
         )
     })?;
-    Ok(Json(playback_json(
+    Ok(Json(lectern_origin::playback_json(
         &st.signer,
         st.public_url.as_deref(),
         &headers,

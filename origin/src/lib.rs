@@ -493,6 +493,38 @@ fn has_endlist(body: &[u8]) -> bool {
     body.windows(14).rev().any(|w| w == b"#EXT-X-ENDLIST")
 }
 
+/// The playback answer for a playable video: a signed master URL, valid for the video's
+/// duration plus `grace_s`, shared by the video API and the LMS's lesson playback.
+pub fn playback_json(
+    signer: &Signer,
+    public_url: Option<&str>,
+    headers: &HeaderMap,
+    video: &lectern_core::videos::Video,
+    grace_s: i64,
+    viewer: &lectern_core::auth::Claims,
+) -> Result<serde_json::Value, ApiError> {
+    if video.playable_prefix().is_none() {
+        let when = if video.state == VideoState::Processing {
+            "it can be watched as soon as its first segments are encoded (a few seconds)"
+        } else {
+            "it can be watched once it is processing or ready"
+        };
+        return Err(ApiError::new(
+            Code::NotReady,
+            format!("the video is {}; {when}", video.state),
+        ));
+    }
+    let duration = video.duration_s.unwrap_or(0.0).ceil() as i64;
+    let exp = chrono::Utc::now().timestamp() + duration + grace_s;
+    let base = lectern_core::base_url(public_url, headers);
+    let tag = signer.viewer_tag(&viewer.org, &viewer.sub);
+    Ok(serde_json::json!({
+        "url": signer.master_url(&base, &video.id, &tag, exp),
+        "expires_at": lectern_core::rfc3339(exp * 1000),
+        "state": video.state,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,10 @@
 //! Cursor paging shared by every list: `?limit=` (default 20, maximum 100) and an opaque
 //! `?cursor=` (base64url of the last row's sort key) taken from the previous `next_cursor`.
 
+use crate::error::ApiError;
+use crate::error::Code;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use lectern_core::error::ApiError;
-use lectern_core::error::Code;
 use serde_json::Value;
 
 /// Default page size.

@@ -22,8 +22,27 @@ use lectern_core::{new_id, now_ms, rfc3339};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::page::PageQuery;
-use crate::LmsState;
+use lectern_core::auth::{HasKeys, Keys};
+use lectern_core::page::PageQuery;
+
+/// What the webhook routes need.
+#[derive(Clone)]
+pub struct WebhookState {
+    /// Database (webhooks and their delivery log).
+    pub db: Db,
+    /// Token keys.
+    pub keys: Keys,
+    /// Accept plain `http://` webhook URLs (development and tests only).
+    pub allow_http: bool,
+    /// Where webhooks may deliver (public addresses, plus hosts the operator allowed).
+    pub egress: crate::egress::Egress,
+}
+
+impl HasKeys for WebhookState {
+    fn keys(&self) -> &Keys {
+        &self.keys
+    }
+}
 
 /// Attempts before a delivery is given up as `failed`.
 pub const MAX_ATTEMPTS: i64 = 12;
@@ -33,7 +52,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const BATCH: i64 = 32;
 
 /// The webhook routes (admins of the org only).
-pub fn router(state: LmsState) -> Router {
+pub fn router(state: WebhookState) -> Router {
     Router::new()
         .route("/api/v1/webhooks", get(list).post(create))
         .route("/api/v1/webhooks/{id}", delete(remove))
@@ -59,7 +78,7 @@ struct NewHook {
 }
 
 async fn create(
-    State(st): State<LmsState>,
+    State(st): State<WebhookState>,
     Auth(c): Auth,
     ApiJson(b): ApiJson<NewHook>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -73,7 +92,7 @@ async fn create(
     let url = reqwest::Url::parse(&b.url)
         .map_err(|e| ApiError::new(Code::InvalidUrl, format!("url is not a valid URL: {e}")))?;
     let https = url.scheme() == "https";
-    if !(https || (st.webhook_allow_http && url.scheme() == "http")) || url.host().is_none() {
+    if !(https || (st.allow_http && url.scheme() == "http")) || url.host().is_none() {
         return Err(ApiError::new(Code::InvalidUrl,
             "webhook URLs must be https:// (plain http only where the operator set webhook_allow_http)",
         ));
@@ -108,7 +127,7 @@ async fn create(
 }
 
 async fn list(
-    State(st): State<LmsState>,
+    State(st): State<WebhookState>,
     Auth(c): Auth,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -145,7 +164,7 @@ async fn hook_in_org(db: &Db, id: &str, org: &str) -> Result<(), ApiError> {
 }
 
 async fn remove(
-    State(st): State<LmsState>,
+    State(st): State<WebhookState>,
     Auth(c): Auth,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -178,7 +197,7 @@ struct Delivery {
 }
 
 async fn deliveries(
-    State(st): State<LmsState>,
+    State(st): State<WebhookState>,
     Auth(c): Auth,
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
