@@ -279,7 +279,7 @@ impl IngestState {
     }
 
     fn expires_at(&self) -> i64 {
-        lectern_core::now_ms() + self.expiry.as_millis() as i64
+        self.engines.native().ctx().expires_at()
     }
 
     /// Finishes uploads whose last byte was stored but whose completion was interrupted

@@ -12,6 +12,8 @@ struct Op {
     summary: &'static str,
     auth: &'static str,
     ok: u16,
+    /// 200 besides a 201: the creation is idempotent and what it creates may already exist.
+    idempotent: bool,
     errors: &'static [u16],
     body: &'static [&'static str],
 }
@@ -35,8 +37,17 @@ const fn op(
         summary,
         auth,
         ok,
+        idempotent: false,
         errors,
         body,
+    }
+}
+
+impl Op {
+    /// Marks a creation that answers 200 when what it creates already exists.
+    const fn idempotent(mut self) -> Op {
+        self.idempotent = true;
+        self
     }
 }
 
@@ -308,7 +319,8 @@ const OPS: &[Op] = &[
         201,
         WRITE,
         &["user:string"],
-    ),
+    )
+    .idempotent(),
     op(
         "get",
         "/api/v1/courses/{id}/enrollments",
@@ -570,9 +582,6 @@ const LISTENER: &[u16] = &[400, 414, 431, 503];
 /// The tags of the LMS's routes, left out of a build without it.
 const LMS_TAGS: &[&str] = &["courses", "progress"];
 
-/// Creations that answer 200 instead of 201 when what they create already exists.
-const IDEMPOTENT_CREATES: &[(&str, &str)] = &[("post", "/api/v1/courses/{id}/enrollments")];
-
 /// The whole document.
 pub fn document() -> Value {
     let mut paths: Map<String, Value> = Map::new();
@@ -587,7 +596,7 @@ pub fn document() -> Value {
         } else {
             json!({"description": "Success"})
         };
-        if o.ok == 201 && IDEMPOTENT_CREATES.contains(&(o.method, o.path)) {
+        if o.idempotent {
             responses.insert(
                 "200".into(),
                 json!({"description": "It already existed; nothing changed", "content": {"application/json": {"schema": {"type": "object"}}}}),

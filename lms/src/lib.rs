@@ -650,31 +650,22 @@ impl lectern_core::access::PlaybackAccess for Enrollments {
         user: &str,
         video: &str,
     ) -> Result<bool, ApiError> {
-        learner_may_watch(&self.db, org, user, video).await
+        // Enrolled in some course of `org` with a lesson showing `video`.
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT l.id FROM lessons l JOIN enrollments e ON e.course_id = l.course_id \
+             WHERE l.video_id = $1 AND l.org = $2 AND e.user_id = $3 LIMIT 1",
+        )
+        .bind(video)
+        .bind(org)
+        .bind(user)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(row.is_some())
     }
 
     async fn invalidate(&self) {
         self.cache.invalidate().await;
     }
-}
-
-/// Whether a learner is enrolled in some course of `org` with a lesson showing `video`.
-pub async fn learner_may_watch(
-    db: &Db,
-    org: &str,
-    user: &str,
-    video: &str,
-) -> Result<bool, ApiError> {
-    let row: Option<(String,)> = sqlx::query_as(
-        "SELECT l.id FROM lessons l JOIN enrollments e ON e.course_id = l.course_id \
-         WHERE l.video_id = $1 AND l.org = $2 AND e.user_id = $3 LIMIT 1",
-    )
-    .bind(video)
-    .bind(org)
-    .bind(user)
-    .fetch_optional(&db.pool)
-    .await?;
-    Ok(row.is_some())
 }
 
 async fn lesson_playback(
