@@ -472,7 +472,7 @@ impl Config {
     }
 
     /// Pool sizes for this process: the configured ones, else defaults by role that keep a
-    /// fleet inside PostgreSQL's default 100 connections (see "Connection budget" in ARCHITECTURE.md). A process
+    /// fleet inside PostgreSQL's default 100 connections (see "Connection budget" in docs/DESIGN.md). A process
     /// with every role (the embedded default) keeps the large pools a single node can use.
     pub fn pools(&self) -> Pools {
         let web = ["api", "ingest", "origin"].iter().any(|r| self.has_role(r));

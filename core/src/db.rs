@@ -6,6 +6,34 @@ use std::str::FromStr;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::AnyPool;
 
+/// A failed database step. Data-layer functions return it; the HTTP edge turns it into an
+/// [`ApiError`](crate::error::ApiError) (see its `From<DbError>`), the worker into a retry.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The statement failed: connection, constraint, full disk.
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    /// The row the step needs is gone (or belongs to another org).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A fenced write lost its race: the row moved since the caller read it.
+    #[error("{0} changed meanwhile")]
+    Moved(&'static str),
+}
+
+/// The result of a data-layer function.
+pub type DbResult<T> = Result<T, DbError>;
+
+/// A transaction over Lectern's tables, for a step that spans several tables' owners.
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+impl Db {
+    /// Begins a transaction that several tables' owners write in (see [`Tx`]).
+    pub async fn begin(&self) -> DbResult<Tx> {
+        Ok(self.pool.begin().await?)
+    }
+}
+
 /// Which database engine backs a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

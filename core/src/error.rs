@@ -131,6 +131,21 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> Self {
+        use crate::db::DbError;
+        match e {
+            DbError::Sql(e) => e.into(),
+            DbError::NotFound(what) => ApiError::not_found(what),
+            // A lost fenced write means what its caller says (an upload's offset: 409
+            // offset-mismatch, mapped in ingest); unmapped, it is a bug here.
+            DbError::Moved(what) => {
+                ApiError::internal(format!("{what} moved under a fenced write"))
+            }
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match e {

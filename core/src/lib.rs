@@ -8,6 +8,7 @@ pub mod db;
 pub mod error;
 pub mod keys;
 pub mod ladder;
+pub mod lesson_links;
 pub mod nodes;
 pub mod object_http;
 pub mod page;

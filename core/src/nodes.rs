@@ -3,10 +3,8 @@
 
 use serde::Serialize;
 
-use crate::db::Db;
-use crate::error::ApiError;
+use crate::db::{Db, DbResult};
 use crate::now_ms;
-use crate::videos::state;
 
 /// A worker process as operators see it.
 #[derive(Debug, Clone, Serialize)]
@@ -22,7 +20,7 @@ pub struct Node {
 }
 
 /// Records a heartbeat of worker `name`.
-pub async fn heartbeat(db: &Db, name: &str, slots: usize, started_at: i64) -> Result<(), ApiError> {
+pub async fn heartbeat(db: &Db, name: &str, slots: usize, started_at: i64) -> DbResult<()> {
     sqlx::query(
         "INSERT INTO transcode_nodes (name, slots, started_at, last_seen) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (name) DO UPDATE SET slots = excluded.slots, last_seen = excluded.last_seen",
@@ -37,7 +35,7 @@ pub async fn heartbeat(db: &Db, name: &str, slots: usize, started_at: i64) -> Re
 }
 
 /// Removes a worker that stopped cleanly.
-pub async fn remove(db: &Db, name: &str) -> Result<(), ApiError> {
+pub async fn remove(db: &Db, name: &str) -> DbResult<()> {
     sqlx::query("DELETE FROM transcode_nodes WHERE name = $1")
         .bind(name)
         .execute(&db.pool)
@@ -46,7 +44,7 @@ pub async fn remove(db: &Db, name: &str) -> Result<(), ApiError> {
 }
 
 /// Workers seen within `window_ms`, newest first; older rows (dead processes) are pruned.
-pub async fn list(db: &Db, window_ms: i64) -> Result<Vec<Node>, ApiError> {
+pub async fn list(db: &Db, window_ms: i64) -> DbResult<Vec<Node>> {
     let cutoff = now_ms() - window_ms;
     // A dead process's row goes after ten windows, so the list does not grow for ever.
     sqlx::query("DELETE FROM transcode_nodes WHERE last_seen < $1")
@@ -70,11 +68,6 @@ pub async fn list(db: &Db, window_ms: i64) -> Result<Vec<Node>, ApiError> {
 }
 
 /// The videos each worker is transcoding now: (worker, video id, org, progress, fps).
-pub async fn running(db: &Db) -> Result<Vec<(String, String, String, f64, Option<f64>)>, ApiError> {
-    Ok(sqlx::query_as(
-        "SELECT worker, id, org, progress, encode_fps FROM videos WHERE state = $1 AND worker IS NOT NULL ORDER BY started_at",
-    )
-    .bind(state::PROCESSING)
-    .fetch_all(&db.pool)
-    .await?)
+pub async fn running(db: &Db) -> DbResult<Vec<crate::videos::Running>> {
+    crate::videos::running(db).await
 }

@@ -11,9 +11,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
-use crate::db::{redact, Backend, Db, Schema};
-use crate::error::ApiError;
-use crate::videos::state;
+use crate::db::{redact, Backend, Db, DbResult, Schema};
+use crate::videos::ranking;
 
 /// Explicit queue name (apalis would default to the Rust type name).
 pub const QUEUE_NAME: &str = "lectern.transcode";
@@ -181,16 +180,8 @@ fn parked(class: i64) -> i64 {
 
 /// Where a new job of `org` in `class` goes: the head of its class (round = the org's recent
 /// service) when the org has nothing queued there yet, else parked behind it.
-pub async fn placement(db: &Db, org: &str, class: i64) -> Result<i64, ApiError> {
-    let (queued,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM videos WHERE org = $1 AND state = $2 AND priority = $3 LIMIT 1) q",
-    )
-    .bind(org)
-    .bind(state::QUEUED)
-    .bind(class)
-    .fetch_one(&db.pool)
-    .await?;
-    if queued > 0 {
+pub async fn placement(db: &Db, org: &str, class: i64) -> DbResult<i64> {
+    if ranking::has_queued(db, org, class).await? {
         return Ok(parked(class));
     }
     Ok(effective_priority(class, running(db, org).await?))
@@ -200,58 +191,24 @@ pub async fn placement(db: &Db, org: &str, class: i64) -> Result<i64, ApiError> 
 const FAIR_SHARE_WINDOW_MS: i64 = 15 * 60 * 1000;
 
 /// An org's recent service: attempts running now, plus those started within the window.
-async fn running(db: &Db, org: &str) -> Result<i64, ApiError> {
-    let (n,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM videos WHERE org = $1 AND (state = $2 OR started_at >= $3)",
-    )
-    .bind(org)
-    .bind(state::PROCESSING)
-    .bind(crate::now_ms() - FAIR_SHARE_WINDOW_MS)
-    .fetch_one(&db.pool)
-    .await?;
-    Ok(n)
+async fn running(db: &Db, org: &str) -> DbResult<i64> {
+    ranking::recent_service(db, org, crate::now_ms() - FAIR_SHARE_WINDOW_MS).await
 }
 
 /// Re-ranks `org`'s heads after its recent service or a job's class changed: in each class
 /// with queued jobs, the oldest becomes (or stays) the head at round = recent service, and any other
 /// job still ranked as a head is parked.
-pub async fn refresh_heads(db: &Db, org: &str) -> Result<(), ApiError> {
+pub async fn refresh_heads(db: &Db, org: &str) -> DbResult<()> {
     let running = running(db, org).await?;
-    let classes: Vec<(i64,)> =
-        sqlx::query_as("SELECT DISTINCT priority FROM videos WHERE org = $1 AND state = $2")
-            .bind(org)
-            .bind(state::QUEUED)
-            .fetch_all(&db.pool)
-            .await?;
-    for (class,) in classes {
-        let head: Option<(String, i64, Option<String>)> = sqlx::query_as(
-            "SELECT id, queue_priority, task_id FROM videos WHERE org = $1 AND state = $2 AND priority = $3 \
-             ORDER BY queued_at, id LIMIT 1",
-        )
-        .bind(org)
-        .bind(state::QUEUED)
-        .bind(class)
-        .fetch_optional(&db.pool)
-        .await?;
-        let Some((head, qp, task)) = head else {
+    for class in ranking::queued_classes(db, org).await? {
+        let Some((head, qp, task)) = ranking::head(db, org, class).await? else {
             continue;
         };
         let want = effective_priority(class, running);
         if qp != want {
             set_queue_priority(db, &head, task.as_deref(), want).await?;
         }
-        let stale: Vec<(String, Option<String>)> = sqlx::query_as(
-            "SELECT id, task_id FROM videos WHERE org = $1 AND state = $2 AND priority = $3 \
-             AND id <> $4 AND queue_priority <> $5",
-        )
-        .bind(org)
-        .bind(state::QUEUED)
-        .bind(class)
-        .bind(&head)
-        .bind(parked(class))
-        .fetch_all(&db.pool)
-        .await?;
-        for (id, task) in stale {
+        for (id, _, task) in ranking::unparked(db, org, class, &head, parked(class)).await? {
             set_queue_priority(db, &id, task.as_deref(), parked(class)).await?;
         }
     }
@@ -259,18 +216,8 @@ pub async fn refresh_heads(db: &Db, org: &str) -> Result<(), ApiError> {
 }
 
 /// Sets one queued job's effective priority, in Lectern's table and in apalis's.
-async fn set_queue_priority(
-    db: &Db,
-    id: &str,
-    task: Option<&str>,
-    qp: i64,
-) -> Result<(), ApiError> {
-    sqlx::query("UPDATE videos SET queue_priority = $1 WHERE id = $2 AND state = $3")
-        .bind(qp)
-        .bind(id)
-        .bind(state::QUEUED)
-        .execute(&db.pool)
-        .await?;
+async fn set_queue_priority(db: &Db, id: &str, task: Option<&str>, qp: i64) -> DbResult<()> {
+    ranking::set(db, id, qp).await?;
     let Some(task) = task else { return Ok(()) };
     let jobs = match db.backend {
         Backend::Sqlite => "Jobs",

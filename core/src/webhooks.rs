@@ -5,8 +5,7 @@
 
 use serde_json::{json, Value};
 
-use crate::db::Db;
-use crate::error::ApiError;
+use crate::db::{Db, DbResult};
 use crate::{new_id, now_ms, rfc3339};
 
 /// Event types an endpoint can subscribe to.
@@ -19,7 +18,7 @@ pub const EVENTS: [&str; 4] = [
 
 /// Queues `event_type` with `data` for every endpoint of `org` subscribed to it; returns the
 /// event id (shared by all its deliveries, for receivers to deduplicate).
-pub async fn emit(db: &Db, org: &str, event_type: &str, data: Value) -> Result<String, ApiError> {
+pub async fn emit(db: &Db, org: &str, event_type: &str, data: Value) -> DbResult<String> {
     let hooks: Vec<(String, String)> =
         sqlx::query_as("SELECT id, events FROM webhooks WHERE org = $1")
             .bind(org)

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lectern_core::db::Db;
-use lectern_core::error::ApiError;
+use lectern_core::db::{Db, DbError};
+use lectern_core::error::{ApiError, Code};
 use lectern_core::storage::{MultipartStore, ObjectStore, PartList, StoreError};
 
 use crate::body::BodyReader;
@@ -73,7 +73,15 @@ impl Ctx {
                 return Err(ApiError::unavailable("injected crash before a commit"));
             }
         }
-        uploads::commit(&self.db, cur, parts, tail, self.expires_at()).await
+        uploads::commit(&self.db, cur, parts, tail, self.expires_at())
+            .await
+            .map_err(|e| match e {
+                DbError::Moved(_) => ApiError::new(
+                    Code::OffsetMismatch,
+                    "the upload moved while this chunk was written; send HEAD and resume from its offset",
+                ),
+                other => other.into(),
+            })
     }
 }
 

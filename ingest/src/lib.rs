@@ -18,7 +18,7 @@ mod engine;
 mod handoff;
 mod lock;
 mod tus;
-mod uploads;
+pub mod uploads;
 
 use lectern_core::error::Code;
 use std::sync::Arc;
@@ -303,13 +303,10 @@ impl IngestState {
             };
             if u.state == uploads::UploadState::Uploading {
                 self.engines.of(&u).discard(&u).await?;
-                if u.is_video() {
-                    videos::delete(&self.db, &u.id).await?;
-                }
             } else {
                 self.store.delete(&u.object_key).await?;
             }
-            uploads::mark_terminated(&self.db, &u.id).await?;
+            uploads::terminate(&self.db, &u).await?;
             tracing::info!(upload = %u.id, "expired upload removed");
             n += 1;
         }

@@ -208,7 +208,7 @@ pub(crate) async fn create(st: IngestState, req: Request) -> Result<Response, Ap
     };
     if let Some(lesson) = meta.get("lesson").filter(|l| !l.is_empty()) {
         // Checked before a byte is stored; replacing a published lesson's video jumps the queue.
-        match videos::lesson_has_ready_video(&st.db, &claims.org, lesson).await? {
+        match lectern_core::lesson_links::has_ready_video(&st.db, &claims.org, lesson).await? {
             None => {
                 return Err(ApiError::new(
                     Code::UnknownLesson,
@@ -309,9 +309,9 @@ pub(crate) async fn create(st: IngestState, req: Request) -> Result<Response, Ap
             source_key: &object_key,
         };
         if let Err(e) = videos::insert(&st.db, video).await {
-            let _ = uploads::delete(&st.db, &id).await;
+            let _ = uploads::delete(&st.db.pool, &id).await;
             let _ = st.engines.native().discard(&upload).await;
-            return Err(e);
+            return Err(e.into());
         }
     }
     metrics::counter!("lectern_uploads_created_total").increment(1);
@@ -623,10 +623,7 @@ pub(crate) async fn terminate(
     } else {
         st.store.delete(&u.object_key).await?;
     }
-    if u.is_video() {
-        videos::delete(&st.db, id).await?;
-    }
-    uploads::mark_terminated(&st.db, id).await?;
+    uploads::terminate(&st.db, &u).await?;
     tracing::info!(upload = %id, "upload terminated");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -2,9 +2,7 @@
 //! committed parts plus the tail object, and all of them change in one conditional UPDATE.
 
 use lectern_core::auth::Claims;
-use lectern_core::db::Db;
-use lectern_core::error::ApiError;
-use lectern_core::error::Code;
+use lectern_core::db::{Db, DbError, DbResult};
 use lectern_core::now_ms;
 use lectern_core::storage::PartList;
 
@@ -104,7 +102,7 @@ pub struct NewUpload<'a> {
 }
 
 /// Inserts a new upload.
-pub async fn insert(db: &Db, n: NewUpload<'_>) -> Result<Upload, ApiError> {
+pub async fn insert(db: &Db, n: NewUpload<'_>) -> DbResult<Upload> {
     let now = now_ms();
     sqlx::query(
         "INSERT INTO uploads (id, org, owner, length, offset_bytes, metadata, object_key, multipart_id, \
@@ -127,11 +125,11 @@ pub async fn insert(db: &Db, n: NewUpload<'_>) -> Result<Upload, ApiError> {
     .await?;
     get(db, n.id)
         .await?
-        .ok_or_else(|| ApiError::internal("upload vanished after insert"))
+        .ok_or(DbError::NotFound("upload just inserted"))
 }
 
 /// Loads an upload.
-pub async fn get(db: &Db, id: &str) -> Result<Option<Upload>, ApiError> {
+pub async fn get(db: &Db, id: &str) -> DbResult<Option<Upload>> {
     Ok(sqlx::query_as::<_, Upload>(sqlx::AssertSqlSafe(format!(
         "SELECT {COLS} FROM uploads WHERE id = $1"
     )))
@@ -148,7 +146,7 @@ pub async fn commit(
     parts: PartList,
     tail: Option<(String, u64)>,
     expires_at: i64,
-) -> Result<Upload, ApiError> {
+) -> DbResult<Upload> {
     let tail_size = tail.as_ref().map(|t| t.1).unwrap_or(0) as i64;
     let offset = parts.total() as i64 + tail_size;
     let parts_json = serde_json::to_string(&parts).expect("parts serialize");
@@ -170,10 +168,7 @@ pub async fn commit(
     .execute(&db.pool)
     .await?;
     if res.rows_affected() != 1 {
-        return Err(ApiError::new(
-            Code::OffsetMismatch,
-            "the upload moved while this chunk was written; send HEAD and resume from its offset",
-        ));
+        return Err(DbError::Moved("upload offset"));
     }
     Ok(Upload {
         parts: parts_json,
@@ -186,7 +181,7 @@ pub async fn commit(
 }
 
 /// Sets the length of a deferred-length upload.
-pub async fn set_length(db: &Db, id: &str, length: u64) -> Result<(), ApiError> {
+pub async fn set_length(db: &Db, id: &str, length: u64) -> DbResult<()> {
     sqlx::query("UPDATE uploads SET length = $1, updated_at = $2 WHERE id = $3 AND length = $4")
         .bind(length as i64)
         .bind(now_ms())
@@ -198,7 +193,7 @@ pub async fn set_length(db: &Db, id: &str, length: u64) -> Result<(), ApiError> 
 }
 
 /// Marks an upload whose object is assembled.
-pub async fn mark_complete(db: &Db, id: &str) -> Result<(), ApiError> {
+pub async fn mark_complete(db: &Db, id: &str) -> DbResult<()> {
     sqlx::query("UPDATE uploads SET state = $1, tail_key = NULL, tail_size = 0, updated_at = $2 WHERE id = $3")
         .bind(UploadState::Complete)
         .bind(now_ms())
@@ -208,19 +203,25 @@ pub async fn mark_complete(db: &Db, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Leaves a tombstone, so later requests get 410.
-pub async fn mark_terminated(db: &Db, id: &str) -> Result<(), ApiError> {
+/// Leaves a tombstone, so later requests get 410, and removes the upload's video row (it
+/// never reached the queue), in one transaction. The caller has removed the bytes.
+pub async fn terminate(db: &Db, u: &Upload) -> DbResult<()> {
+    let mut tx = db.begin().await?;
     sqlx::query("UPDATE uploads SET state = $1, parts = '[]', tail_key = NULL, tail_size = 0, updated_at = $2 WHERE id = $3")
         .bind(UploadState::Terminated)
         .bind(now_ms())
-        .bind(id)
-        .execute(&db.pool)
+        .bind(&u.id)
+        .execute(&mut *tx)
         .await?;
+    if u.is_video() {
+        lectern_core::videos::delete(&mut tx, &u.id).await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 
 /// Uploads whose every byte is stored but whose completion was interrupted.
-pub async fn list_full_unfinished(db: &Db) -> Result<Vec<Upload>, ApiError> {
+pub async fn list_full_unfinished(db: &Db) -> DbResult<Vec<Upload>> {
     let cols: Vec<String> = COLS
         .split(", ")
         .map(|c| format!("u.{}", c.trim()))
@@ -237,7 +238,7 @@ pub async fn list_full_unfinished(db: &Db) -> Result<Vec<Upload>, ApiError> {
 
 /// Unfinished uploads past their expiry, and partial uploads past theirs (partials are kept
 /// only for concatenation).
-pub async fn list_expired(db: &Db, now: i64) -> Result<Vec<Upload>, ApiError> {
+pub async fn list_expired(db: &Db, now: i64) -> DbResult<Vec<Upload>> {
     Ok(sqlx::query_as::<_, Upload>(sqlx::AssertSqlSafe(format!(
         "SELECT {COLS} FROM uploads WHERE expires_at < $1 AND (state = $2 OR (state = $3 AND concat = 'partial'))"
     )))
@@ -248,18 +249,22 @@ pub async fn list_expired(db: &Db, now: i64) -> Result<Vec<Upload>, ApiError> {
     .await?)
 }
 
-/// Removes an upload row (only when its creation could not be completed).
-pub async fn delete(db: &Db, id: &str) -> Result<(), ApiError> {
+/// Removes an upload row: when its creation could not be completed, or (inside the video's
+/// own deletion) with its video.
+pub async fn delete<'c>(
+    ex: impl sqlx::Executor<'c, Database = sqlx::Any>,
+    id: &str,
+) -> DbResult<()> {
     sqlx::query("DELETE FROM uploads WHERE id = $1")
         .bind(id)
-        .execute(&db.pool)
+        .execute(ex)
         .await?;
     Ok(())
 }
 
 /// Source bytes an org stores or has announced: every upload not terminated, at its declared
 /// length (what it has stored while the length is deferred).
-pub async fn org_bytes(db: &Db, org: &str) -> Result<u64, ApiError> {
+pub async fn org_bytes(db: &Db, org: &str) -> DbResult<u64> {
     let n: Option<i64> = sqlx::query_scalar(
         "SELECT CAST(SUM(CASE WHEN length >= 0 THEN length ELSE offset_bytes END) AS BIGINT) \
          FROM uploads WHERE org = $1 AND state <> $2",

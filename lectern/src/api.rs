@@ -535,7 +535,13 @@ async fn delete_video(
     st.store
         .delete_prefix(&lectern_core::keys::video_root(&v.id))
         .await?;
-    videos::forget(&st.db, &v.id).await?;
+    // Every owner removes its rows in one transaction: nothing points at a half-deleted video.
+    let mut tx = st.db.begin().await?;
+    lectern_core::lesson_links::unlink(&mut tx, &v.id).await?;
+    videos::captions::delete_all(&mut tx, &v.id).await?;
+    lectern_ingest::uploads::delete(&mut *tx, &v.id).await?;
+    videos::delete(&mut tx, &v.id).await?;
+    tx.commit().await?;
     let purge = format!("/v/{}/", v.id);
     if let Some(c) = &st.origin_cache {
         c.invalidate_prefix(&lectern_core::keys::video_root(&v.id));

@@ -92,7 +92,7 @@ pub async fn put(
         .await?;
     // Older revisions stay in the store until the video is deleted: a player may still
     // hold a master playlist (cached up to a minute) that points at them.
-    videos::put_caption(
+    videos::captions::put(
         &st.db,
         &v.id,
         &Caption {
@@ -116,7 +116,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let v = videos::get_in_org(&st.db, &id, &c.org).await?;
     c.require_manager()?;
-    match videos::delete_caption(&st.db, &v.id, &lang).await? {
+    match videos::captions::delete(&st.db, &v.id, &lang).await? {
         Some(token) => {
             st.store
                 .delete_prefix(&keys::revision(&v.id, &token))
@@ -135,7 +135,7 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let v = videos::get_in_org(&st.db, &id, &c.org).await?;
     c.require_manager()?;
-    let tracks = videos::captions(&st.db, &v.id).await?;
+    let tracks = videos::captions::list(&st.db, &v.id).await?;
     Ok(Json(json!({
         "captions": tracks.iter().map(|t| json!({"lang": t.lang, "label": t.label})).collect::<Vec<_>>(),
     })))

@@ -12,7 +12,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use lectern_core::auth::Keys;
-use lectern_core::db::Db;
+use lectern_core::db::{Db, DbError};
 use lectern_core::error::ApiError;
 use lectern_core::videos::{state, VideoState};
 
@@ -290,12 +290,8 @@ pub async fn gauges(db: Db, mut stop: tokio::sync::watch::Receiver<bool>) {
     }
 }
 
-async fn refresh(db: &Db) -> Result<(), ApiError> {
-    let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
-        "SELECT state, COUNT(*), MIN(CASE WHEN state = 'queued' THEN queued_at END) FROM videos GROUP BY state",
-    )
-    .fetch_all(&db.pool)
-    .await?;
+async fn refresh(db: &Db) -> Result<(), DbError> {
+    let rows = lectern_core::videos::state_counts(db).await?;
     let now = lectern_core::now_ms();
     let mut oldest = None;
     for st in VideoState::ALL.iter().map(|s| s.as_str()) {

@@ -482,7 +482,7 @@ async fn readyz(r: Ready) -> axum::response::Response {
 }
 
 /// Warns at start-up when this process's pools could take more PostgreSQL connections than
-/// the server has left for it (see "Connection budget" in ARCHITECTURE.md).
+/// the server has left for it (see "Connection budget" in docs/DESIGN.md).
 async fn connection_budget(db: &lectern_core::db::Db, pools: lectern_core::config::Pools) {
     if db.backend != lectern_core::db::Backend::Postgres {
         return;

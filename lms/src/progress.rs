@@ -9,10 +9,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lectern_core::db::Db;
-use lectern_core::error::ApiError;
+use lectern_core::db::{Db, DbResult};
 use lectern_core::now_ms;
 use tokio::sync::Notify;
+
+// The heartbeat handler below shares the LMS router's imports and role checks.
+use super::*;
 
 /// Rows that trigger a flush before the timer does.
 pub const FLUSH_ROWS: usize = 1000;
@@ -130,7 +132,7 @@ impl Buffer {
 
     /// Writes one heartbeat at once (read, merge, upsert): the naive path, kept for the load
     /// benchmark's comparison (`progress_write_behind = false`).
-    pub async fn write_now(&self, h: Heartbeat<'_>) -> Result<(), ApiError> {
+    pub async fn write_now(&self, h: Heartbeat<'_>) -> DbResult<()> {
         let p = Pending {
             org: h.org.to_string(),
             course_id: h.course_id.to_string(),
@@ -150,7 +152,7 @@ impl Buffer {
 
     /// Writes everything waiting; returns the rows written. On a database error the batch
     /// goes back into memory (merged with newer heartbeats) for the next flush.
-    pub async fn flush(&self) -> Result<usize, ApiError> {
+    pub async fn flush(&self) -> DbResult<usize> {
         let batch: Vec<((String, String), Pending)> = {
             let mut map = self.pending.lock().expect("progress lock");
             if map.is_empty() {
@@ -201,7 +203,7 @@ impl Buffer {
         }
     }
 
-    async fn write(&self, batch: &[((String, String), Pending)]) -> Result<(), ApiError> {
+    async fn write(&self, batch: &[((String, String), Pending)]) -> DbResult<()> {
         let keys: Vec<(&str, &str)> = batch
             .iter()
             .map(|((u, l), _)| (u.as_str(), l.as_str()))
@@ -248,7 +250,7 @@ impl Buffer {
     async fn existing(
         &self,
         keys: &[(&str, &str)],
-    ) -> Result<HashMap<(String, String), (Vec<Interval>, bool)>, ApiError> {
+    ) -> DbResult<HashMap<(String, String), (Vec<Interval>, bool)>> {
         type R = (String, String, String, i64);
         let mut out = HashMap::new();
         let mut found: Vec<R> = Vec::new();
@@ -289,7 +291,7 @@ impl Buffer {
         Ok(out)
     }
 
-    async fn upsert(&self, rows: &[Row<'_>]) -> Result<(), ApiError> {
+    async fn upsert(&self, rows: &[Row<'_>]) -> DbResult<()> {
         const SET: &str = "ON CONFLICT (user_id, lesson_id) DO UPDATE SET position_s = excluded.position_s, \
              watched = excluded.watched, watched_s = excluded.watched_s, \
              completed = CASE WHEN progress.completed > excluded.completed THEN progress.completed ELSE excluded.completed END, \
@@ -390,4 +392,59 @@ mod tests {
         assert_eq!(m.first().unwrap().0, 0.0);
         assert_eq!(m.last().unwrap().1, 3999.0);
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProgressBody {
+    position_s: f64,
+    #[serde(default)]
+    watched: Vec<(f64, f64)>,
+}
+
+pub(crate) async fn post_progress(
+    State(st): State<LmsState>,
+    Auth(c): Auth,
+    Path(lesson): Path<String>,
+    ApiJson(b): ApiJson<ProgressBody>,
+) -> Result<StatusCode, ApiError> {
+    member(&c)?;
+    let key = (c.sub.clone(), c.org.clone(), lesson.clone());
+    let access = match st.access.get(&key).await {
+        Some(a) => a,
+        None => {
+            let l = visible_lesson(&st, &c, &lesson).await?;
+            let a = Access {
+                course_id: l.course_id,
+                duration_s: l.duration_s,
+            };
+            st.access.put(key, a.clone()).await;
+            a
+        }
+    };
+    let limit = access.duration_s.map_or(86_400.0, |d| d + 5.0);
+    let ok = |x: f64| x.is_finite() && (0.0..=limit).contains(&x);
+    if !ok(b.position_s)
+        || b.watched.len() > 1000
+        || b.watched.iter().any(|(a, z)| !ok(*a) || !ok(*z) || z < a)
+    {
+        return Err(ApiError::new(Code::InvalidProgress,
+            "position_s and watched [[start, end], …] must be seconds within the video, start ≤ end, at most 1000 ranges",
+        ));
+    }
+    let h = progress::Heartbeat {
+        user: &c.sub,
+        lesson: &lesson,
+        org: &c.org,
+        course_id: &access.course_id,
+        duration_s: access.duration_s,
+        position_s: b.position_s,
+        watched: b.watched,
+    };
+    if st.write_behind {
+        st.progress.record(h);
+    } else {
+        st.progress.write_now(h).await?;
+    }
+    Ok(StatusCode::ACCEPTED)
 }

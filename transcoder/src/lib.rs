@@ -20,7 +20,6 @@ use apalis::prelude::*;
 use futures::StreamExt;
 use gstreamer as gst;
 use lectern_core::db::Db;
-use lectern_core::error::ApiError;
 use lectern_core::ladder::Ladder;
 use lectern_core::queue::{Queue, TranscodeJob, MAX_ATTEMPTS};
 use lectern_core::storage::ObjectStore;
@@ -74,8 +73,8 @@ impl JobError {
     }
 }
 
-impl From<ApiError> for JobError {
-    fn from(e: ApiError) -> Self {
+impl From<lectern_core::db::DbError> for JobError {
+    fn from(e: lectern_core::db::DbError) -> Self {
         JobError::Retry(e.to_string())
     }
 }
@@ -284,13 +283,12 @@ pub async fn transcode(ctx: &WorkerContext, video_id: &str, task: &str) -> Resul
     let secs = started.elapsed().as_secs_f64();
     match result {
         Ok(published) => {
-            if attempt.mark_ready(&published).await? {
+            if attempt.mark_ready(&video, &published).await? {
                 tracing::info!(video = %video_id, attempt = attempt.number(), secs, "transcode ready");
                 // The published prefix stays for good; every earlier attempt's goes now,
                 // including those of attempts whose worker was killed or cut off.
                 let _ = videos::forget_prefix(&ctx.db, &published.output_prefix).await;
                 delete_stale_prefixes(ctx, Some(video_id)).await;
-                videos::attach_to_lesson(&ctx.db, &video).await?;
                 let data = serde_json::json!({
                     "video_id": video_id, "title": video.title, "lesson": video.lesson,
                     "renditions": published.renditions,
