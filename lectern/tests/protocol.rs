@@ -39,83 +39,80 @@ async fn tus_core_and_creation_conformance() {
         .contains("creation"));
     assert_eq!(r.headers()["tus-resumable"], "1.0.0");
 
-    // No token: 401; a learner: 403; JSON bodies.
-    let r = app
-        .http
-        .post(&files)
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", 10)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json_error(r).await, (401, "unauthorized".into()));
+    // Every creation the server must refuse, before anything is stored: who asks, the tus
+    // headers, and the status and stable code of the JSON error.
     let learner = app.token(Role::Learner, "org-a");
-    let r = app
-        .http
-        .post(&files)
-        .bearer_auth(&learner)
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", 10)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json_error(r).await.0, 403);
     let forged = Keys::from_secret("some-other-secret-value").mint("u", "org-a", Role::Admin, 3600);
-    let r = app
-        .http
-        .post(&files)
-        .bearer_auth(&forged)
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", 10)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json_error(r).await.0, 401);
-
-    // 412 for a wrong protocol version, with Tus-Version.
-    let r = app
-        .http
-        .post(&files)
-        .bearer_auth(&token)
-        .header("Tus-Resumable", "0.2.2")
-        .header("Upload-Length", 10)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["tus-version"], "1.0.0");
-    assert_eq!(json_error(r).await, (412, "unsupported-tus-version".into()));
-
-    // 413 above 2 GiB, before anything is stored.
-    let r = app
-        .http
-        .post(&files)
-        .bearer_auth(&token)
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", 2147483649u64)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json_error(r).await, (413, "upload-too-large".into()));
-    let r = app
-        .http
-        .post(&files)
-        .bearer_auth(&token)
-        .header("Tus-Resumable", "1.0.0")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json_error(r).await.0, 400);
-    let r = app
-        .http
-        .post(&files)
-        .bearer_auth(&token)
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", 5)
-        .header("Upload-Metadata", "filename ***")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json_error(r).await, (400, "invalid-metadata".into()));
+    const V1: (&str, &str) = ("Tus-Resumable", "1.0.0");
+    let refused = [
+        (
+            "no token",
+            None,
+            vec![V1, ("Upload-Length", "10")],
+            401,
+            "unauthorized",
+        ),
+        (
+            "a learner",
+            Some(&learner),
+            vec![V1, ("Upload-Length", "10")],
+            403,
+            "forbidden",
+        ),
+        (
+            "a forged token",
+            Some(&forged),
+            vec![V1, ("Upload-Length", "10")],
+            401,
+            "unauthorized",
+        ),
+        (
+            "an old protocol",
+            Some(&token),
+            vec![("Tus-Resumable", "0.2.2"), ("Upload-Length", "10")],
+            412,
+            "unsupported-tus-version",
+        ),
+        (
+            "over 2 GiB",
+            Some(&token),
+            vec![V1, ("Upload-Length", "2147483649")],
+            413,
+            "upload-too-large",
+        ),
+        (
+            "no length",
+            Some(&token),
+            vec![V1],
+            400,
+            "missing-upload-length",
+        ),
+        (
+            "bad metadata",
+            Some(&token),
+            vec![
+                V1,
+                ("Upload-Length", "5"),
+                ("Upload-Metadata", "filename ***"),
+            ],
+            400,
+            "invalid-metadata",
+        ),
+    ];
+    for (case, who, headers, status, code) in refused {
+        let mut r = app.http.post(&files);
+        if let Some(t) = who {
+            r = r.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        let r = r.send().await.unwrap();
+        if status == 412 {
+            assert_eq!(r.headers()["tus-version"], "1.0.0", "{case}");
+        }
+        assert_eq!(json_error(r).await, (status, code.into()), "{case}");
+    }
 
     // A resumable upload: first chunk, HEAD, a wrong offset, a wrong content type, the rest.
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
@@ -156,23 +153,47 @@ async fn tus_core_and_creation_conformance() {
         (st["progress"].as_f64().unwrap() - 0.4).abs() < 1e-9,
         "progress is bytes received: {st}"
     );
-    let r = app.patch(&url, &token, 10, data[10..20].to_vec()).await;
-    assert_eq!(json_error(r).await, (409, "offset-mismatch".into()));
-    let r = app
-        .http
-        .patch(&url)
-        .bearer_auth(&token)
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Offset", 40_000)
-        .header("Content-Type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json_error(r).await, (415, "invalid-content-type".into()));
-    // A body that runs past Upload-Length is refused and the offset does not move.
-    let r = app.patch(&url, &token, 40_000, vec![0u8; 70_000]).await;
-    assert_eq!(json_error(r).await, (413, "exceeds-upload-length".into()));
+    // Every PATCH the server must refuse at offset 40,000; none of them moves the offset.
+    let patches = [
+        (
+            "a stale offset",
+            10,
+            "application/offset+octet-stream",
+            data[10..20].to_vec(),
+            409,
+            "offset-mismatch",
+        ),
+        (
+            "a JSON body",
+            40_000,
+            "application/json",
+            b"{}".to_vec(),
+            415,
+            "invalid-content-type",
+        ),
+        (
+            "a body past Upload-Length",
+            40_000,
+            "application/offset+octet-stream",
+            vec![0u8; 70_000],
+            413,
+            "exceeds-upload-length",
+        ),
+    ];
+    for (case, offset, ctype, body, status, code) in patches {
+        let r = app
+            .http
+            .patch(&url)
+            .bearer_auth(&token)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Offset", offset)
+            .header("Content-Type", ctype)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(json_error(r).await, (status, code.into()), "{case}");
+    }
     let r = app
         .http
         .head(&url)
