@@ -189,7 +189,7 @@ async fn master_inner(
         .rsplit('/')
         .next()
         .unwrap_or_default();
-    let subs = videos::captions(&st.db, video).await?;
+    let subs = videos::captions::list(&st.db, video).await?;
     let body = rewrite_master(&raw_master.body, token, &q.to_query_string(), &subs)?;
     count(Counted::Master);
     let cc = if growing {
