@@ -27,10 +27,25 @@ pub struct Ladder {
     /// Seconds of time limit per second of source.
     #[serde(default = "default_timeout_per_media_s")]
     pub timeout_per_media_s: f64,
+    /// Sources longer than this many seconds are encoded in chunks on several workers at
+    /// once (0 turns chunking off).
+    #[serde(default = "default_chunk_threshold_s")]
+    pub chunk_threshold_s: f64,
+    /// Length of a chunk, seconds; a whole multiple of `segment_duration_s`.
+    #[serde(default = "default_chunk_s")]
+    pub chunk_s: u32,
     /// Audio encoding.
     pub audio: AudioSpec,
     /// Rungs, any order.
     pub rungs: Vec<Rung>,
+}
+
+fn default_chunk_threshold_s() -> f64 {
+    0.0
+}
+
+fn default_chunk_s() -> u32 {
+    60
 }
 
 fn default_timeout_base_s() -> f64 {
@@ -112,6 +127,13 @@ impl Ladder {
         {
             return Err(LadderError::Invalid(
                 "segment_duration_s must be a whole multiple of keyframe_interval_s".into(),
+            ));
+        }
+        if l.chunk_threshold_s > 0.0
+            && (l.chunk_s == 0 || !l.chunk_s.is_multiple_of(l.segment_duration_s))
+        {
+            return Err(LadderError::Invalid(
+                "chunk_s must be a whole, non-zero multiple of segment_duration_s".into(),
             ));
         }
         if l.rungs

@@ -23,11 +23,24 @@ pub const HEARTBEAT: Duration = Duration::from_secs(10);
 /// Heartbeats missed before a job is handed to another worker (30 s).
 pub const MISSED_HEARTBEATS: usize = 3;
 
-/// The job payload: which video to transcode.
+/// The job payload: which video to transcode, or which chunk of one of its attempts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TranscodeJob {
     /// Video id.
     pub video_id: String,
+    /// A chunk task of a chunked attempt; `None` for the video's own task (which probes,
+    /// and either encodes the whole source or plans its chunks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<ChunkTask>,
+}
+
+/// Which chunk a chunk task encodes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct ChunkTask {
+    /// The attempt that planned it.
+    pub attempt: i64,
+    /// The chunk's position (see [`crate::videos::chunks`]).
+    pub idx: i64,
 }
 
 /// A handle on the queue storage; cheap to clone.
@@ -37,6 +50,15 @@ pub enum Queue {
     Sqlite(SqliteStorage<TranscodeJob>),
     /// apalis-postgres.
     Postgres(PostgresStorage<TranscodeJob>),
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Queue::Sqlite(_) => "Queue(sqlite)",
+            Queue::Postgres(_) => "Queue(postgres)",
+        })
+    }
 }
 
 impl Queue {
@@ -134,14 +156,51 @@ impl Queue {
     /// Queues a transcode of `video_id` at effective priority `queue_priority` (from
     /// [`placement`]) and returns the apalis task id.
     pub async fn enqueue(&self, video_id: &str, queue_priority: i64) -> anyhow::Result<String> {
+        self.push(
+            TranscodeJob {
+                video_id: video_id.to_string(),
+                chunk: None,
+            },
+            queue_priority,
+        )
+        .await
+    }
+
+    /// Queues the chunk tasks of an attempt at the priority of the video's own task, under
+    /// the same class and org fairness; the `first` ones (chunk 0 and the audio, which make
+    /// the lecture playable) one step ahead of the rest, within the class.
+    pub async fn enqueue_chunks(
+        &self,
+        video_id: &str,
+        attempt: i64,
+        first: &[i64],
+        rest: &[i64],
+        queue_priority: i64,
+    ) -> anyhow::Result<()> {
+        let ahead = if queue_priority.rem_euclid(ROUND_MAX + 1) < ROUND_MAX {
+            queue_priority + 1
+        } else {
+            queue_priority
+        };
+        for (list, qp) in [(first, ahead), (rest, queue_priority)] {
+            for &idx in list {
+                let job = TranscodeJob {
+                    video_id: video_id.to_string(),
+                    chunk: Some(ChunkTask { attempt, idx }),
+                };
+                self.push(job, qp).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn push(&self, job: TranscodeJob, queue_priority: i64) -> anyhow::Result<String> {
         let id = ulid::Ulid::generate();
-        let task = TaskBuilder::new(TranscodeJob {
-            video_id: video_id.to_string(),
-        })
-        .task_id(TaskId::from_ulid(id))
-        .priority(queue_priority as usize)
-        .max_attempts(MAX_ATTEMPTS)
-        .build();
+        let task = TaskBuilder::new(job)
+            .task_id(TaskId::from_ulid(id))
+            .priority(queue_priority as usize)
+            .max_attempts(MAX_ATTEMPTS)
+            .build();
         match self {
             Queue::Sqlite(s) => s.clone().push_task(task).await?,
             Queue::Postgres(s) => s.clone().push_task(task).await?,

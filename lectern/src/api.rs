@@ -52,7 +52,21 @@ async fn job_view(st: &ApiState, v: &videos::Video) -> Result<Value, ApiError> {
     let (pos, eta) = queue_facts(st, v).await?;
     j["queue_position"] = json!(pos);
     j["eta_s"] = json!(eta);
+    if let Some(c) = chunk_counts(st, v).await? {
+        j["chunks"] = json!(c);
+    }
     Ok(j)
+}
+
+/// `{total, done, workers}` of a video being encoded in chunks (contract: `chunks`).
+async fn chunk_counts(
+    st: &ApiState,
+    v: &videos::Video,
+) -> Result<Option<videos::chunks::Counts>, ApiError> {
+    if v.state != VideoState::Processing {
+        return Ok(None);
+    }
+    Ok(videos::chunks::counts(&st.db, &v.id, v.attempts).await?)
 }
 
 /// `queue_position` and `eta_s` for a video: the queued wait plus run time, or what is left
@@ -376,6 +390,7 @@ async fn status(
     let v = videos::get_in_org(&st.db, &id, &c.org).await?;
     c.require_manager()?;
     let (queue_position, eta_s) = queue_facts(&st, &v).await?;
+    let chunks = chunk_counts(&st, &v).await?;
     let source = match (v.source_width, v.source_height, v.source_fps) {
         (Some(w), Some(h), Some(fps)) => json!({"width": w, "height": h, "fps": fps}),
         _ => Value::Null,
@@ -404,7 +419,7 @@ async fn status(
         }),
         _ => None,
     };
-    Ok(Json(json!({
+    let mut body = json!({
         "id": v.id,
         "state": v.state,
         "progress": progress,
@@ -421,7 +436,11 @@ async fn status(
         "attempts": v.attempts,
         "created_at": lectern_core::rfc3339(v.created_at),
         "error": error,
-    })))
+    });
+    if let Some(c) = chunks {
+        body["chunks"] = json!(c);
+    }
+    Ok(Json(body))
 }
 
 async fn playback(
@@ -539,6 +558,7 @@ async fn delete_video(
     let mut tx = st.db.begin().await?;
     lectern_core::lesson_links::unlink(&mut tx, &v.id).await?;
     videos::captions::delete_all(&mut tx, &v.id).await?;
+    videos::chunks::delete_all(&mut tx, &v.id).await?;
     lectern_ingest::uploads::delete(&mut *tx, &v.id).await?;
     videos::delete(&mut tx, &v.id).await?;
     tx.commit().await?;

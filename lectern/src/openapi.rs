@@ -124,7 +124,7 @@ const OPS: &[Op] = &[
         "get",
         "/api/v1/videos/{id}",
         "videos",
-        "Video status: state, progress, queue_position, eta_s, renditions",
+        "Video status: state, progress, queue_position, eta_s, renditions; chunks {total, done, running, workers} while encoded in chunks",
         MGR,
         200,
         READ,

@@ -337,6 +337,7 @@ async fn serve(cfg: Config, schema: Schema) -> anyhow::Result<()> {
                 std::time::Duration::from_secs(cfg.encoder_stall_s.max(1)),
                 cfg.encoder_threads,
             )?,
+            queue: queue.clone(),
         };
         tracing::info!(
             threads = ctx.isolation.threads,

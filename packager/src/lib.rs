@@ -13,6 +13,8 @@
 //! the same URIs and writes `master.m3u8` with the measured bandwidths. Segments and init
 //! segments are written once and never change.
 
+pub mod cmaf;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,6 +24,8 @@ use m3u8_rs::{
     AlternativeMedia, AlternativeMediaType, Map, MasterPlaylist, MediaPlaylist, MediaPlaylistType,
     MediaSegment, Resolution, Start, VariantStream,
 };
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// The audio group id used in the master playlist.
 pub const AUDIO_GROUP: &str = "aac";
@@ -76,6 +80,10 @@ pub enum PackError {
 struct TrackState {
     spec: Track,
     has_init: bool,
+    /// SHA-256 of the init segment, hex: every chunk of a track must produce the same one.
+    init_sha256: Option<String>,
+    /// Ticks of the track's timescale that a chunk's fragments move by.
+    shift_ticks: u64,
     segments: Vec<(String, f32, u64)>,
     /// Fragments waiting to be grouped into the next segment, and their duration.
     pending: Vec<Bytes>,
@@ -114,6 +122,37 @@ pub struct Packager {
     playable: bool,
     /// CMAF fragments per segment: for the first segment, then for every other one.
     grouping: (usize, usize),
+    /// Where a chunk's output goes in the stitched stream; `None` for a whole source.
+    placement: Option<Placement>,
+}
+
+/// Where one chunk's output sits in the stitched stream of its tracks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placement {
+    /// Number of the chunk's first segment file (1 for the first chunk).
+    pub first_segment: usize,
+    /// CMAF fragments of each track before the chunk: its sequence numbers continue from there.
+    pub fragments_before: u32,
+    /// Output frames before the chunk: its decode times move by their duration.
+    pub frames_before: u64,
+    /// Output frame rate (numerator, denominator).
+    pub fps: (u32, u32),
+    /// Whether this chunk stores the init segments (the first does; the others report their
+    /// digests, which the stitch step compares).
+    pub store_init: bool,
+}
+
+/// What one chunk produced for one track.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkTrack {
+    /// Track (folder) name.
+    pub name: String,
+    /// SHA-256 of its init segment, hex.
+    pub init_sha256: String,
+    /// RFC 6381 codec string.
+    pub codec: Option<String>,
+    /// Its segments: file name, duration in seconds, bytes.
+    pub segments: Vec<(String, f32, u64)>,
 }
 
 impl Packager {
@@ -124,6 +163,8 @@ impl Packager {
             .map(|spec| TrackState {
                 spec,
                 has_init: false,
+                init_sha256: None,
+                shift_ticks: 0,
                 segments: Vec::new(),
                 pending: Vec::new(),
                 pending_s: 0.0,
@@ -136,7 +177,16 @@ impl Packager {
             live: None,
             playable: false,
             grouping: (1, 1),
+            placement: None,
         }
+    }
+
+    /// Packages one chunk of a chunked attempt: its segments are numbered and retimed to sit
+    /// at `placement` in the stitched stream, and [`Packager::finish_chunk`] reports them
+    /// instead of writing playlists.
+    pub fn chunk(mut self, placement: Placement) -> Self {
+        self.placement = Some(placement);
+        self
     }
 
     /// Groups [`Packager::fragment`]s into segments: `first` fragments make the first segment
@@ -226,9 +276,36 @@ impl Packager {
     pub async fn init(&mut self, track: usize, data: Bytes) -> Result<(), PackError> {
         let key = self.key(track, INIT_SEGMENT)?;
         let codec = codec_from_init(&data);
-        self.store.put_bytes(&key, data).await?;
+        let data: Bytes = match self.placement {
+            None => data,
+            Some(_) => {
+                let mut d = data.to_vec();
+                cmaf::clear_times(&mut d).map_err(PackError::Invalid)?;
+                d.into()
+            }
+        };
+        let digest = hex_sha256(&data);
+        let mut shift = 0;
+        if let Some(p) = self.placement {
+            let ts = cmaf::timescale(&data)
+                .ok_or_else(|| PackError::Invalid("an init segment without a timescale".into()))?;
+            let (n, d) = (p.fps.0.max(1) as u128, p.fps.1.max(1) as u128);
+            let ticks = p.frames_before as u128 * ts as u128 * d;
+            if !ticks.is_multiple_of(n) {
+                return Err(PackError::Invalid(format!(
+                    "frame {} does not fall on a tick of timescale {ts}",
+                    p.frames_before
+                )));
+            }
+            shift = (ticks / n) as u64;
+        }
+        if self.placement.is_none_or(|p| p.store_init) {
+            self.store.put_bytes(&key, data).await?;
+        }
         let t = self.track(track)?;
         t.has_init = true;
+        t.init_sha256 = Some(digest);
+        t.shift_ticks = shift;
         if t.spec.codec.is_none() {
             t.spec.codec = codec;
         }
@@ -243,6 +320,7 @@ impl Packager {
         data: Bytes,
         duration_s: f64,
     ) -> Result<bool, PackError> {
+        let placement = self.placement;
         let t = self.track(track)?;
         if !t.has_init {
             return Err(PackError::Invalid(format!(
@@ -250,7 +328,18 @@ impl Packager {
                 t.spec.name
             )));
         }
-        let uri = format!("seg{:05}.m4s", t.segments.len() + 1);
+        let (uri, data) = match placement {
+            None => (format!("seg{:05}.m4s", t.segments.len() + 1), data),
+            Some(p) => {
+                let mut moved = data.to_vec();
+                cmaf::retime(&mut moved, t.shift_ticks, p.fragments_before)
+                    .map_err(PackError::Invalid)?;
+                (
+                    format!("seg{:05}.m4s", p.first_segment + t.segments.len()),
+                    moved.into(),
+                )
+            }
+        };
         let key = self.key(track, &uri)?;
         let len = data.len() as u64;
         self.store.put_bytes(&key, data).await?;
@@ -295,20 +384,65 @@ impl Packager {
         Ok(())
     }
 
-    /// Writes the VOD media playlists and the master playlist with measured bandwidths; returns
-    /// the video renditions as the status API shows them.
-    pub async fn finish(mut self) -> Result<Vec<RenditionInfo>, PackError> {
+    /// Ends a chunk: stores what is pending and reports each track's init digest and segments
+    /// for the stitch step; writes no playlist.
+    pub async fn finish_chunk(mut self) -> Result<Vec<ChunkTrack>, PackError> {
         for i in 0..self.tracks.len() {
             self.flush_pending(i).await?;
         }
+        self.check_complete()?;
+        Ok(self
+            .tracks
+            .into_iter()
+            .map(|t| ChunkTrack {
+                name: t.spec.name,
+                init_sha256: t.init_sha256.unwrap_or_default(),
+                codec: t.spec.codec,
+                segments: t.segments,
+            })
+            .collect())
+    }
+
+    /// Writes the VOD media playlists and the master of a chunked attempt from its chunks'
+    /// segments (per track, in order), with bandwidths measured over all of them.
+    pub async fn stitch(
+        store: Arc<dyn ObjectStore>,
+        prefix: impl Into<String>,
+        tracks: Vec<Track>,
+        segments: Vec<Vec<(String, f32, u64)>>,
+    ) -> Result<Vec<RenditionInfo>, PackError> {
+        if tracks.len() != segments.len() {
+            return Err(PackError::Invalid(
+                "a segment list per track is needed".into(),
+            ));
+        }
+        let mut p = Packager::new(store, prefix, tracks);
+        for (t, segs) in p.tracks.iter_mut().zip(segments) {
+            t.has_init = true;
+            t.segments = segs;
+        }
+        p.finish().await
+    }
+
+    fn check_complete(&self) -> Result<(), PackError> {
         for t in &self.tracks {
-            if t.segments.is_empty() {
+            if !t.has_init || t.segments.is_empty() {
                 return Err(PackError::Invalid(format!(
                     "track {} produced no segment",
                     t.spec.name
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Writes the VOD media playlists and the master playlist with measured bandwidths; returns
+    /// the video renditions as the status API shows them.
+    pub async fn finish(mut self) -> Result<Vec<RenditionInfo>, PackError> {
+        for i in 0..self.tracks.len() {
+            self.flush_pending(i).await?;
+        }
+        self.check_complete()?;
         for i in 0..self.tracks.len() {
             self.write_media(i, None).await?;
         }
@@ -427,6 +561,13 @@ pub fn codec_from_init(init: &[u8]) -> Option<String> {
         aot as u32
     };
     Some(format!("mp4a.40.{aot}"))
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The master playlist; `nominal` declares the ladder's rates (nothing is measured yet).

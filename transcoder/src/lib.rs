@@ -5,6 +5,7 @@
 //! only by the database update that marks the video ready, so a crashed or superseded attempt
 //! never exposes half-written output and never overwrites a published object.
 
+mod chunked;
 pub mod isolate;
 pub mod pipeline;
 pub mod poster;
@@ -102,6 +103,8 @@ pub struct WorkerContext {
     pub stopping: Arc<AtomicBool>,
     /// How encoder processes are started and bounded.
     pub isolation: isolate::Isolation,
+    /// The queue, for the chunk tasks of a long source.
+    pub queue: Queue,
 }
 
 /// Runs `concurrency` transcode slots until `stop` resolves. Then the slots take no new jobs,
@@ -258,7 +261,11 @@ async fn handle(
     task: TaskId,
     ctx: Data<Arc<WorkerContext>>,
 ) -> Result<(), BoxDynError> {
-    match transcode(&ctx, &job.video_id, &task.to_string()).await {
+    let outcome = match job.chunk {
+        None => transcode(&ctx, &job.video_id, &task.to_string()).await,
+        Some(chunk) => chunked::run_chunk(&ctx, &job.video_id, chunk).await,
+    };
+    match outcome {
         Ok(()) => Ok(()),
         Err(e @ JobError::Abort { .. }) => Err(AbortError::new(e).into()),
         Err(e) => Err(e.into()),
@@ -282,24 +289,12 @@ pub async fn transcode(ctx: &WorkerContext, video_id: &str, task: &str) -> Resul
     let result = run_attempt(ctx, &video, &attempt).await;
     let secs = started.elapsed().as_secs_f64();
     match result {
-        Ok(published) => {
-            if attempt.mark_ready(&video, &published).await? {
-                tracing::info!(video = %video_id, attempt = attempt.number(), secs, "transcode ready");
-                // The published prefix stays for good; every earlier attempt's goes now,
-                // including those of attempts whose worker was killed or cut off.
-                let _ = videos::forget_prefix(&ctx.db, &published.output_prefix).await;
-                delete_stale_prefixes(ctx, Some(video_id)).await;
-                let data = serde_json::json!({
-                    "video_id": video_id, "title": video.title, "lesson": video.lesson,
-                    "renditions": published.renditions,
-                });
-                lectern_core::webhooks::emit(&ctx.db, &video.org, "video.ready", data).await?;
-                metrics::counter!("lectern_transcode_jobs_total", "outcome" => "ready")
-                    .increment(1);
-            } else {
-                // Superseded or deleted meanwhile: this output is nobody's.
-                discard_prefix(ctx, &published.output_prefix).await;
-            }
+        Ok(Some(published)) => {
+            publish(ctx, &video, &attempt, published, secs, true).await?;
+            Ok(())
+        }
+        Ok(None) => {
+            tracing::info!(video = %video_id, attempt = attempt.number(), secs, "source planned in chunks; workers encode them");
             Ok(())
         }
         Err(JobError::Canceled) => {
@@ -370,6 +365,36 @@ pub async fn transcode(ctx: &WorkerContext, video_id: &str, task: &str) -> Resul
     }
 }
 
+/// Publishes a finished attempt and announces it. When the attempt was superseded meanwhile,
+/// its output is deleted if `discard` (a chunked attempt's may have been published by another
+/// worker's stitch of the same output, and is kept).
+async fn publish(
+    ctx: &WorkerContext,
+    video: &Video,
+    attempt: &videos::Attempt,
+    published: Published,
+    secs: f64,
+    discard: bool,
+) -> Result<(), JobError> {
+    if attempt.mark_ready(video, &published).await? {
+        tracing::info!(video = %video.id, attempt = attempt.number(), secs, "transcode ready");
+        // The published prefix stays for good; every earlier attempt's goes now,
+        // including those of attempts whose worker was killed or cut off.
+        let _ = videos::forget_prefix(&ctx.db, &published.output_prefix).await;
+        delete_stale_prefixes(ctx, Some(&video.id)).await;
+        let data = serde_json::json!({
+            "video_id": video.id, "title": video.title, "lesson": video.lesson,
+            "renditions": published.renditions,
+        });
+        lectern_core::webhooks::emit(&ctx.db, &video.org, "video.ready", data).await?;
+        metrics::counter!("lectern_transcode_jobs_total", "outcome" => "ready").increment(1);
+    } else if discard {
+        // Superseded or deleted meanwhile: this output is nobody's.
+        discard_prefix(ctx, &published.output_prefix).await;
+    }
+    Ok(())
+}
+
 async fn emit_failed(
     ctx: &WorkerContext,
     v: &Video,
@@ -433,7 +458,7 @@ impl Drop for Staged {
 async fn source_path(
     ctx: &WorkerContext,
     v: &Video,
-    attempt: &videos::Attempt,
+    tag: &str,
 ) -> Result<(PathBuf, Staged), JobError> {
     if let Some(p) = ctx.store.local_path(&v.source_key) {
         if tokio::fs::try_exists(&p).await.unwrap_or(false) {
@@ -444,9 +469,7 @@ async fn source_path(
     tokio::fs::create_dir_all(&ctx.scratch_dir)
         .await
         .map_err(|e| JobError::retry(e.to_string()))?;
-    let path = ctx
-        .scratch_dir
-        .join(format!("{}-{}.src", v.id, attempt.number()));
+    let path = ctx.scratch_dir.join(format!("{}-{tag}.src", v.id));
     let staged = Staged(Some(path.clone()));
     let mut got = ctx
         .store
@@ -472,8 +495,8 @@ async fn run_attempt(
     ctx: &WorkerContext,
     v: &Video,
     attempt: &videos::Attempt,
-) -> Result<Published, JobError> {
-    let (input, _staged) = source_path(ctx, v, attempt).await?;
+) -> Result<Option<Published>, JobError> {
+    let (input, _staged) = source_path(ctx, v, &attempt.number().to_string()).await?;
     let probe = isolate::probe(&ctx.isolation, input.clone()).await?;
     let vp = probe
         .video
@@ -502,29 +525,10 @@ async fn run_attempt(
         .await?;
     let renditions = ladder.renditions_for(width, height);
 
-    let mut tracks: Vec<Track> = renditions
-        .iter()
-        .map(|r| Track {
-            name: r.name.clone(),
-            kind: TrackKind::Video {
-                width: r.width,
-                height: r.height,
-                fps: fps_f,
-            },
-            codec: None,
-            nominal_bps: (r.maxrate as u64, r.video_bitrate as u64),
-        })
-        .collect();
-    if probe.audio {
-        tracks.push(Track {
-            name: "audio".into(),
-            kind: TrackKind::Audio {
-                channels: ladder.audio.channels,
-            },
-            codec: None,
-            nominal_bps: (ladder.audio.bitrate as u64, ladder.audio.bitrate as u64),
-        });
-    }
+    let audio = probe
+        .audio
+        .then_some((ladder.audio.channels, ladder.audio.bitrate));
+    let tracks = tracks_for(&renditions, fps_f, audio);
     let prefix = lectern_core::keys::revision(&v.id, &lectern_core::new_id());
     attempt.record_prefix(&prefix).await?;
     let spec = pipeline::Spec {
@@ -548,7 +552,23 @@ async fn run_attempt(
         fragment_s: ladder.keyframe_interval_s,
         gop_frames: ((fps_f * ladder.keyframe_interval_s as f64).round() as u32).max(1),
         preset: ladder.x264_preset.clone(),
+        range: None,
+        sync_ns: None,
     };
+    let (pw, ph) = poster_size(&renditions);
+    if let Some(plan) = chunked::plan(ladder, duration_s, &spec, probe.audio) {
+        let shared = chunked::Shared {
+            spec,
+            renditions,
+            audio,
+            prefix,
+            duration_s,
+            per_segment: (ladder.segment_duration_s / ladder.keyframe_interval_s.max(1)).max(1),
+            poster: (poster::poster_time(duration_s), pw, ph),
+        };
+        chunked::begin(ctx, v, attempt, &shared, &plan).await?;
+        return Ok(None);
+    }
     // Live: learners can start watching once the first segment of every track is stored.
     // The pipeline cuts a CMAF fragment per keyframe interval; the first segment is one
     // fragment (playable after 2 s of encoding), the others the ladder's segment length.
@@ -558,7 +578,6 @@ async fn run_attempt(
         .grouping(1, per_segment as usize);
     let limit = ladder.attempt_timeout(duration_s);
     let poster_input = spec.input.clone();
-    let (pw, ph) = poster_size(&renditions);
     // Dropping the future on timeout sets the cancel flag, so the pipeline thread stops too.
     let result = match tokio::time::timeout(
         limit,
@@ -576,8 +595,39 @@ async fn run_attempt(
         discard_prefix(ctx, &prefix).await;
     }
     let mut published = result?;
-    published.poster_key = make_poster(ctx, &poster_input, duration_s, pw, ph, &prefix).await;
-    Ok(published)
+    let at = poster::poster_time(duration_s);
+    published.poster_key = make_poster(ctx, &poster_input, at, pw, ph, &prefix).await;
+    Ok(Some(published))
+}
+
+/// The packager's tracks for a ladder: the video rungs, then the audio (channels, bitrate).
+fn tracks_for(
+    renditions: &[lectern_core::ladder::Rendition],
+    fps: f64,
+    audio: Option<(u32, u32)>,
+) -> Vec<Track> {
+    let mut tracks: Vec<Track> = renditions
+        .iter()
+        .map(|r| Track {
+            name: r.name.clone(),
+            kind: TrackKind::Video {
+                width: r.width,
+                height: r.height,
+                fps,
+            },
+            codec: None,
+            nominal_bps: (r.maxrate as u64, r.video_bitrate as u64),
+        })
+        .collect();
+    if let Some((channels, bitrate)) = audio {
+        tracks.push(Track {
+            name: "audio".into(),
+            kind: TrackKind::Audio { channels },
+            codec: None,
+            nominal_bps: (bitrate as u64, bitrate as u64),
+        });
+    }
+    tracks
 }
 
 /// The poster's size: the largest rendition up to 720 lines, else the smallest.
@@ -594,12 +644,11 @@ fn poster_size(r: &[lectern_core::ladder::Rendition]) -> (u32, u32) {
 async fn make_poster(
     ctx: &WorkerContext,
     input: &std::path::Path,
-    duration_s: f64,
+    at: f64,
     w: u32,
     h: u32,
     prefix: &str,
 ) -> Option<String> {
-    let at = poster::poster_time(duration_s);
     let jpeg = match isolate::poster(&ctx.isolation, input.to_path_buf(), at, w, h).await {
         Ok(j) if !j.is_empty() => j,
         other => {
@@ -617,15 +666,70 @@ async fn make_poster(
     }
 }
 
-async fn encode_and_package(
-    ctx: &WorkerContext,
-    v: &Video,
-    attempt: &videos::Attempt,
-    spec: pipeline::Spec,
-    mut packager: Packager,
+/// What the encoder loop tells its caller about.
+enum Report {
+    /// Media seconds encoded so far and the current speed in frames per second, about once a
+    /// second.
+    Progress { pos: f64, fps: f64 },
+    /// The packager made the output playable (every track has its first segment).
+    Playable,
+}
+
+/// Where an encoder's progress goes: the video's own row, or a chunk's.
+trait Reporter {
+    /// Records one report; an error (a cancel seen) stops the encoder.
+    fn report(&mut self, r: Report) -> futures::future::BoxFuture<'_, Result<(), JobError>>;
+}
+
+/// Reports of an attempt that encodes the whole source.
+struct WholeReporter<'a> {
+    attempt: &'a videos::Attempt,
+    video: &'a str,
+    prefix: String,
     duration_s: f64,
+}
+
+impl Reporter for WholeReporter<'_> {
+    fn report(&mut self, r: Report) -> futures::future::BoxFuture<'_, Result<(), JobError>> {
+        Box::pin(async move {
+            match r {
+                Report::Playable => {
+                    self.attempt.set_live(&self.prefix).await?;
+                    tracing::info!(video = %self.video, attempt = self.attempt.number(), "playable while encoding");
+                    Ok(())
+                }
+                Report::Progress { pos, fps } => {
+                    if self.duration_s > 0.0 {
+                        let p = (pos / self.duration_s).min(0.99);
+                        let _ = self.attempt.set_progress(p, fps).await;
+                    }
+                    still_wanted(self.attempt).await
+                }
+            }
+        })
+    }
+}
+
+/// An admin may cancel (or delete) the video while it encodes: then the encoder stops and
+/// nothing is published.
+async fn still_wanted(attempt: &videos::Attempt) -> Result<(), JobError> {
+    if attempt.still_processing().await.unwrap_or(false) {
+        Ok(())
+    } else {
+        Err(JobError::Canceled)
+    }
+}
+
+/// Runs an encoder process on `spec`, feeding its init segments and fragments to `packager`
+/// and its progress to `report` (which may stop it by returning an error), until the encoder
+/// finishes. The worker stopping hands the work back.
+async fn drive_encoder(
+    ctx: &WorkerContext,
+    spec: pipeline::Spec,
+    packager: &mut Packager,
     limit: Duration,
-) -> Result<Published, JobError> {
+    report: &mut (dyn Reporter + Send),
+) -> Result<pipeline::Outcome, JobError> {
     let fps = spec.fps.0 as f64 / spec.fps.1.max(1) as f64;
     // x264 keeps every thread busy, so CPU time can reach threads × the wall-clock limit.
     let cores = ctx.isolation.threads.max(1);
@@ -637,7 +741,6 @@ async fn encode_and_package(
     .await?;
     let mut last_write = Instant::now();
     let mut last_pos = 0.0;
-    let mut produced = 0.0;
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     let outcome = loop {
         tokio::select! {
@@ -656,17 +759,8 @@ async fn encode_and_package(
                     Ok(isolate::Frame::Blob(_)) => Ok(()),
                     Ok(isolate::Frame::Media(pipeline::Event::Init { track, data })) => packager.init(track, data).await.map_err(JobError::from),
                     Ok(isolate::Frame::Media(pipeline::Event::Segment { track, data, duration })) => {
-                        if track == 0 {
-                            produced += duration;
-                        }
                         match packager.fragment(track, data, duration).await {
-                            Ok(true) => match attempt.set_live(packager.prefix()).await {
-                                Ok(_) => {
-                                    tracing::info!(video = %v.id, attempt = attempt.number(), "playable while encoding");
-                                    Ok(())
-                                }
-                                Err(e) => Err(JobError::from(e)),
-                            },
+                            Ok(true) => report.report(Report::Playable).await,
                             Ok(false) => Ok(()),
                             Err(e) => Err(JobError::from(e)),
                         }
@@ -678,15 +772,7 @@ async fn encode_and_package(
                             let enc_fps = (pos - last_pos).max(0.0) * fps / since.as_secs_f64();
                             last_pos = pos;
                             metrics::gauge!("lectern_transcode_fps", "worker" => ctx.name.clone()).set(enc_fps);
-                            if duration_s > 0.0 {
-                                let _ = attempt.set_progress((pos / duration_s).min(0.99), enc_fps).await;
-                            }
-                            // An admin may cancel while we encode: stop the encoder, publish nothing.
-                            if !attempt.still_processing().await.unwrap_or(false) {
-                                Err(JobError::Canceled)
-                            } else {
-                                Ok(())
-                            }
+                            report.report(Report::Progress { pos, fps: enc_fps }).await
                         } else {
                             Ok(())
                         }
@@ -702,26 +788,50 @@ async fn encode_and_package(
     child.kill();
     drop(child);
     let outcome = outcome?;
-    let decoded = outcome.decoded_s;
-    // A faststart MP4 cut short decodes cleanly to an early end; compare with the declared length.
-    if duration_s > 0.0 && decoded < duration_s * 0.9 && duration_s - decoded > 1.0 {
+    for (i, c) in outcome.codecs.iter().enumerate() {
+        if let Some(c) = c {
+            packager.set_codec(i, c.clone())?;
+        }
+    }
+    Ok(outcome)
+}
+
+/// A source that decodes to a clean early end was cut short: compare what was decoded with
+/// what the file declares.
+fn check_complete(decoded: f64, expected: f64) -> Result<(), JobError> {
+    if expected > 0.0 && decoded < expected * 0.9 && expected - decoded > 1.0 {
         return Err(JobError::abort(
             "corrupt-input",
             format!(
-                "The file ends after {decoded:.1} s although it declares {duration_s:.1} s; it is truncated. Upload the complete recording again."
+                "The file ends after {decoded:.1} s although it declares {expected:.1} s; it is truncated. Upload the complete recording again."
             ),
         ));
     }
-    tracing::debug!(video = %v.id, produced, decoded, "pipeline finished");
-    for (i, c) in outcome.codecs.into_iter().enumerate() {
-        if let Some(c) = c {
-            packager.set_codec(i, c)?;
-        }
-    }
-    let output_prefix = packager.prefix().to_string();
+    Ok(())
+}
+
+async fn encode_and_package(
+    ctx: &WorkerContext,
+    v: &Video,
+    attempt: &videos::Attempt,
+    spec: pipeline::Spec,
+    mut packager: Packager,
+    duration_s: f64,
+    limit: Duration,
+) -> Result<Published, JobError> {
+    let prefix = packager.prefix().to_string();
+    let mut reporter = WholeReporter {
+        attempt,
+        video: &v.id,
+        prefix: prefix.clone(),
+        duration_s,
+    };
+    let outcome = drive_encoder(ctx, spec, &mut packager, limit, &mut reporter).await?;
+    check_complete(outcome.decoded_s, duration_s)?;
+    tracing::debug!(video = %v.id, decoded = outcome.decoded_s, "pipeline finished");
     let renditions = packager.finish().await?;
     Ok(Published {
-        output_prefix,
+        output_prefix: prefix,
         renditions,
         poster_key: None,
     })

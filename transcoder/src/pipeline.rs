@@ -78,6 +78,38 @@ pub struct Spec {
     pub gop_frames: u32,
     /// x264 speed preset.
     pub preset: String,
+    /// Encode only this stretch of the source (a chunk); `None` encodes all of it.
+    #[serde(default)]
+    pub range: Option<Range>,
+    /// Decode-time offsets (video, audio), ns, when the tracks are encoded apart (chunks and
+    /// the audio task): those of the whole ladder, so sync matches a single pass.
+    #[serde(default)]
+    pub sync_ns: Option<(i64, i64)>,
+}
+
+/// A stretch of the source on the output frame grid, for chunked transcoding.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Range {
+    /// Output frames before it.
+    pub start_frame: u64,
+    /// Output frames in it; `None` runs to the end of the source.
+    pub frames: Option<u64>,
+}
+
+impl Spec {
+    /// Nanoseconds of `frames` output frames.
+    pub fn frames_ns(&self, frames: u64) -> u64 {
+        let (n, d) = (self.fps.0.max(1) as u128, self.fps.1.max(1) as u128);
+        (frames as u128 * d * 1_000_000_000 / n) as u64
+    }
+
+    /// The decode-time offsets (video, audio) that keep picture and sound in sync.
+    pub fn sync(&self) -> (i64, i64) {
+        self.sync_ns.unwrap_or_else(|| {
+            let s = AvSync::of(self);
+            (s.video_ns, s.audio_ns)
+        })
+    }
 }
 
 /// What a finished pipeline reports.
@@ -149,6 +181,12 @@ struct Built {
     pipeline: gst::Pipeline,
     parsers: Vec<gst::Element>,
     position_ns: Arc<AtomicU64>,
+    /// Set once a chunk's seek is done; until then decoded video is dropped.
+    seeked: Arc<AtomicBool>,
+    /// The decoded video pad a chunk's seek is sent through, once decodebin has exposed it.
+    video_pad: Arc<std::sync::Mutex<Option<gst::Pad>>>,
+    /// Signalled when decodebin has exposed every pad.
+    pads_done: std::sync::mpsc::Receiver<()>,
 }
 
 fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
@@ -176,114 +214,136 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
         .map_err(|e| JobError::retry(e.to_string()))?;
     let position_ns = Arc::new(AtomicU64::new(0));
     let fragment = gst::ClockTime::from_seconds(spec.fragment_s as u64);
-    let sync = AvSync::of(spec);
+    let (sync_video_ns, sync_audio_ns) = spec.sync();
     let mut parsers = Vec::new();
 
-    // Video: normalise once, then branch per rung.
-    let conv = make("videoconvert")?;
-    let mut chain = vec![conv.clone()];
-    if spec.interlaced {
-        chain.push(make("deinterlace")?);
-    }
-    // Without skip-to-first, videorate on 1.22 emits a source's first frame at its own time
-    // (say 23 ms, common in Matroska) and then fills the grid from 0: timestamps go backwards
-    // and cmafmux panics. Starting the grid at the first frame keeps them monotonic, and keeps
-    // the source's own offset between picture and sound.
-    chain.push(
-        gst::ElementFactory::make("videorate")
-            .property("skip-to-first", true)
-            .build()
-            .map_err(|e| JobError::retry(e.to_string()))?,
-    );
-    chain.push(capsfilter(
-        gst::Caps::builder("video/x-raw")
-            .field("format", "I420")
-            .field("framerate", gst::Fraction::new(spec.fps.0, spec.fps.1))
-            .build(),
-    )?);
-    // `method=automatic` ignores orientation tags on 1.22; `video-direction=auto` applies them.
-    let flip = gst::ElementFactory::make("videoflip")
-        .property_from_str("video-direction", "auto")
-        .build()
-        .map_err(|e| JobError::retry(e.to_string()))?;
-    chain.push(flip.clone());
-    let tee = make("tee")?;
-    chain.push(tee.clone());
-    pipeline
-        .add_many(chain.iter())
-        .map_err(|e| JobError::retry(e.to_string()))?;
-    link(&chain.iter().collect::<Vec<_>>())?;
-    drop_orientation_tags(&flip.static_pad("src").expect("videoflip has src"));
-    let video_entry = conv.static_pad("sink").expect("videoconvert has sink");
-    // Measured before videorate, which pads a cut-short stream out to its declared end.
-    track_position(&video_entry, position_ns.clone());
-
-    for (i, r) in spec.video.iter().enumerate() {
-        let q = make("queue")?;
-        // Catmull-Rom (bicubic) like ffmpeg's default: the 2-tap bilinear default aliases
-        // on 1080p → 480p and costs about 1 dB PSNR.
-        let scale = gst::ElementFactory::make("videoscale")
-            .property("add-borders", false)
-            .property_from_str("method", "catrom")
-            .build()
-            .map_err(|e| JobError::retry(e.to_string()))?;
-        // BT.709 on every rung: left open, SD rungs default to BT.601 and videoscale converts
-        // the matrix, so colours would shift when a player switches rungs.
-        let caps = capsfilter(
+    let seeked = Arc::new(AtomicBool::new(spec.range.is_none()));
+    let mut video_entry = None;
+    // Video: normalise once, then branch per rung (the audio task has none).
+    if !spec.video.is_empty() {
+        let conv = make("videoconvert")?;
+        let mut chain = vec![conv.clone()];
+        if spec.interlaced {
+            chain.push(make("deinterlace")?);
+        }
+        // Without skip-to-first, videorate on 1.22 emits a source's first frame at its own time
+        // (say 23 ms, common in Matroska) and then fills the grid from 0: timestamps go backwards
+        // and cmafmux panics. Starting the grid at the first frame keeps them monotonic, and keeps
+        // the source's own offset between picture and sound.
+        // A chunk starts on the output grid at its seek position instead (its first frame is the
+        // source's picture at that time), so its frames continue the previous chunk's exactly.
+        chain.push(
+            gst::ElementFactory::make("videorate")
+                .property("skip-to-first", spec.range.is_none())
+                .build()
+                .map_err(|e| JobError::retry(e.to_string()))?,
+        );
+        let grid = capsfilter(
             gst::Caps::builder("video/x-raw")
                 .field("format", "I420")
-                .field("width", r.width as i32)
-                .field("height", r.height as i32)
-                .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-                .field("colorimetry", "bt709")
+                .field("framerate", gst::Fraction::new(spec.fps.0, spec.fps.1))
                 .build(),
         )?;
-        let enc = gst::ElementFactory::make("x264enc")
-            .property("threads", encoder_threads())
-            .property("bitrate", r.bitrate_kbps)
-            .property("vbv-buf-capacity", r.vbv_ms)
-            .property("key-int-max", spec.gop_frames)
-            .property_from_str("speed-preset", &spec.preset)
-            // Scene-cut keyframes would differ between rungs and break switching alignment.
-            .property("option-string", "scenecut=0:open-gop=0")
+        if let Some(frames) = spec.range.and_then(|r| r.frames) {
+            keep_frames(&grid.static_pad("src").expect("capsfilter has src"), frames);
+        }
+        chain.push(grid);
+        // `method=automatic` ignores orientation tags on 1.22; `video-direction=auto` applies them.
+        let flip = gst::ElementFactory::make("videoflip")
+            .property_from_str("video-direction", "auto")
             .build()
             .map_err(|e| JobError::retry(e.to_string()))?;
-        let profile = capsfilter(
-            gst::Caps::builder("video/x-h264")
-                .field("profile", "high")
-                .build(),
-        )?;
-        let parse = make("h264parse")?;
-        let mux = cmafmux(fragment)?;
-        if sync.video_ns > 0 {
-            mux.set_property("decode-time-offset", sync.video_ns);
-        }
-        let sink = appsink(i, tx.clone());
-        let els = [
-            &q,
-            &scale,
-            &caps,
-            &enc,
-            &profile,
-            &parse,
-            &mux,
-            sink.upcast_ref(),
-        ];
+        chain.push(flip.clone());
+        let tee = make("tee")?;
+        chain.push(tee.clone());
         pipeline
-            .add_many(els)
+            .add_many(chain.iter())
             .map_err(|e| JobError::retry(e.to_string()))?;
-        link(&[
-            &tee,
-            &q,
-            &scale,
-            &caps,
-            &enc,
-            &profile,
-            &parse,
-            &mux,
-            sink.upcast_ref(),
-        ])?;
-        parsers.push(parse);
+        link(&chain.iter().collect::<Vec<_>>())?;
+        drop_orientation_tags(&flip.static_pad("src").expect("videoflip has src"));
+        let entry = conv.static_pad("sink").expect("videoconvert has sink");
+        // Measured before videorate, which pads a cut-short stream out to its declared end.
+        track_position(&entry, position_ns.clone());
+        if spec.range.is_some() {
+            // Pictures decoded before the chunk's seek are not the chunk's.
+            let gate = seeked.clone();
+            entry.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                if gate.load(Ordering::Acquire) {
+                    gst::PadProbeReturn::Ok
+                } else {
+                    gst::PadProbeReturn::Drop
+                }
+            });
+        }
+        video_entry = Some(entry);
+
+        for (i, r) in spec.video.iter().enumerate() {
+            let q = make("queue")?;
+            // Catmull-Rom (bicubic) like ffmpeg's default: the 2-tap bilinear default aliases
+            // on 1080p → 480p and costs about 1 dB PSNR.
+            let scale = gst::ElementFactory::make("videoscale")
+                .property("add-borders", false)
+                .property_from_str("method", "catrom")
+                .build()
+                .map_err(|e| JobError::retry(e.to_string()))?;
+            // BT.709 on every rung: left open, SD rungs default to BT.601 and videoscale converts
+            // the matrix, so colours would shift when a player switches rungs.
+            let caps = capsfilter(
+                gst::Caps::builder("video/x-raw")
+                    .field("format", "I420")
+                    .field("width", r.width as i32)
+                    .field("height", r.height as i32)
+                    .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+                    .field("colorimetry", "bt709")
+                    .build(),
+            )?;
+            let enc = gst::ElementFactory::make("x264enc")
+                .property("threads", encoder_threads())
+                .property("bitrate", r.bitrate_kbps)
+                .property("vbv-buf-capacity", r.vbv_ms)
+                .property("key-int-max", spec.gop_frames)
+                .property_from_str("speed-preset", &spec.preset)
+                // Scene-cut keyframes would differ between rungs and break switching alignment.
+                .property("option-string", "scenecut=0:open-gop=0")
+                .build()
+                .map_err(|e| JobError::retry(e.to_string()))?;
+            let profile = capsfilter(
+                gst::Caps::builder("video/x-h264")
+                    .field("profile", "high")
+                    .build(),
+            )?;
+            let parse = make("h264parse")?;
+            let mux = cmafmux(fragment)?;
+            if sync_video_ns > 0 {
+                mux.set_property("decode-time-offset", sync_video_ns);
+            }
+            let sink = appsink(i, tx.clone());
+            let els = [
+                &q,
+                &scale,
+                &caps,
+                &enc,
+                &profile,
+                &parse,
+                &mux,
+                sink.upcast_ref(),
+            ];
+            pipeline
+                .add_many(els)
+                .map_err(|e| JobError::retry(e.to_string()))?;
+            link(&[
+                &tee,
+                &q,
+                &scale,
+                &caps,
+                &enc,
+                &profile,
+                &parse,
+                &mux,
+                sink.upcast_ref(),
+            ])?;
+            parsers.push(parse);
+        }
     }
 
     let mut audio_entry = None;
@@ -305,8 +365,8 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
             .map_err(|e| JobError::retry(e.to_string()))?;
         let parse = make("aacparse")?;
         let mux = cmafmux(fragment)?;
-        if sync.audio_ns > 0 {
-            mux.set_property("decode-time-offset", sync.audio_ns);
+        if sync_audio_ns > 0 {
+            mux.set_property("decode-time-offset", sync_audio_ns);
         }
         let sink = appsink(spec.video.len(), tx.clone());
         let els = [&conv, &res, &caps, &enc, &parse, &mux, sink.upcast_ref()];
@@ -315,11 +375,37 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
             .map_err(|e| JobError::retry(e.to_string()))?;
         link(&els)?;
         audio_entry = conv.static_pad("sink");
+        if spec.video.is_empty() {
+            track_position(
+                audio_entry.as_ref().expect("audioconvert has sink"),
+                position_ns.clone(),
+            );
+        }
         parsers.push(parse);
     }
 
-    let entries = (Some(video_entry), audio_entry);
+    if spec.video.is_empty() {
+        // The audio task: leave video encoded (decodebin would decode every picture only to
+        // drop it), but keep plugging containers so the audio inside is reached.
+        let demuxers = gst::ElementFactory::factories_with_type(
+            gst::ElementFactoryType::DEMUXER,
+            gst::Rank::MARGINAL,
+        );
+        dbin.connect("autoplug-continue", false, move |args| {
+            let caps = args[2].get::<gst::Caps>().ok()?;
+            let video = caps
+                .structure(0)
+                .is_some_and(|s| s.name().starts_with("video/"));
+            let container = demuxers.iter().any(|f| f.can_sink_any_caps(&caps));
+            Some((!video || container).to_value())
+        });
+    }
+
+    let (pads_tx, pads_done) = std::sync::mpsc::channel();
+    let video_pad = Arc::new(std::sync::Mutex::new(None));
+    let entries = (video_entry, audio_entry);
     let (v_entry, a_entry) = entries.clone();
+    let seek_pad = video_pad.clone();
     dbin.connect_pad_added(move |dbin, pad| {
         let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
         let Some(s) = caps.structure(0) else { return };
@@ -334,6 +420,9 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
         let Some(target) = target.filter(|t| !t.is_linked()) else {
             return;
         };
+        if s.name().starts_with("video/") {
+            *seek_pad.lock().expect("video pad slot") = Some(pad.clone());
+        }
         if let Err(err) = pad.link(target) {
             gst::element_error!(
                 dbin,
@@ -353,11 +442,15 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
                 );
             }
         }
+        let _ = pads_tx.send(());
     });
     Ok(Built {
         pipeline,
         parsers,
         position_ns,
+        seeked,
+        video_pad,
+        pads_done,
     })
 }
 
@@ -513,6 +606,19 @@ fn track_position(pad: &gst::Pad, slot: Arc<AtomicU64>) {
     });
 }
 
+/// Lets exactly `frames` pictures through (a chunk's share of the grid), then ends the stream:
+/// videorate may fill a frame past the seek's stop.
+fn keep_frames(pad: &gst::Pad, frames: u64) {
+    let seen = AtomicU64::new(0);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        if seen.fetch_add(1, Ordering::Relaxed) < frames {
+            gst::PadProbeReturn::Ok
+        } else {
+            gst::PadProbeReturn::Drop
+        }
+    });
+}
+
 fn classify(err: &gst::glib::Error, src: &str, debug: Option<String>) -> JobError {
     let detail = format!("{src}: {} ({})", err.message(), debug.unwrap_or_default());
     if err.matches(gst::StreamError::TypeNotFound) || err.matches(gst::StreamError::WrongType) {
@@ -530,6 +636,69 @@ fn classify(err: &gst::glib::Error, src: &str, debug: Option<String>) -> JobErro
     } else {
         JobError::retry(format!("pipeline error: {detail}"))
     }
+}
+
+/// Starts a chunk: pauses the pipeline until decodebin has exposed its pads, then seeks the
+/// decoded video accurately to the chunk's first frame (and just past its last), so the
+/// demuxer reads from the keyframe before it and the decoder drops what lies before.
+fn seek_to(
+    built: &Built,
+    spec: &Spec,
+    range: Range,
+    bus: &gst::Bus,
+    first_error: &dyn Fn(&gst::Bus) -> Option<JobError>,
+) -> Result<(), JobError> {
+    if built.pipeline.set_state(gst::State::Paused).is_err() {
+        return Err(
+            first_error(bus).unwrap_or_else(|| JobError::retry("the pipeline failed to start"))
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(e) = first_error(bus) {
+            return Err(e);
+        }
+        match built.pads_done.recv_timeout(Duration::from_millis(100)) {
+            Ok(()) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+            Err(_) => return Err(JobError::retry("the source exposed no streams within 60 s")),
+        }
+    }
+    let pad = built
+        .video_pad
+        .lock()
+        .expect("video pad slot")
+        .clone()
+        .ok_or_else(|| {
+            JobError::abort(
+                "no-video-stream",
+                "The file has no video stream. Upload a recording with video.",
+            )
+        })?;
+    let start = gst::ClockTime::from_nseconds(spec.frames_ns(range.start_frame));
+    // Half a frame past the last one, so the stop never cuts the last picture of the chunk.
+    let stop = range.frames.map(|f| {
+        gst::ClockTime::from_nseconds(spec.frames_ns(2 * (range.start_frame + f) + 1) / 2)
+    });
+    let seek = gst::event::Seek::new(
+        1.0,
+        gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+        gst::SeekType::Set,
+        start,
+        if stop.is_some() {
+            gst::SeekType::Set
+        } else {
+            gst::SeekType::None
+        },
+        stop.unwrap_or(gst::ClockTime::NONE.unwrap_or(gst::ClockTime::ZERO)),
+    );
+    if !pad.send_event(seek) {
+        return Err(JobError::retry(format!(
+            "the source cannot seek to {start}"
+        )));
+    }
+    built.seeked.store(true, Ordering::Release);
+    Ok(())
 }
 
 /// Runs the pipeline to the end. Blocking. `cancel` stops it early; `progress` receives the
@@ -561,6 +730,9 @@ pub fn run(
             _ => None,
         })
     };
+    if let Some(range) = spec.range {
+        seek_to(&built, spec, range, &bus, &first_error)?;
+    }
     if built.pipeline.set_state(gst::State::Playing).is_err() {
         return Err(
             first_error(&bus).unwrap_or_else(|| JobError::retry("the pipeline failed to start"))

@@ -33,6 +33,21 @@ impl Attempt {
             }))
     }
 
+    /// The running attempt `number` of `video_id`, as a chunk task holds it: its writes are
+    /// fenced like the planning task's.
+    pub fn resume(db: &Db, video_id: &str, number: i64) -> Attempt {
+        Attempt {
+            db: db.clone(),
+            video_id: video_id.to_string(),
+            number,
+        }
+    }
+
+    /// The video this attempt transcodes.
+    pub fn video_id(&self) -> &str {
+        &self.video_id
+    }
+
     /// The attempt's number (1 for the first).
     pub fn number(&self) -> i64 {
         self.number
@@ -75,8 +90,9 @@ impl Attempt {
         Ok(true)
     }
 
-    /// Fails the video for good with a stable code and advice.
-    pub async fn mark_failed(&self, code: &str, message: &str) -> DbResult<()> {
+    /// Fails the video for good with a stable code and advice; false when it had already
+    /// left `processing` (another chunk failed it first, an admin canceled it).
+    pub async fn mark_failed(&self, code: &str, message: &str) -> DbResult<bool> {
         mark_failed(&self.db, &self.video_id, self.number, code, message).await
     }
 
@@ -184,9 +200,9 @@ async fn mark_ready(tx: &mut Tx, id: &str, attempt: i64, p: &Published) -> DbRes
 }
 
 /// Fails an attempt for good with a stable code and a message for the instructor.
-async fn mark_failed(db: &Db, id: &str, attempt: i64, code: &str, message: &str) -> DbResult<()> {
+async fn mark_failed(db: &Db, id: &str, attempt: i64, code: &str, message: &str) -> DbResult<bool> {
     let now = now_ms();
-    sqlx::query(
+    let res = sqlx::query(
         "UPDATE videos SET state = $1, error_code = $2, error_message = $3, finished_at = $4, \
          live_prefix = NULL, updated_at = $4 WHERE id = $5 AND attempts = $6 AND state = $7",
     )
@@ -199,7 +215,7 @@ async fn mark_failed(db: &Db, id: &str, attempt: i64, code: &str, message: &str)
     .bind(state::PROCESSING)
     .execute(&db.pool)
     .await?;
-    Ok(())
+    Ok(res.rows_affected() == 1)
 }
 
 /// Counts a crash of the encoder process on this video's attempt; returns the crashes so far.

@@ -1,9 +1,11 @@
 //! The video record: its state machine and every query on the `videos` table. Submodules own
 //! the rest of a video's rows: [`attempt`] (a worker's fenced writes and `attempt_prefixes`),
-//! [`captions`] (`captions`) and [`ranking`] (the queue's fairness ranks).
+//! [`captions`] (`captions`), [`chunks`] (the tasks of a chunked attempt) and [`ranking`]
+//! (the queue's fairness ranks).
 
 pub mod attempt;
 pub mod captions;
+pub mod chunks;
 pub mod ranking;
 
 pub use attempt::{forget_prefix, stale_prefixes, Attempt};

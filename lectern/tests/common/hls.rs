@@ -17,6 +17,8 @@ pub struct Rendition {
     pub avg_bps: f64,
     /// Segment count.
     pub segments: usize,
+    /// Each segment's EXTINF duration, seconds.
+    pub durations: Vec<f32>,
 }
 
 /// Walks a media playlist: checks it and downloads init + segments.
@@ -72,6 +74,7 @@ pub async fn walk_media(app: &TestApp, url: &str) -> Rendition {
         peak_bps: peak,
         avg_bps: bits / secs,
         segments: pl.segments.len(),
+        durations: pl.segments.iter().map(|s| s.duration).collect(),
     }
 }
 

@@ -1,0 +1,342 @@
+//! The `chunks` table: the tasks of a chunked attempt. A long source is cut into video chunks
+//! (whole segments each) and one audio task; each is its own queue task, so free workers
+//! encode one lecture at once. Rows belong to one attempt of one video; a newer attempt
+//! writes its own, and every write is fenced by the attempt number.
+
+use serde::{Deserialize, Serialize};
+
+use super::state;
+use crate::db::{Db, DbResult, Tx};
+use crate::now_ms;
+
+crate::text_enum! {
+    /// What a chunk task encodes.
+    pub enum ChunkKind {
+        /// A range of frames of every video rung.
+        Video => "video",
+        /// The whole source's sound, once (AAC priming makes chunked audio click at joins).
+        Audio => "audio",
+    }
+}
+
+crate::text_enum! {
+    /// Where a chunk task is.
+    pub enum ChunkState {
+        /// Waiting for a worker (or for another try).
+        Queued => "queued",
+        /// A worker encodes it.
+        Running => "running",
+        /// Encoded and stored; `result` says what it produced.
+        Done => "done",
+    }
+}
+
+/// A row of `chunks`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Chunk {
+    /// The video.
+    pub video_id: String,
+    /// The attempt that planned it.
+    pub attempt: i64,
+    /// Position: video chunks 0…n−1 in media order, the audio task last.
+    pub idx: i64,
+    /// Video range or the whole audio.
+    pub kind: ChunkKind,
+    /// First output frame (video chunks).
+    pub start_frame: i64,
+    /// Output frames, or `None` to the end of the source.
+    pub frames: Option<i64>,
+    /// Share of the attempt's work, for progress over all chunks.
+    pub weight: f64,
+    /// The encoder spec shared by every chunk of the attempt (JSON, the source path left out).
+    pub spec: String,
+    /// Where it is.
+    pub state: ChunkState,
+    /// The worker encoding it.
+    pub worker: Option<String>,
+    /// Tries started.
+    pub tries: i64,
+    /// Fraction done.
+    pub progress: f64,
+    /// What a finished chunk produced (JSON, see the transcoder's stitch step).
+    pub result: Option<String>,
+}
+
+/// A chunk task as planned.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Planned {
+    /// Position (video chunks first, in media order; the audio task last).
+    pub idx: i64,
+    /// Video range or the whole audio.
+    pub kind: ChunkKind,
+    /// First output frame.
+    pub start_frame: i64,
+    /// Output frames, or `None` to the end.
+    pub frames: Option<i64>,
+    /// Share of the work.
+    pub weight: f64,
+}
+
+const COLS: &str =
+    "video_id, attempt, idx, kind, start_frame, frames, weight, spec, state, worker, \
+    tries, progress, result";
+
+/// Records the chunk tasks of an attempt that is still processing; false when the attempt
+/// was superseded meanwhile (then nothing is written).
+pub async fn plan(
+    db: &Db,
+    video: &str,
+    attempt: i64,
+    spec: &str,
+    chunks: &[Planned],
+) -> DbResult<bool> {
+    let mut tx = db.begin().await?;
+    let (current,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM videos WHERE id = $1 AND attempts = $2 AND state = $3",
+    )
+    .bind(video)
+    .bind(attempt)
+    .bind(state::PROCESSING)
+    .fetch_one(&mut *tx)
+    .await?;
+    if current == 0 {
+        return Ok(false);
+    }
+    let now = now_ms();
+    for c in chunks {
+        sqlx::query(
+            "INSERT INTO chunks (video_id, attempt, idx, kind, start_frame, frames, weight, spec, state, \
+             tries, progress, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, 0.0, $10)",
+        )
+        .bind(video)
+        .bind(attempt)
+        .bind(c.idx)
+        .bind(c.kind)
+        .bind(c.start_frame)
+        .bind(c.frames)
+        .bind(c.weight)
+        .bind(spec)
+        .bind(ChunkState::Queued)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Every chunk of an attempt, in order.
+pub async fn of_attempt(db: &Db, video: &str, attempt: i64) -> DbResult<Vec<Chunk>> {
+    Ok(sqlx::query_as::<_, Chunk>(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLS} FROM chunks WHERE video_id = $1 AND attempt = $2 ORDER BY idx"
+    )))
+    .bind(video)
+    .bind(attempt)
+    .fetch_all(&db.pool)
+    .await?)
+}
+
+/// Takes a chunk for `worker`, if its attempt is still the video's current one and it is not
+/// done: a chunk whose worker died is taken again, and only that chunk runs twice.
+pub async fn start(
+    db: &Db,
+    video: &str,
+    attempt: i64,
+    idx: i64,
+    worker: &str,
+) -> DbResult<Option<Chunk>> {
+    let res = sqlx::query(
+        "UPDATE chunks SET state = $1, worker = $2, tries = tries + 1, progress = 0.0, updated_at = $3 \
+         WHERE video_id = $4 AND attempt = $5 AND idx = $6 AND state <> $7 \
+         AND EXISTS (SELECT 1 FROM videos v WHERE v.id = $4 AND v.attempts = $5 AND v.state = $8)",
+    )
+    .bind(ChunkState::Running)
+    .bind(worker)
+    .bind(now_ms())
+    .bind(video)
+    .bind(attempt)
+    .bind(idx)
+    .bind(ChunkState::Done)
+    .bind(state::PROCESSING)
+    .execute(&db.pool)
+    .await?;
+    if res.rows_affected() == 0 {
+        return Ok(None);
+    }
+    Ok(sqlx::query_as::<_, Chunk>(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLS} FROM chunks WHERE video_id = $1 AND attempt = $2 AND idx = $3"
+    )))
+    .bind(video)
+    .bind(attempt)
+    .bind(idx)
+    .fetch_optional(&db.pool)
+    .await?)
+}
+
+/// Records a running chunk's progress, and the video's as the weighted mean over its chunks.
+pub async fn set_progress(
+    db: &Db,
+    video: &str,
+    attempt: i64,
+    idx: i64,
+    progress: f64,
+    fps: f64,
+) -> DbResult<()> {
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE chunks SET progress = $1, updated_at = $2 WHERE video_id = $3 AND attempt = $4 AND idx = $5 AND state = $6",
+    )
+    .bind(progress.clamp(0.0, 1.0))
+    .bind(now)
+    .bind(video)
+    .bind(attempt)
+    .bind(idx)
+    .bind(ChunkState::Running)
+    .execute(&db.pool)
+    .await?;
+    sync_video_progress(db, video, attempt, Some(fps)).await
+}
+
+/// Sets the video's progress to the weighted mean of its chunks' (at most 0.99 until it is
+/// published), and its encode speed when one is given.
+async fn sync_video_progress(db: &Db, video: &str, attempt: i64, fps: Option<f64>) -> DbResult<()> {
+    let (done,): (Option<f64>,) = sqlx::query_as(
+        "SELECT SUM(CASE WHEN state = $1 THEN weight ELSE weight * progress END) / SUM(weight) \
+         FROM chunks WHERE video_id = $2 AND attempt = $3",
+    )
+    .bind(ChunkState::Done)
+    .bind(video)
+    .bind(attempt)
+    .fetch_one(&db.pool)
+    .await?;
+    sqlx::query(
+        "UPDATE videos SET progress = $1, encode_fps = COALESCE($2, encode_fps), updated_at = $3 \
+         WHERE id = $4 AND attempts = $5 AND state = $6",
+    )
+    .bind(done.unwrap_or(0.0).clamp(0.0, 0.99))
+    .bind(fps)
+    .bind(now_ms())
+    .bind(video)
+    .bind(attempt)
+    .bind(state::PROCESSING)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Records a finished chunk and what it produced; returns whether every chunk of the attempt
+/// is now done (the caller then stitches). False as well when the chunk was not running here.
+pub async fn finish(
+    db: &Db,
+    video: &str,
+    attempt: i64,
+    idx: i64,
+    worker: &str,
+    result: &str,
+) -> DbResult<bool> {
+    let res = sqlx::query(
+        "UPDATE chunks SET state = $1, progress = 1.0, result = $2, updated_at = $3 \
+         WHERE video_id = $4 AND attempt = $5 AND idx = $6 AND state = $7 AND worker = $8",
+    )
+    .bind(ChunkState::Done)
+    .bind(result)
+    .bind(now_ms())
+    .bind(video)
+    .bind(attempt)
+    .bind(idx)
+    .bind(ChunkState::Running)
+    .bind(worker)
+    .execute(&db.pool)
+    .await?;
+    if res.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sync_video_progress(db, video, attempt, None).await?;
+    let (left,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM chunks WHERE video_id = $1 AND attempt = $2 AND state <> $3",
+    )
+    .bind(video)
+    .bind(attempt)
+    .bind(ChunkState::Done)
+    .fetch_one(&db.pool)
+    .await?;
+    Ok(left == 0)
+}
+
+/// Hands a chunk back to the queue after a transient fault (the queue retries its task).
+pub async fn requeue(db: &Db, video: &str, attempt: i64, idx: i64) -> DbResult<()> {
+    sqlx::query(
+        "UPDATE chunks SET state = $1, worker = NULL, progress = 0.0, updated_at = $2 \
+         WHERE video_id = $3 AND attempt = $4 AND idx = $5 AND state = $6",
+    )
+    .bind(ChunkState::Queued)
+    .bind(now_ms())
+    .bind(video)
+    .bind(attempt)
+    .bind(idx)
+    .bind(ChunkState::Running)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// A video's chunk counts for the status API and the job list.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Counts {
+    /// Chunk tasks of the current attempt (video chunks and the audio task).
+    pub total: i64,
+    /// Those finished.
+    pub done: i64,
+    /// Those being encoded now.
+    pub running: i64,
+    /// Workers encoding one of them now.
+    pub workers: Vec<String>,
+}
+
+/// The chunk counts of a video's current attempt; `None` when it is not encoded in chunks.
+pub async fn counts(db: &Db, video: &str, attempt: i64) -> DbResult<Option<Counts>> {
+    let rows: Vec<(ChunkState, Option<String>)> =
+        sqlx::query_as("SELECT state, worker FROM chunks WHERE video_id = $1 AND attempt = $2")
+            .bind(video)
+            .bind(attempt)
+            .fetch_all(&db.pool)
+            .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut workers: Vec<String> = rows
+        .iter()
+        .filter(|(s, _)| *s == ChunkState::Running)
+        .filter_map(|(_, w)| w.clone())
+        .collect();
+    workers.sort();
+    workers.dedup();
+    Ok(Some(Counts {
+        total: rows.len() as i64,
+        done: rows.iter().filter(|(s, _)| *s == ChunkState::Done).count() as i64,
+        running: rows
+            .iter()
+            .filter(|(s, _)| *s == ChunkState::Running)
+            .count() as i64,
+        workers,
+    }))
+}
+
+/// Removes a video's chunk rows of attempts before `attempt` (and all of them with `None`).
+pub async fn forget(db: &Db, video: &str, before: Option<i64>) -> DbResult<()> {
+    sqlx::query("DELETE FROM chunks WHERE video_id = $1 AND attempt < $2")
+        .bind(video)
+        .bind(before.unwrap_or(i64::MAX))
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+/// Removes every chunk row of a video inside a step that spans tables.
+pub async fn delete_all(tx: &mut Tx, video: &str) -> DbResult<()> {
+    sqlx::query("DELETE FROM chunks WHERE video_id = $1")
+        .bind(video)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

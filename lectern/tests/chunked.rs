@@ -1,0 +1,325 @@
+//! Chunked transcoding (issue 13) against the real binary: a long source cut into chunks that
+//! two worker slots encode at once, stitched, and compared with a single-pass encode of the
+//! same source: segment layout, continuous timestamps, a clean decode, and quality.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{fetch, join, lecture_clip, media_cache, walk_media, Db, Opts, Rendition, TestApp};
+use lectern_core::auth::Role;
+use serde_json::Value;
+
+/// A small, fast ladder; `threshold` 0 turns chunking off.
+fn ladder(dir: &Path, name: &str, threshold: f64, chunk_s: u32) -> String {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "segment_duration_s = 6\nkeyframe_interval_s = 2\nx264_preset = \"veryfast\"\n\
+             maxrate_factor = 1.07\nbufsize_factor = 1.5\nfallback_fps = 30\n\
+             chunk_threshold_s = {threshold:.1}\nchunk_s = {chunk_s}\n\
+             [audio]\nbitrate = 64000\nchannels = 2\nrate = 48000\n\
+             [[rungs]]\nname = \"180p\"\nshort_side = 180\nvideo_bitrate = 300000\n\
+             [[rungs]]\nname = \"120p\"\nshort_side = 120\nvideo_bitrate = 150000\n"
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// A 3-minute source with sound, small enough to encode twice in seconds.
+fn three_minutes() -> std::path::PathBuf {
+    lecture_clip(
+        &media_cache(),
+        "lecture-180s-320x180.mp4",
+        180,
+        "320x180",
+        30,
+    )
+}
+
+/// The master's renditions, video variants first (by URI), then the audio.
+async fn renditions(app: &TestApp, token: &str, id: &str) -> Vec<(String, Rendition)> {
+    let pb = app.playback(token, id).await;
+    let url = pb["url"].as_str().expect("a playback URL").to_string();
+    let (s, _, body) = fetch(app, &url).await;
+    assert_eq!(s, 200);
+    let master = m3u8_rs::parse_master_playlist_res(&body).unwrap();
+    let mut uris: Vec<String> = master.variants.iter().map(|v| v.uri.clone()).collect();
+    uris.sort();
+    uris.extend(master.alternatives.iter().filter_map(|a| a.uri.clone()));
+    let mut out = Vec::new();
+    for uri in uris {
+        let name = uri
+            .split('?')
+            .next()
+            .unwrap()
+            .rsplit('/')
+            .nth(1)
+            .unwrap()
+            .to_string();
+        out.push((name, walk_media(app, &join(&url, &uri)).await));
+    }
+    out
+}
+
+/// Packet (dts, duration) of a file's one stream, in its time base (ffprobe gives the first
+/// AAC packet, the encoder's priming, no duration).
+fn packets(file: &Path) -> Vec<(i64, Option<i64>)> {
+    let o = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "packet=dts,duration",
+            "-of",
+            "json",
+        ])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["packets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let dts = p["dts"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("packet without dts: {p}"));
+            (dts, p["duration"].as_i64())
+        })
+        .collect()
+}
+
+/// Average PSNR (dB) of `file`'s picture against the source.
+fn psnr(file: &Path, source: &Path) -> f64 {
+    let o = Command::new("ffmpeg")
+        .args(["-v", "info", "-nostats", "-i"])
+        .arg(file)
+        .arg("-i")
+        .arg(source)
+        .args([
+            "-lavfi",
+            "[1:v]scale=320:180[r];[0:v][r]psnr",
+            "-f",
+            "null",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let at = err.rfind("average:").expect("a PSNR line") + "average:".len();
+    err[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_chunked_encode_is_a_single_pass_to_players_and_validators() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = three_minutes();
+    let chunked = Opts::new(Db::Sqlite)
+        .env(
+            "LECTERN_PIPELINE",
+            &ladder(dir.path(), "chunked.toml", 60.0, 30),
+        )
+        .env("LECTERN_WORKERS", "2")
+        .spawn();
+    let token = chunked.token(Role::Instructor, "org-chunks");
+    let admin = chunked.token(Role::Admin, "org-chunks");
+    let id = chunked.upload(&token, &source, 1).await;
+
+    // While it encodes, the status and the job list show the chunks.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let (mut seen_total, mut most_done, mut most_running, mut job_chunks) = (0, 0, 0, Value::Null);
+    let done = loop {
+        let st = chunked.status(&token, &id).await;
+        if let Some(c) = st.get("chunks") {
+            seen_total = c["total"].as_i64().unwrap();
+            most_done = most_done.max(c["done"].as_i64().unwrap());
+            most_running = most_running.max(c["running"].as_i64().unwrap());
+            assert!(
+                c["workers"].as_array().unwrap().len() <= 1,
+                "one worker process: {c}"
+            );
+            if job_chunks.is_null() {
+                let r = chunked
+                    .http
+                    .get(format!(
+                        "{}/api/v1/admin/jobs?state=processing",
+                        chunked.base
+                    ))
+                    .bearer_auth(&admin)
+                    .send()
+                    .await
+                    .unwrap();
+                let jobs: Value = r.json().await.unwrap();
+                job_chunks = jobs["jobs"][0]["chunks"].clone();
+            }
+        }
+        if st["state"] != "processing" && st["state"] != "queued" {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "stuck: {st}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(done["state"], "ready", "{done}");
+    // 180 s at 30 fps: chunk 0 is 32 s (the 2 s first segment plus 30 s), then 30 s chunks up
+    // to 182 s, and the audio task.
+    assert_eq!(seen_total, 7, "six video chunks and the audio");
+    assert!(most_done >= 1, "chunks finish one by one");
+    assert_eq!(
+        most_running, 2,
+        "two slots encode chunks of one lecture at once"
+    );
+    assert_eq!(
+        job_chunks["total"], 7,
+        "the job list shows the chunks: {job_chunks}"
+    );
+
+    let single = Opts::new(Db::Sqlite)
+        .env(
+            "LECTERN_PIPELINE",
+            &ladder(dir.path(), "single.toml", 0.0, 30),
+        )
+        .spawn();
+    let stoken = single.token(Role::Instructor, "org-single");
+    let sid = single.upload(&stoken, &source, 1).await;
+    let (st, _) = single.wait_done(&stoken, &sid).await;
+    assert_eq!(st["state"], "ready", "{st}");
+    assert!(
+        st.get("chunks").is_none(),
+        "a single pass has no chunks: {st}"
+    );
+
+    let a = renditions(&chunked, &token, &id).await;
+    let b = renditions(&single, &stoken, &sid).await;
+    assert_eq!(a.len(), 3, "two rungs and the audio");
+    for ((name, c), (sname, s)) in a.iter().zip(&b) {
+        assert_eq!(name, sname);
+        assert_eq!(c.segments, s.segments, "{name}: same segment count");
+        for (i, (x, y)) in c.durations.iter().zip(&s.durations).enumerate() {
+            assert!(
+                (x - y).abs() < 0.001,
+                "{name} segment {i}: {x} s chunked, {y} s single pass"
+            );
+        }
+        let file = dir.path().join(format!("{name}.mp4"));
+        std::fs::write(&file, &c.bytes).unwrap();
+        // Continuous decode times: each packet starts where the one before ended.
+        let p = packets(&file);
+        assert!(p.len() > 100, "{name}: {} packets", p.len());
+        for (i, w) in p.windows(2).enumerate() {
+            let dur = w[0].1.unwrap_or_else(|| {
+                assert_eq!(
+                    i, 0,
+                    "{name}: a packet without a duration at dts {}",
+                    w[0].0
+                );
+                w[1].0 - w[0].0
+            });
+            assert_eq!(
+                w[1].0,
+                w[0].0 + dur,
+                "{name}: a gap or overlap at dts {}",
+                w[0].0
+            );
+        }
+        let o = Command::new("ffmpeg")
+            .args(["-v", "error", "-xerror", "-i"])
+            .arg(&file)
+            .args(["-f", "null", "-"])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success() && o.stderr.is_empty(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if name == "180p" {
+            let sfile = dir.path().join("single-180p.mp4");
+            std::fs::write(&sfile, &s.bytes).unwrap();
+            let (pc, ps) = (psnr(&file, &source), psnr(&sfile, &source));
+            eprintln!("180p PSNR: {pc:.3} dB chunked, {ps:.3} dB single pass");
+            assert!(
+                (pc - ps).abs() <= 0.1,
+                "PSNR {pc:.2} dB chunked, {ps:.2} dB single pass"
+            );
+        }
+    }
+}
+
+/// (idx, worker, state, tries) of every chunk of a video, from the database.
+async fn chunk_rows(url: &str, video: &str) -> Vec<(i64, Option<String>, String, i64)> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query_as("SELECT idx, worker, state, tries FROM chunks WHERE video_id = $1 ORDER BY idx")
+        .bind(video)
+        .fetch_all(&mut c)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_killed_worker_process_costs_only_its_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = three_minutes();
+    let l = ladder(dir.path(), "chunked.toml", 60.0, 30);
+    let api = Opts::new(Db::Postgres)
+        .roles("api,ingest,origin")
+        .env("LECTERN_PIPELINE", &l)
+        .spawn();
+    let db = api.database_url().unwrap();
+    let mut w1 = api.peer_with(
+        "worker",
+        &[("LECTERN_WORKERS", "1"), ("LECTERN_PIPELINE", &l)],
+    );
+    let _w2 = api.peer_with(
+        "worker",
+        &[("LECTERN_WORKERS", "1"), ("LECTERN_PIPELINE", &l)],
+    );
+    let name1 = format!("/{}", w1.pid());
+    let token = api.token(Role::Instructor, "org-kill");
+    let id = api.upload(&token, &source, 1).await;
+    // Kill -9 the first worker process while it encodes a chunk.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let victim = loop {
+        let rows = chunk_rows(&db, &id).await;
+        let on1 = rows
+            .iter()
+            .find(|r| r.2 == "running" && r.1.as_deref().is_some_and(|w| w.ends_with(&name1)));
+        if let Some(r) = on1 {
+            break r.0;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker 1 never took a chunk: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w1.kill9();
+    let (st, _) = api.wait_done(&token, &id).await;
+    assert_eq!(st["state"], "ready", "{st}");
+    let rows = chunk_rows(&db, &id).await;
+    assert_eq!(rows.len(), 7, "{rows:?}");
+    for (idx, _, state, tries) in &rows {
+        assert_eq!(state, "done");
+        let want = if *idx == victim { 2 } else { 1 };
+        assert_eq!(
+            *tries, want,
+            "chunk {idx} ran {tries} times (victim {victim}): {rows:?}"
+        );
+    }
+    let r = renditions(&api, &token, &id).await;
+    assert_eq!(r[0].1.segments, 31, "180 s in a 2 s segment and 6 s ones");
+}
