@@ -213,38 +213,8 @@ async fn a_chunked_encode_is_a_single_pass_to_players_and_validators() {
                 "{name} segment {i}: {x} s chunked, {y} s single pass"
             );
         }
+        assert_clean(dir.path(), name, c);
         let file = dir.path().join(format!("{name}.mp4"));
-        std::fs::write(&file, &c.bytes).unwrap();
-        // Continuous decode times: each packet starts where the one before ended.
-        let p = packets(&file);
-        assert!(p.len() > 100, "{name}: {} packets", p.len());
-        for (i, w) in p.windows(2).enumerate() {
-            let dur = w[0].1.unwrap_or_else(|| {
-                assert_eq!(
-                    i, 0,
-                    "{name}: a packet without a duration at dts {}",
-                    w[0].0
-                );
-                w[1].0 - w[0].0
-            });
-            assert_eq!(
-                w[1].0,
-                w[0].0 + dur,
-                "{name}: a gap or overlap at dts {}",
-                w[0].0
-            );
-        }
-        let o = Command::new("ffmpeg")
-            .args(["-v", "error", "-xerror", "-i"])
-            .arg(&file)
-            .args(["-f", "null", "-"])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success() && o.stderr.is_empty(),
-            "{name}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
         if name == "180p" {
             let sfile = dir.path().join("single-180p.mp4");
             std::fs::write(&sfile, &s.bytes).unwrap();
@@ -322,4 +292,145 @@ async fn a_killed_worker_process_costs_only_its_chunk() {
     }
     let r = renditions(&api, &token, &id).await;
     assert_eq!(r[0].1.segments, 31, "180 s in a 2 s segment and 6 s ones");
+}
+
+/// A 60 s 320×180 source made by ffmpeg with `video_args` (and a tone unless `silent`),
+/// cached between runs.
+fn source_60s(name: &str, video_args: &[&str], silent: bool) -> std::path::PathBuf {
+    let out = media_cache().join(name);
+    if out.exists() {
+        return out;
+    }
+    let part = media_cache().join(format!("{}.part.mp4", lectern_core::new_id()));
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=duration=60:size=320x180:rate=30");
+    if !silent {
+        cmd.args([
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=60:sample_rate=48000",
+        ]);
+        cmd.args(["-c:a", "aac", "-b:a", "96k"]);
+    }
+    cmd.args(video_args)
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args(["-movflags", "+faststart"])
+        .arg(&part);
+    let o = cmd
+        .output()
+        .expect("ffmpeg is installed by scripts/test.sh");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::rename(&part, &out).unwrap();
+    out
+}
+
+/// Checks a stitched rendition: continuous decode times and a clean decode.
+fn assert_clean(dir: &Path, what: &str, r: &Rendition) {
+    let file = dir.join(format!("{}.mp4", what.replace(' ', "-")));
+    std::fs::write(&file, &r.bytes).unwrap();
+    let p = packets(&file);
+    for (i, w) in p.windows(2).enumerate() {
+        let dur = w[0].1.unwrap_or_else(|| {
+            assert_eq!(
+                i, 0,
+                "{what}: a packet without a duration at dts {}",
+                w[0].0
+            );
+            w[1].0 - w[0].0
+        });
+        assert_eq!(
+            w[1].0,
+            w[0].0 + dur,
+            "{what}: a gap or overlap at dts {}",
+            w[0].0
+        );
+    }
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-xerror", "-i"])
+        .arg(&file)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "{what}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[tokio::test]
+async fn variable_rate_long_gop_and_silent_sources_chunk_correctly() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = [
+        // Seven of every ten frames kept at their own times: a variable frame rate.
+        (
+            "variable frame rate",
+            source_60s(
+                "vfr-60s-320x180.mp4",
+                &["-vf", "select='lt(mod(n\\,10)\\,7)'", "-fps_mode", "vfr"],
+                false,
+            ),
+            true,
+        ),
+        // A keyframe every 10 s: a chunk decodes up to 10 s before its first frame.
+        (
+            "long GOP",
+            source_60s(
+                "gop10-60s-320x180.mp4",
+                &["-g", "300", "-keyint_min", "300", "-sc_threshold", "0"],
+                false,
+            ),
+            true,
+        ),
+        (
+            "no audio",
+            source_60s("silent-60s-320x180.mp4", &[], true),
+            false,
+        ),
+    ];
+    let app = Opts::new(Db::Sqlite)
+        .env(
+            "LECTERN_PIPELINE",
+            &ladder(dir.path(), "chunked.toml", 20.0, 12),
+        )
+        .env("LECTERN_WORKERS", "2")
+        .spawn();
+    let token = app.token(Role::Instructor, "org-sources");
+    for (what, source, audio) in &sources {
+        let id = app.upload(&token, source, 1).await;
+        let mut total = 0;
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let st = loop {
+            let st = app.status(&token, &id).await;
+            if let Some(t) = st["chunks"]["total"].as_i64() {
+                total = t;
+            }
+            if st["state"] != "processing" && st["state"] != "queued" {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "{what}: stuck: {st}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(st["state"], "ready", "{what}: {st}");
+        // 60 s: chunks start at 0, 14, 26, 38 and 50 s; and the audio task when there is sound.
+        assert_eq!(total, if *audio { 6 } else { 5 }, "{what}");
+        let r = renditions(&app, &token, &id).await;
+        assert_eq!(r.len(), if *audio { 3 } else { 2 }, "{what}");
+        for (name, rendition) in &r {
+            assert_eq!(
+                rendition.segments, 11,
+                "{what} {name}: a 2 s segment and ten of 6 s or less"
+            );
+            assert_clean(dir.path(), &format!("{what} {name}"), rendition);
+        }
+    }
 }

@@ -90,19 +90,22 @@ pub async fn plan(
     spec: &str,
     chunks: &[Planned],
 ) -> DbResult<bool> {
+    let now = now_ms();
     let mut tx = db.begin().await?;
-    let (current,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM videos WHERE id = $1 AND attempts = $2 AND state = $3",
+    // A write first: on SQLite a transaction that reads before it writes cannot wait for
+    // another writer (it fails with "database is locked" at once).
+    let current = sqlx::query(
+        "UPDATE videos SET updated_at = $1 WHERE id = $2 AND attempts = $3 AND state = $4",
     )
+    .bind(now)
     .bind(video)
     .bind(attempt)
     .bind(state::PROCESSING)
-    .fetch_one(&mut *tx)
+    .execute(&mut *tx)
     .await?;
-    if current == 0 {
+    if current.rows_affected() == 0 {
         return Ok(false);
     }
-    let now = now_ms();
     for c in chunks {
         sqlx::query(
             "INSERT INTO chunks (video_id, attempt, idx, kind, start_frame, frames, weight, spec, state, \
