@@ -182,6 +182,51 @@ pub async fn tus_upload(
         .to_string())
 }
 
+/// A 1080p30 source of `secs` seconds with a tone, made once under `work`: `lecture` (a slide
+/// held 10 s at a time with a noisy webcam inset) or anything else for high motion with grain.
+pub fn lecture_source(work: &Path, kind: &str, secs: u32) -> anyhow::Result<PathBuf> {
+    let src = work.join(format!("{kind}-1080p30-{secs}s.mp4"));
+    if src.exists() {
+        return Ok(src);
+    }
+    let graph = match kind {
+        // A slide held for 10 s at a time (testsrc2's detailed frame, its every 300th, held) with
+        // a 480x270 webcam inset: moving content plus temporal sensor noise, as a talking head
+        // over slides looks to an encoder.
+        "lecture" => format!(
+            "testsrc2=size=1920x1080:rate=30:duration={secs},select='not(mod(n\\,300))',fps=30,\
+             tpad=stop_mode=clone:stop_duration={secs}[slides];\
+             testsrc2=size=480x270:rate=30:duration={secs},noise=alls=10:allf=t[head];\
+             [slides][head]overlay=x=W-w-40:y=H-h-40:shortest=1,format=yuv420p[v]"
+        ),
+        // Every pixel moves and carries grain: a sports clip or a handheld lab camera.
+        _ => format!(
+            "testsrc2=size=1920x1080:rate=30:duration={secs},noise=alls=12:allf=t,format=yuv420p[v]"
+        ),
+    };
+    let tmp = work.join(format!("{kind}.tmp.mp4"));
+    let (sine, secs) = (
+        format!("sine=frequency=440:duration={secs}"),
+        secs.to_string(),
+    );
+    // The source is encoded near-losslessly, so the ladder's cost is the ladder's.
+    let mut cmd = vec![
+        "-v",
+        "error",
+        "-y",
+        "-filter_complex",
+        &graph,
+        "-f",
+        "lavfi",
+    ];
+    cmd.extend(["-i", &sine, "-map", "[v]", "-map", "0:a", "-t", &secs]);
+    cmd.extend("-c:v libx264 -preset fast -crf 16 -c:a aac -b:a 128k".split(' '));
+    cmd.push(tmp.to_str().unwrap_or_default());
+    ffmpeg(&cmd)?;
+    std::fs::rename(&tmp, &src)?;
+    Ok(src)
+}
+
 /// Every job the token can see, by video id (pages through the whole list).
 pub async fn all_jobs(
     http: &reqwest::Client,

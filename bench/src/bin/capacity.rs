@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use lectern_bench::{
-    all_jobs, children_peak_rss_mib, cpu_seconds, ffmpeg, fresh_dir, job_ms as ms, median,
+    all_jobs, children_peak_rss_mib, cpu_seconds, fresh_dir, job_ms as ms, lecture_source, median,
     wait_ready, Server,
 };
 use lectern_core::auth::{Keys, Role};
@@ -78,49 +78,6 @@ fn spawn(args: &Args, dir: &Path, env: &[(&str, String)]) -> anyhow::Result<Serv
     Server::spawn_announcing(cmd)
 }
 
-fn make_source(work: &Path, kind: &str, secs: u32) -> anyhow::Result<PathBuf> {
-    let src = work.join(format!("{kind}-1080p30-{secs}s.mp4"));
-    if src.exists() {
-        return Ok(src);
-    }
-    let graph = match kind {
-        // A slide held for 10 s at a time (testsrc2's detailed frame, its every 300th, held) with
-        // a 480x270 webcam inset: moving content plus temporal sensor noise, as a talking head
-        // over slides looks to an encoder.
-        "lecture" => format!(
-            "testsrc2=size=1920x1080:rate=30:duration={secs},select='not(mod(n\\,300))',fps=30,\
-             tpad=stop_mode=clone:stop_duration={secs}[slides];\
-             testsrc2=size=480x270:rate=30:duration={secs},noise=alls=10:allf=t[head];\
-             [slides][head]overlay=x=W-w-40:y=H-h-40:shortest=1,format=yuv420p[v]"
-        ),
-        // Every pixel moves and carries grain: a sports clip or a handheld lab camera.
-        _ => format!(
-            "testsrc2=size=1920x1080:rate=30:duration={secs},noise=alls=12:allf=t,format=yuv420p[v]"
-        ),
-    };
-    let tmp = work.join(format!("{kind}.tmp.mp4"));
-    let (sine, secs) = (
-        format!("sine=frequency=440:duration={secs}"),
-        secs.to_string(),
-    );
-    // The source is encoded near-losslessly, so the ladder's cost is the ladder's.
-    let mut cmd = vec![
-        "-v",
-        "error",
-        "-y",
-        "-filter_complex",
-        &graph,
-        "-f",
-        "lavfi",
-    ];
-    cmd.extend(["-i", &sine, "-map", "[v]", "-map", "0:a", "-t", &secs]);
-    cmd.extend("-c:v libx264 -preset fast -crf 16 -c:a aac -b:a 128k".split(' '));
-    cmd.push(tmp.to_str().unwrap_or_default());
-    ffmpeg(&cmd)?;
-    std::fs::rename(&tmp, &src)?;
-    Ok(src)
-}
-
 /// One transcode of `src` through the real server with one worker.
 struct Cost {
     wall_s: f64,
@@ -154,7 +111,7 @@ async fn transcode_cost(args: &Args, src: &Path, dir: &Path) -> anyhow::Result<C
 async fn cost(args: &Args, work: &Path) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for kind in ["lecture", "motion"] {
-        let src = make_source(work, kind, args.secs)?;
+        let src = lecture_source(work, kind, args.secs)?;
         let mut runs = Vec::new();
         for run in 0..args.runs {
             let dir = fresh_dir(work, &format!("cost-{kind}-{run}"))?;
