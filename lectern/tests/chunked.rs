@@ -434,3 +434,59 @@ async fn variable_rate_long_gop_and_silent_sources_chunk_correctly() {
         }
     }
 }
+
+#[tokio::test]
+async fn cancel_stops_every_chunk_and_bad_input_fails_the_video_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Opts::new(Db::Sqlite)
+        .env(
+            "LECTERN_PIPELINE",
+            &ladder(dir.path(), "chunked.toml", 60.0, 30),
+        )
+        .env("LECTERN_WORKERS", "2")
+        .spawn();
+    let admin = app.token(Role::Admin, "org-stop");
+    let id = app.upload(&admin, &three_minutes(), 1).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = app.status(&admin, &id).await;
+        if st["chunks"]["running"].as_i64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no chunk ever ran: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = app
+        .http
+        .post(format!("{}/api/v1/admin/jobs/{id}/cancel", app.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Both slots free up within a progress tick: a short clip is done long before the
+    // remaining chunks could have been.
+    let started = Instant::now();
+    let next = app.upload(&admin, &common::clip("clip-360p.mp4"), 1).await;
+    let (done, _) = app.wait_done(&admin, &next).await;
+    assert_eq!(done["state"], "ready");
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
+    let st = app.status(&admin, &id).await;
+    assert_eq!(st["state"], "canceled", "{st}");
+    assert!(st.get("chunks").is_none(), "no chunks once canceled: {st}");
+
+    // A source cut at 60 % that still declares 180 s: the chunks past the cut decode nothing,
+    // and the video fails once, with the input's code.
+    let bytes = std::fs::read(three_minutes()).unwrap();
+    let cut = dir.path().join("cut.mp4");
+    std::fs::write(&cut, &bytes[..bytes.len() * 6 / 10]).unwrap();
+    let id = app.upload(&admin, &cut, 1).await;
+    let (st, _) = app.wait_done(&admin, &id).await;
+    assert_eq!(st["state"], "failed", "{st}");
+    assert_eq!(st["error"]["code"], "corrupt-input", "{st}");
+    assert_eq!(st["attempts"], 1, "bad input is not retried: {st}");
+}
