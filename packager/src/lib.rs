@@ -361,6 +361,13 @@ impl Packager {
         for i in 0..self.tracks.len() {
             self.write_media(i, Some(target)).await?;
         }
+        self.write_live_master().await?;
+        self.playable = true;
+        Ok(true)
+    }
+
+    /// The master of an attempt that is still encoding: the ladder's nominal rates.
+    async fn write_live_master(&self) -> Result<(), PackError> {
         let (master, _) = master_playlist(&self.tracks, true);
         self.store
             .put_bytes(
@@ -368,8 +375,7 @@ impl Packager {
                 master.into(),
             )
             .await?;
-        self.playable = true;
-        Ok(true)
+        Ok(())
     }
 
     async fn write_media(&self, track: usize, live_target: Option<u64>) -> Result<(), PackError> {
@@ -411,6 +417,40 @@ impl Packager {
         tracks: Vec<Track>,
         segments: Vec<Vec<(String, f32, u64)>>,
     ) -> Result<Vec<RenditionInfo>, PackError> {
+        Packager::with_segments(store, prefix, tracks, segments)?
+            .finish()
+            .await
+    }
+
+    /// Writes the `EVENT` media playlists of a chunked attempt over the segments finished so
+    /// far (per track, in order), and the live master (nominal rates) when `master` is set:
+    /// the step that makes the attempt playable writes it once.
+    pub async fn write_live(
+        store: Arc<dyn ObjectStore>,
+        prefix: impl Into<String>,
+        tracks: Vec<Track>,
+        segments: Vec<Vec<(String, f32, u64)>>,
+        target_duration_s: u32,
+        master: bool,
+    ) -> Result<(), PackError> {
+        let p = Packager::with_segments(store, prefix, tracks, segments)?.live(target_duration_s);
+        p.check_complete()?;
+        for i in 0..p.tracks.len() {
+            p.write_media(i, p.live).await?;
+        }
+        if master {
+            p.write_live_master().await?;
+        }
+        Ok(())
+    }
+
+    /// A packager over segments already stored (by a chunked attempt's tasks).
+    fn with_segments(
+        store: Arc<dyn ObjectStore>,
+        prefix: impl Into<String>,
+        tracks: Vec<Track>,
+        segments: Vec<Vec<(String, f32, u64)>>,
+    ) -> Result<Self, PackError> {
         if tracks.len() != segments.len() {
             return Err(PackError::Invalid(
                 "a segment list per track is needed".into(),
@@ -421,7 +461,7 @@ impl Packager {
             t.has_init = true;
             t.segments = segs;
         }
-        p.finish().await
+        Ok(p)
     }
 
     fn check_complete(&self) -> Result<(), PackError> {

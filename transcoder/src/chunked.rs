@@ -1,23 +1,27 @@
 //! Chunked transcoding: a long source becomes video chunks (a whole number of segments each,
-//! on the ladder's keyframe grid) and one audio task, each its own queue task, so every free
-//! worker encodes part of one lecture at once. A chunk seeks the source to its first frame,
-//! encodes exactly its frames on every rung, and its packager renumbers and retimes the
-//! segments to where they sit in the whole; the worker that finishes the last task stitches
-//! the playlists (checking that every chunk made the same init segment) and publishes.
+//! on the ladder's keyframe grid), each its own queue task, so every free worker encodes part
+//! of one lecture at once. A chunk seeks the source to its first frame, encodes exactly its
+//! frames on every rung, and its packager renumbers and retimes the segments to where they sit
+//! in the whole. The first chunk also encodes the whole source's sound, once, in a second
+//! encoder process beside its pictures (AAC cut at joins would click), and publishes live
+//! playlists as it goes, so a chunked lecture is playable as soon as a single pass would be.
+//! After that the live playlists grow over the chunks finished without a gap from the first,
+//! and the worker that finishes the last task stitches the VOD playlists (checking that every
+//! chunk made the same init segment) and publishes.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use lectern_core::ladder::{Ladder, Rendition};
 use lectern_core::queue::{ChunkTask, MAX_ATTEMPTS};
-use lectern_core::videos::chunks::{self, Chunk, ChunkKind, Planned};
-use lectern_core::videos::{self, Attempt, Published, Video};
-use lectern_packager::{ChunkTrack, Packager, Placement};
+use lectern_core::videos::chunks::{self, Chunk, ChunkKind, ChunkState, Planned};
+use lectern_core::videos::{self, Attempt, Published, Video, VideoState};
+use lectern_packager::{ChunkTrack, Packager, Placement, Track};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    check_complete, drive_encoder, emit_failed, make_poster, pipeline, publish, source_path,
-    still_wanted, tracks_for, JobError, Report, Reporter, WorkerContext, CRASHES_TO_FAIL,
+    check_complete, drive_encoders, emit_failed, make_poster, pipeline, publish, source_path,
+    still_wanted, tracks_for, Encode, JobError, Report, Reporter, WorkerContext, CRASHES_TO_FAIL,
 };
 
 /// What every chunk task of an attempt shares (stored with each chunk row).
@@ -37,6 +41,17 @@ pub(crate) struct Shared {
     pub per_segment: u32,
     /// Poster time and size.
     pub poster: (f64, u32, u32),
+    /// Whether the first chunk encodes the sound (else an audio task of its own does: rows
+    /// planned before the first chunk took it over).
+    #[serde(default)]
+    pub audio_in_first: bool,
+}
+
+impl Shared {
+    /// The playlists' target duration: the ladder's segment length.
+    fn segment_s(&self) -> u32 {
+        self.per_segment.max(1) * self.spec.fragment_s.max(1)
+    }
 }
 
 /// What a finished chunk task reports (the chunk row's `result`).
@@ -52,7 +67,7 @@ struct ChunkOutput {
 
 /// The chunk tasks for a source, or `None` when it is short enough for one task: video chunks
 /// on the segment grid (the first adds the short first segment, so every later chunk starts
-/// a segment) and the audio task last. A last chunk under a quarter of a chunk joins the one
+/// a segment, and carries the sound). A last chunk under a quarter of a chunk joins the one
 /// before.
 pub(crate) fn plan(
     ladder: &Ladder,
@@ -82,32 +97,28 @@ pub(crate) fn plan(
         return None;
     }
     let n = starts.len();
-    let mut out: Vec<Planned> = (0..n)
-        .map(|i| {
-            let frames = (i + 1 < n).then(|| starts[i + 1] - starts[i]);
-            Planned {
-                idx: i as i64,
-                kind: ChunkKind::Video,
-                start_frame: starts[i],
-                frames,
-                weight: frames.unwrap_or(total - starts[i]).max(1) as f64,
-            }
-        })
-        .collect();
-    if audio {
-        // AAC costs a few percent of the video ladder.
-        out.push(Planned {
-            idx: n as i64,
-            kind: ChunkKind::Audio,
-            start_frame: 0,
-            frames: None,
-            weight: (total as f64 * 0.02).max(1.0),
-        });
-    }
-    Some(out)
+    Some(
+        (0..n)
+            .map(|i| {
+                let frames = (i + 1 < n).then(|| starts[i + 1] - starts[i]);
+                let mut weight = frames.unwrap_or(total - starts[i]).max(1) as f64;
+                if i == 0 && audio {
+                    // AAC of the whole source costs a few percent of the video ladder.
+                    weight += total as f64 * 0.02;
+                }
+                Planned {
+                    idx: i as i64,
+                    kind: ChunkKind::Video,
+                    start_frame: starts[i],
+                    frames,
+                    weight,
+                }
+            })
+            .collect(),
+    )
 }
 
-/// Records an attempt's chunk tasks and queues them: chunk 0 and the audio first.
+/// Records an attempt's chunk tasks and queues them, chunk 0 first.
 pub(crate) async fn begin(
     ctx: &WorkerContext,
     v: &Video,
@@ -144,10 +155,17 @@ pub(crate) async fn run_chunk(
     video_id: &str,
     task: ChunkTask,
 ) -> Result<(), JobError> {
-    let Some(chunk) = chunks::start(&ctx.db, video_id, task.attempt, task.idx, &ctx.name).await?
-    else {
-        tracing::info!(video = %video_id, attempt = task.attempt, chunk = task.idx, "chunk no longer wanted; skipping");
-        return Ok(());
+    let taken = match chunks::start(&ctx.db, video_id, task.attempt, task.idx, &ctx.name).await {
+        Ok(taken) => taken,
+        Err(e) => {
+            tracing::warn!(video = %video_id, chunk = task.idx, error = %e, "chunk not taken; the queue retries it");
+            // The queue retries at once; a database that is briefly away needs a moment.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            return Err(e.into());
+        }
+    };
+    let Some(chunk) = taken else {
+        return restitch(ctx, video_id, task).await;
     };
     let video = videos::get(&ctx.db, video_id)
         .await?
@@ -168,6 +186,9 @@ pub(crate) async fn run_chunk(
             metrics::counter!("lectern_transcode_chunks_total", "outcome" => "done").increment(1);
             if chunks::finish(&ctx.db, video_id, task.attempt, idx, &ctx.name, &json).await? {
                 stitch(ctx, &video, &attempt, &shared).await?;
+            } else if let Err(e) = grow_live(ctx, &attempt, &shared).await {
+                // The chunk is kept; the next chunk to finish grows the playlists over it.
+                tracing::warn!(video = %video_id, chunk = idx, error = %e, "live playlists not grown");
             }
             Ok(())
         }
@@ -208,6 +229,34 @@ pub(crate) async fn run_chunk(
     }
 }
 
+/// A task for a chunk that is done, or of an attempt no longer processing. When every chunk
+/// is done and the attempt still processes, the stitch after the last one failed (its task
+/// is the one retried here), so this runs it again; otherwise there is nothing to do.
+async fn restitch(ctx: &WorkerContext, video_id: &str, task: ChunkTask) -> Result<(), JobError> {
+    let video = videos::get(&ctx.db, video_id).await?;
+    let current = video
+        .as_ref()
+        .is_some_and(|v| v.state == VideoState::Processing && v.attempts == task.attempt);
+    let rows = if current {
+        chunks::of_attempt(&ctx.db, video_id, task.attempt).await?
+    } else {
+        Vec::new()
+    };
+    match (video, rows.first()) {
+        (Some(video), Some(first)) if rows.iter().all(|c| c.state == ChunkState::Done) => {
+            let shared: Shared = serde_json::from_str(&first.spec)
+                .map_err(|e| JobError::retry(format!("unreadable chunk spec: {e}")))?;
+            tracing::info!(video = %video_id, attempt = task.attempt, chunk = task.idx, "every chunk is done but the video is not published; stitching again");
+            let attempt = Attempt::resume(&ctx.db, video_id, task.attempt);
+            stitch(ctx, &video, &attempt, &shared).await
+        }
+        _ => {
+            tracing::info!(video = %video_id, attempt = task.attempt, chunk = task.idx, "chunk no longer wanted; skipping");
+            Ok(())
+        }
+    }
+}
+
 /// Fails the whole video once (the first chunk to fail it announces it); the other chunks see
 /// it and stop.
 async fn fail(
@@ -241,16 +290,28 @@ async fn encode_chunk(
     let fps = (spec.fps.0.max(1) as u32, spec.fps.1.max(1) as u32);
     let per_segment = shared.per_segment.max(1) as usize;
     let gop = spec.gop_frames.max(1) as u64;
-    let (packager, media_s, poster) = match chunk.kind {
+    let mut live = false;
+    let (mut packager, encodes, poster) = match chunk.kind {
         ChunkKind::Video => {
             let start = chunk.start_frame.max(0) as u64;
             let frames = chunk.frames.map(|f| f.max(1) as u64);
+            let mut sound = None;
+            if start == 0 && shared.audio_in_first {
+                if let Some(audio) = spec.audio {
+                    let mut s = spec.clone();
+                    s.video.clear();
+                    s.range = None;
+                    s.audio = Some(audio);
+                    sound = Some(s);
+                }
+            }
             spec.audio = None;
             spec.range = Some(pipeline::Range {
                 start_frame: start,
                 frames,
             });
-            let tracks = tracks_for(&shared.renditions, fps.0 as f64 / fps.1 as f64, None);
+            let audio = sound.as_ref().and(shared.audio);
+            let tracks = tracks_for(&shared.renditions, fps.0 as f64 / fps.1 as f64, audio);
             let seg_frames = gop * per_segment as u64;
             let first_segment = if start == 0 {
                 1
@@ -258,7 +319,7 @@ async fn encode_chunk(
                 2 + ((start - gop) / seg_frames) as usize
             };
             let grouping = if start == 0 { 1 } else { per_segment };
-            let packager = Packager::new(ctx.store.clone(), shared.prefix.clone(), tracks)
+            let mut packager = Packager::new(ctx.store.clone(), shared.prefix.clone(), tracks)
                 .grouping(grouping, per_segment)
                 .chunk(Placement {
                     first_segment,
@@ -267,6 +328,13 @@ async fn encode_chunk(
                     fps,
                     store_init: start == 0,
                 });
+            // The first chunk makes the attempt playable as it encodes, as a single pass does;
+            // once it is, a second try of that chunk leaves the live playlists alone (they
+            // would shrink) until it is done.
+            if start == 0 && v.live_prefix.is_none() {
+                live = true;
+                packager = packager.live(shared.segment_s());
+            }
             let from_s = spec.frames_ns(start) as f64 / 1e9;
             let media_s = match frames {
                 Some(f) => spec.frames_ns(f) as f64 / 1e9,
@@ -274,7 +342,20 @@ async fn encode_chunk(
             };
             let (at, _, _) = shared.poster;
             let holds_poster = at >= from_s && (frames.is_none() || at < from_s + media_s);
-            (packager, media_s, holds_poster)
+            let rungs = shared.renditions.len();
+            let mut encodes = vec![Encode {
+                spec,
+                track_base: 0,
+                media_s,
+            }];
+            if let Some(spec) = sound {
+                encodes.push(Encode {
+                    spec,
+                    track_base: rungs,
+                    media_s: shared.duration_s,
+                });
+            }
+            (packager, encodes, holds_poster)
         }
         ChunkKind::Audio => {
             spec.video.clear();
@@ -282,19 +363,25 @@ async fn encode_chunk(
             let tracks = tracks_for(&[], 0.0, shared.audio);
             let packager = Packager::new(ctx.store.clone(), shared.prefix.clone(), tracks)
                 .grouping(1, per_segment);
-            (packager, shared.duration_s, false)
+            let encodes = vec![Encode {
+                spec,
+                track_base: 0,
+                media_s: shared.duration_s,
+            }];
+            (packager, encodes, false)
         }
     };
-    let mut packager = packager;
+    let media_s = encodes.iter().map(|e| e.media_s).fold(0.0, f64::max);
+    let chunk_s = encodes[0].media_s;
     let limit = ctx.ladder.attempt_timeout(media_s);
     let mut reporter = ChunkReporter {
         ctx,
         attempt,
         idx: chunk.idx,
-        media_s,
+        live: live.then(|| shared.prefix.clone()),
     };
-    let run = drive_encoder(ctx, spec, &mut packager, limit, &mut reporter);
-    let outcome = match tokio::time::timeout(limit, run).await {
+    let run = drive_encoders(ctx, encodes, &mut packager, limit, &mut reporter);
+    let outcomes = match tokio::time::timeout(limit, run).await {
         Ok(r) => r?,
         Err(_) => {
             return Err(JobError::TimedOut {
@@ -303,8 +390,21 @@ async fn encode_chunk(
             })
         }
     };
-    if chunk.kind == ChunkKind::Video && chunk.frames.is_some() {
-        check_complete(outcome.decoded_s, media_s)?;
+    if chunk.kind == ChunkKind::Video {
+        // A middle chunk must fill its share; the last must reach the declared end, judged as
+        // a single pass judges the whole file. A chunk past a cut decodes nothing at all.
+        let decoded = outcomes[0].decoded_s;
+        let from_s = shared.spec.frames_ns(chunk.start_frame.max(0) as u64) as f64 / 1e9;
+        match chunk.frames {
+            Some(_) => check_complete(decoded, chunk_s)?,
+            None => check_complete(from_s + decoded, shared.duration_s)?,
+        }
+        if decoded <= 0.0 && chunk_s > 0.5 {
+            return Err(JobError::abort(
+                "corrupt-input",
+                format!("The file ends before {from_s:.1} s although it declares {:.1} s; it is truncated. Upload the complete recording again.", shared.duration_s),
+            ));
+        }
     }
     let tracks = packager.finish_chunk().await?;
     let poster_key = if poster {
@@ -320,28 +420,181 @@ async fn encode_chunk(
     })
 }
 
-/// Reports of a chunk: its own progress, and the video's over all chunks.
+/// Reports of a chunk: its own progress, the video's over all chunks, and (the first chunk)
+/// when the attempt became playable.
 struct ChunkReporter<'a> {
     ctx: &'a WorkerContext,
     attempt: &'a Attempt,
     idx: i64,
-    media_s: f64,
+    /// The attempt's prefix when this chunk publishes the live playlists.
+    live: Option<String>,
 }
 
 impl Reporter for ChunkReporter<'_> {
     fn report(&mut self, r: Report) -> futures::future::BoxFuture<'_, Result<(), JobError>> {
         Box::pin(async move {
-            let Report::Progress { pos, fps } = r else {
-                return Ok(());
-            };
-            if self.media_s > 0.0 {
-                let p = (pos / self.media_s).min(0.99);
-                let (video, n) = (self.attempt.video_id(), self.attempt.number());
-                let _ = chunks::set_progress(&self.ctx.db, video, n, self.idx, p, fps).await;
+            match r {
+                Report::Playable => {
+                    if let Some(prefix) = &self.live {
+                        self.attempt.set_live(prefix).await?;
+                        tracing::info!(video = %self.attempt.video_id(), attempt = self.attempt.number(), "playable while encoding (first chunk)");
+                    }
+                    Ok(())
+                }
+                Report::Progress { fraction, fps } => {
+                    let (video, n) = (self.attempt.video_id(), self.attempt.number());
+                    let p = fraction.min(0.99);
+                    let _ = chunks::set_progress(&self.ctx.db, video, n, self.idx, p, fps).await;
+                    still_wanted(self.attempt).await
+                }
             }
-            still_wanted(self.attempt).await
         })
     }
+}
+
+/// What the attempt's finished chunks stored, per track of the whole ladder, in media order.
+struct Gathered {
+    tracks: Vec<Track>,
+    segments: Vec<Vec<(String, f32, u64)>>,
+    posters: Vec<String>,
+    encode_secs: f64,
+}
+
+/// Why chunk outputs do not join.
+enum GatherError {
+    /// A chunk's init segment differs from the first chunk's for this track.
+    Mismatch(String),
+    /// An output that cannot be read or names no known track.
+    Unreadable(String),
+}
+
+/// Gathers the outputs of `rows` (finished chunks, in order).
+fn gather(shared: &Shared, rows: &[&Chunk]) -> Result<Gathered, GatherError> {
+    let fps = shared.spec.fps.0 as f64 / shared.spec.fps.1.max(1) as f64;
+    let mut tracks = tracks_for(&shared.renditions, fps, shared.audio);
+    let mut segments: Vec<Vec<(String, f32, u64)>> = vec![Vec::new(); tracks.len()];
+    let mut digests: Vec<Option<String>> = vec![None; tracks.len()];
+    let (mut posters, mut encode_secs) = (Vec::new(), 0.0);
+    for r in rows {
+        let out: ChunkOutput = r
+            .result
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .ok_or_else(|| {
+                GatherError::Unreadable(format!("chunk {} has no readable result", r.idx))
+            })?;
+        let base = match r.kind {
+            ChunkKind::Video => 0,
+            ChunkKind::Audio => shared.renditions.len(),
+        };
+        for (i, t) in out.tracks.iter().enumerate() {
+            let slot = base + i;
+            if slot >= tracks.len() || tracks[slot].name != t.name {
+                return Err(GatherError::Unreadable(format!(
+                    "chunk output names an unknown track {}",
+                    t.name
+                )));
+            }
+            match &digests[slot] {
+                None => {
+                    digests[slot] = Some(t.init_sha256.clone());
+                    tracks[slot].codec = t.codec.clone();
+                }
+                Some(d) if *d != t.init_sha256 => {
+                    return Err(GatherError::Mismatch(t.name.clone()))
+                }
+                Some(_) => {}
+            }
+            segments[slot].extend(t.segments.iter().cloned());
+        }
+        posters.extend(out.poster_key);
+        encode_secs += out.secs;
+    }
+    Ok(Gathered {
+        tracks,
+        segments,
+        posters,
+        encode_secs,
+    })
+}
+
+/// Grows the live playlists over the video chunks finished without a gap from the first (a
+/// chunk finished out of order waits for those before it), and makes the attempt playable if
+/// the first chunk's own live playlists did not (a retried first chunk).
+async fn grow_live(
+    ctx: &WorkerContext,
+    attempt: &Attempt,
+    shared: &Shared,
+) -> Result<(), JobError> {
+    let video = attempt.video_id();
+    let Some(step) = chunks::begin_playlist_step(&ctx.db, video, attempt.number()).await? else {
+        return Ok(());
+    };
+    // Every way out ends the step itself (see `PlaylistStep::abandon`).
+    let grown = match grow_within(ctx, shared, &step.chunks, step.playable).await {
+        Ok(Some(through)) => {
+            step.commit(video, attempt.number(), through).await?;
+            through
+        }
+        Ok(None) => return Ok(step.abandon().await?),
+        Err(e) => {
+            step.abandon().await?;
+            return Err(e);
+        }
+    };
+    if videos::get(&ctx.db, video)
+        .await?
+        .is_some_and(|v| v.live_prefix.is_none())
+    {
+        attempt.set_live(&shared.prefix).await?;
+    }
+    tracing::info!(video = %video, attempt = attempt.number(), through = grown, "live playlists grown");
+    Ok(())
+}
+
+/// The playlist writes of [`grow_live`] inside its step; the last chunk they now include.
+async fn grow_within(
+    ctx: &WorkerContext,
+    shared: &Shared,
+    all: &[Chunk],
+    playable: bool,
+) -> Result<Option<i64>, JobError> {
+    let run: Vec<&Chunk> = all
+        .iter()
+        .filter(|c| c.kind == ChunkKind::Video)
+        .take_while(|c| c.state == ChunkState::Done)
+        .collect();
+    let Some(through) = run.last().map(|c| c.idx) else {
+        return Ok(None);
+    };
+    if run.iter().all(|c| c.live != 0) {
+        return Ok(None);
+    }
+    // Sound from the first chunk, or from the audio task of rows planned before it took over.
+    let mut rows = run;
+    rows.extend(
+        all.iter()
+            .filter(|c| c.kind == ChunkKind::Audio && c.state == ChunkState::Done),
+    );
+    let g = match gather(shared, &rows) {
+        Ok(g) => g,
+        // The stitch step reports it; until then the playlists stay as they are.
+        Err(GatherError::Mismatch(_) | GatherError::Unreadable(_)) => return Ok(None),
+    };
+    if g.segments.iter().any(|s| s.is_empty()) {
+        // No sound yet (an audio task still running): not playable without it.
+        return Ok(None);
+    }
+    Packager::write_live(
+        ctx.store.clone(),
+        shared.prefix.clone(),
+        g.tracks,
+        g.segments,
+        shared.segment_s(),
+        !playable,
+    )
+    .await?;
+    Ok(Some(through))
 }
 
 /// Writes the playlists of a chunked attempt from its chunks' segments and publishes it.
@@ -355,52 +608,43 @@ async fn stitch(
     shared: &Shared,
 ) -> Result<(), JobError> {
     let started = Instant::now();
-    let rows = chunks::of_attempt(&ctx.db, &v.id, attempt.number()).await?;
-    let mut outs = Vec::new();
-    for r in &rows {
-        let out: ChunkOutput = r
-            .result
-            .as_deref()
-            .and_then(|j| serde_json::from_str(j).ok())
-            .ok_or_else(|| JobError::retry(format!("chunk {} has no readable result", r.idx)))?;
-        outs.push((r.kind, out));
-    }
-    let fps = shared.spec.fps.0 as f64 / shared.spec.fps.1.max(1) as f64;
-    let mut tracks = tracks_for(&shared.renditions, fps, shared.audio);
-    let mut segments: Vec<Vec<(String, f32, u64)>> = vec![Vec::new(); tracks.len()];
-    let mut digests: Vec<Option<String>> = vec![None; tracks.len()];
-    for (kind, out) in &outs {
-        let base = match kind {
-            ChunkKind::Video => 0,
-            ChunkKind::Audio => shared.renditions.len(),
-        };
-        for (i, t) in out.tracks.iter().enumerate() {
-            let slot = base + i;
-            if slot >= tracks.len() || tracks[slot].name != t.name {
-                return Err(JobError::retry(format!(
-                    "chunk output names an unknown track {}",
-                    t.name
-                )));
-            }
-            match &digests[slot] {
-                None => {
-                    digests[slot] = Some(t.init_sha256.clone());
-                    tracks[slot].codec = t.codec.clone();
-                }
-                Some(d) if *d != t.init_sha256 => {
-                    tracing::error!(video = %v.id, track = %t.name, "chunks made different init segments");
-                    return fail(ctx, v, attempt, "chunk-mismatch", "The parts of this video were encoded with different settings and cannot be joined. An admin can retry it; report it if it happens again.".into()).await;
-                }
-                Some(_) => {}
-            }
-            segments[slot].extend(t.segments.iter().cloned());
+    let Some(step) = chunks::begin_playlist_step(&ctx.db, &v.id, attempt.number()).await? else {
+        tracing::info!(video = %v.id, "not stitched: the video was canceled or deleted");
+        return Ok(());
+    };
+    let rows: Vec<&Chunk> = step.chunks.iter().collect();
+    let g = match gather(shared, &rows) {
+        Ok(g) => g,
+        Err(GatherError::Unreadable(why)) => {
+            step.abandon().await?;
+            return Err(JobError::retry(why));
         }
-    }
-    let renditions =
-        Packager::stitch(ctx.store.clone(), shared.prefix.clone(), tracks, segments).await?;
-    let poster_key = outs.iter().find_map(|(_, o)| o.poster_key.clone());
-    let encode_secs: f64 = outs.iter().map(|(_, o)| o.secs).sum();
-    tracing::info!(video = %v.id, chunks = outs.len(), encode_secs, stitch_secs = started.elapsed().as_secs_f64(), "chunks stitched");
+        Err(GatherError::Mismatch(track)) => {
+            // The step holds the video's row, which failing it writes.
+            step.abandon().await?;
+            tracing::error!(video = %v.id, %track, "chunks made different init segments");
+            return fail(ctx, v, attempt, "chunk-mismatch", "The parts of this video were encoded with different settings and cannot be joined. An admin can retry it; report it if it happens again.".into()).await;
+        }
+    };
+    let chunks = rows.len();
+    let stitched = Packager::stitch(
+        ctx.store.clone(),
+        shared.prefix.clone(),
+        g.tracks,
+        g.segments,
+    )
+    .await;
+    let renditions = match stitched {
+        Ok(r) => r,
+        Err(e) => {
+            step.abandon().await?;
+            return Err(e.into());
+        }
+    };
+    // From here on no growth step writes over the VOD playlists.
+    step.commit(&v.id, attempt.number(), i64::MAX).await?;
+    let poster_key = g.posters.into_iter().next();
+    tracing::info!(video = %v.id, chunks, encode_secs = g.encode_secs, stitch_secs = started.elapsed().as_secs_f64(), "chunks stitched");
     let published = Published {
         output_prefix: shared.prefix.clone(),
         renditions,

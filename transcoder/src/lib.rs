@@ -263,7 +263,14 @@ async fn handle(
 ) -> Result<(), BoxDynError> {
     let outcome = match job.chunk {
         None => transcode(&ctx, &job.video_id, &task.to_string()).await,
-        Some(chunk) => chunked::run_chunk(&ctx, &job.video_id, chunk).await,
+        Some(chunk) => {
+            let r = chunked::run_chunk(&ctx, &job.video_id, chunk).await;
+            if let Err(e) = &r {
+                // The queue runs it again; say why (a chunk's own faults are logged already).
+                tracing::debug!(video = %job.video_id, chunk = chunk.idx, error = %e, "chunk task ends with an error");
+            }
+            r
+        }
     };
     match outcome {
         Ok(()) => Ok(()),
@@ -565,6 +572,7 @@ async fn run_attempt(
             duration_s,
             per_segment: (ladder.segment_duration_s / ladder.keyframe_interval_s.max(1)).max(1),
             poster: (poster::poster_time(duration_s), pw, ph),
+            audio_in_first: true,
         };
         chunked::begin(ctx, v, attempt, &shared, &plan).await?;
         return Ok(None);
@@ -668,9 +676,9 @@ async fn make_poster(
 
 /// What the encoder loop tells its caller about.
 enum Report {
-    /// Media seconds encoded so far and the current speed in frames per second, about once a
-    /// second.
-    Progress { pos: f64, fps: f64 },
+    /// The share of the task encoded so far and the current speed in frames per second,
+    /// about once a second.
+    Progress { fraction: f64, fps: f64 },
     /// The packager made the output playable (every track has its first segment).
     Playable,
 }
@@ -686,7 +694,6 @@ struct WholeReporter<'a> {
     attempt: &'a videos::Attempt,
     video: &'a str,
     prefix: String,
-    duration_s: f64,
 }
 
 impl Reporter for WholeReporter<'_> {
@@ -698,11 +705,8 @@ impl Reporter for WholeReporter<'_> {
                     tracing::info!(video = %self.video, attempt = self.attempt.number(), "playable while encoding");
                     Ok(())
                 }
-                Report::Progress { pos, fps } => {
-                    if self.duration_s > 0.0 {
-                        let p = (pos / self.duration_s).min(0.99);
-                        let _ = self.attempt.set_progress(p, fps).await;
-                    }
+                Report::Progress { fraction, fps } => {
+                    let _ = self.attempt.set_progress(fraction.min(0.99), fps).await;
                     still_wanted(self.attempt).await
                 }
             }
@@ -720,59 +724,96 @@ async fn still_wanted(attempt: &videos::Attempt) -> Result<(), JobError> {
     }
 }
 
-/// Runs an encoder process on `spec`, feeding its init segments and fragments to `packager`
-/// and its progress to `report` (which may stop it by returning an error), until the encoder
-/// finishes. The worker stopping hands the work back.
-async fn drive_encoder(
+/// One encoder process of a task: its spec, where its tracks sit among the packager's, and
+/// the media seconds it encodes (its share of the progress).
+pub(crate) struct Encode {
+    /// What it encodes.
+    pub spec: pipeline::Spec,
+    /// The packager's index of its first track.
+    pub track_base: usize,
+    /// Media seconds it encodes.
+    pub media_s: f64,
+}
+
+/// Runs encoder processes at once (a chunk's pictures and the whole source's sound run
+/// apart), feeding their init segments and fragments to `packager` and their progress to
+/// `report` (which may stop them by returning an error), until every one has finished; the
+/// outcomes come back in the order given. The worker stopping hands the work back.
+async fn drive_encoders(
     ctx: &WorkerContext,
-    spec: pipeline::Spec,
+    encodes: Vec<Encode>,
     packager: &mut Packager,
     limit: Duration,
     report: &mut (dyn Reporter + Send),
-) -> Result<pipeline::Outcome, JobError> {
-    let fps = spec.fps.0 as f64 / spec.fps.1.max(1) as f64;
+) -> Result<Vec<pipeline::Outcome>, JobError> {
+    use futures::StreamExt;
+    let fps = encodes
+        .first()
+        .map(|e| e.spec.fps.0 as f64 / e.spec.fps.1.max(1) as f64)
+        .unwrap_or(0.0);
+    let bases: Vec<usize> = encodes.iter().map(|e| e.track_base).collect();
+    let media: Vec<f64> = encodes.iter().map(|e| e.media_s).collect();
     // x264 keeps every thread busy, so CPU time can reach threads × the wall-clock limit.
     let cores = ctx.isolation.threads.max(1);
-    let mut child = isolate::spawn(
-        &ctx.isolation,
-        &isolate::Request::Encode { spec },
-        limit * cores,
-    )
-    .await?;
+    let mut streams = Vec::new();
+    for (i, e) in encodes.into_iter().enumerate() {
+        let req = isolate::Request::Encode { spec: e.spec };
+        let child = isolate::spawn(&ctx.isolation, &req, limit * cores).await?;
+        // Each process's frames, tagged with its index, then `None` when it has no more.
+        let frames =
+            futures::stream::unfold(child, |mut c| async move { c.next().await.map(|f| (f, c)) })
+                .map(Some)
+                .chain(futures::stream::once(async { None }))
+                .map(move |f| (i, f));
+        streams.push(frames.boxed());
+    }
+    let mut children = futures::stream::select_all(streams);
+    let mut outcomes: Vec<Option<pipeline::Outcome>> = vec![None; bases.len()];
+    let mut pos = vec![0.0f64; bases.len()];
     let mut last_write = Instant::now();
     let mut last_pos = 0.0;
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
-    let outcome = loop {
+    let ended = loop {
         tokio::select! {
             _ = ticker.tick() => {
                 if ctx.stopping.load(Ordering::Relaxed) {
                     break Err(JobError::retry("worker stopping"));
                 }
             }
-            frame = child.next() => {
-                let Some(frame) = frame else {
-                    break Err(JobError::Crashed("the encoder process ended without a result".into()));
+            item = children.next() => {
+                let Some((i, frame)) = item else {
+                    break Ok(());
                 };
                 let res = match frame {
-                    Err(e) => break Err(e),
-                    Ok(isolate::Frame::Done(v)) => break isolate::outcome(v),
-                    Ok(isolate::Frame::Blob(_)) => Ok(()),
-                    Ok(isolate::Frame::Media(pipeline::Event::Init { track, data })) => packager.init(track, data).await.map_err(JobError::from),
-                    Ok(isolate::Frame::Media(pipeline::Event::Segment { track, data, duration })) => {
-                        match packager.fragment(track, data, duration).await {
+                    None if outcomes[i].is_none() => Err(JobError::Crashed("the encoder process ended without a result".into())),
+                    None => Ok(()),
+                    Some(Err(e)) => Err(e),
+                    Some(Ok(isolate::Frame::Done(v))) => isolate::outcome(v).map(|o| outcomes[i] = Some(o)),
+                    Some(Ok(isolate::Frame::Blob(_))) => Ok(()),
+                    Some(Ok(isolate::Frame::Media(pipeline::Event::Init { track, data }))) => packager.init(bases[i] + track, data).await.map_err(JobError::from),
+                    Some(Ok(isolate::Frame::Media(pipeline::Event::Segment { track, data, duration }))) => {
+                        match packager.fragment(bases[i] + track, data, duration).await {
                             Ok(true) => report.report(Report::Playable).await,
                             Ok(false) => Ok(()),
                             Err(e) => Err(JobError::from(e)),
                         }
                     }
-                    Ok(isolate::Frame::Progress(pos)) => {
+                    Some(Ok(isolate::Frame::Progress(p))) => {
+                        pos[i] = p;
                         let since = last_write.elapsed();
                         if since >= Duration::from_secs(1) {
                             last_write = Instant::now();
-                            let enc_fps = (pos - last_pos).max(0.0) * fps / since.as_secs_f64();
-                            last_pos = pos;
+                            // The speed is the first process's (the pictures, when there are any).
+                            let enc_fps = (pos[0] - last_pos).max(0.0) * fps / since.as_secs_f64();
+                            last_pos = pos[0];
                             metrics::gauge!("lectern_transcode_fps", "worker" => ctx.name.clone()).set(enc_fps);
-                            report.report(Report::Progress { pos, fps: enc_fps }).await
+                            // As far as the slowest of them.
+                            let fraction = pos
+                                .iter()
+                                .zip(&media)
+                                .map(|(p, m)| if *m > 0.0 { (p / m).min(1.0) } else { 1.0 })
+                                .fold(1.0f64, f64::min);
+                            report.report(Report::Progress { fraction, fps: enc_fps }).await
                         } else {
                             Ok(())
                         }
@@ -784,16 +825,21 @@ async fn drive_encoder(
             }
         }
     };
-    // Whatever ended the loop, the encoder process goes with it (a no-op once it has exited).
-    child.kill();
-    drop(child);
-    let outcome = outcome?;
-    for (i, c) in outcome.codecs.iter().enumerate() {
-        if let Some(c) = c {
-            packager.set_codec(i, c.clone())?;
+    // Whatever ended the loop, the encoder processes go with it (a no-op once they exited).
+    drop(children);
+    ended?;
+    let outcomes: Vec<pipeline::Outcome> = outcomes
+        .into_iter()
+        .map(|o| o.ok_or_else(|| JobError::Crashed("an encoder process sent no result".into())))
+        .collect::<Result<_, _>>()?;
+    for (o, base) in outcomes.iter().zip(&bases) {
+        for (i, c) in o.codecs.iter().enumerate() {
+            if let Some(c) = c {
+                packager.set_codec(base + i, c.clone())?;
+            }
         }
     }
-    Ok(outcome)
+    Ok(outcomes)
 }
 
 /// A source that decodes to a clean early end was cut short: compare what was decoded with
@@ -824,9 +870,14 @@ async fn encode_and_package(
         attempt,
         video: &v.id,
         prefix: prefix.clone(),
-        duration_s,
     };
-    let outcome = drive_encoder(ctx, spec, &mut packager, limit, &mut reporter).await?;
+    let encode = Encode {
+        spec,
+        track_base: 0,
+        media_s: duration_s,
+    };
+    let outcomes = drive_encoders(ctx, vec![encode], &mut packager, limit, &mut reporter).await?;
+    let outcome = &outcomes[0];
     check_complete(outcome.decoded_s, duration_s)?;
     tracing::debug!(video = %v.id, decoded = outcome.decoded_s, "pipeline finished");
     let renditions = packager.finish().await?;

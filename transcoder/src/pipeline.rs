@@ -113,7 +113,7 @@ impl Spec {
 }
 
 /// What a finished pipeline reports.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     /// RFC 6381 codec string per track, read from the stream.
     pub codecs: Vec<Option<String>>,
@@ -697,6 +697,9 @@ fn seek_to(
             "the source cannot seek to {start}"
         )));
     }
+    // Pictures decoded to preroll before the seek are not the chunk's (on a truncated file
+    // they would pass for the chunk's share); from here running time counts from its start.
+    built.position_ns.store(0, Ordering::Relaxed);
     built.seeked.store(true, Ordering::Release);
     Ok(())
 }

@@ -60,6 +60,8 @@ pub struct Chunk {
     pub progress: f64,
     /// What a finished chunk produced (JSON, see the transcoder's stitch step).
     pub result: Option<String>,
+    /// 1 when the live playlists include it (0 otherwise; the Any driver reads no booleans).
+    pub live: i64,
 }
 
 /// A chunk task as planned.
@@ -79,7 +81,23 @@ pub struct Planned {
 
 const COLS: &str =
     "video_id, attempt, idx, kind, start_frame, frames, weight, spec, state, worker, \
-    tries, progress, result";
+    tries, progress, result, live";
+
+/// Locks the video's row in `tx` if `attempt` is its current, processing one (false if not).
+/// A write first: on SQLite a transaction that reads before it writes cannot wait for another
+/// writer (it fails with "database is locked" at once).
+async fn lock_processing(tx: &mut Tx, video: &str, attempt: i64) -> DbResult<bool> {
+    let current = sqlx::query(
+        "UPDATE videos SET updated_at = $1 WHERE id = $2 AND attempts = $3 AND state = $4",
+    )
+    .bind(now_ms())
+    .bind(video)
+    .bind(attempt)
+    .bind(state::PROCESSING)
+    .execute(&mut **tx)
+    .await?;
+    Ok(current.rows_affected() > 0)
+}
 
 /// Records the chunk tasks of an attempt that is still processing; false when the attempt
 /// was superseded meanwhile (then nothing is written).
@@ -92,18 +110,7 @@ pub async fn plan(
 ) -> DbResult<bool> {
     let now = now_ms();
     let mut tx = db.begin().await?;
-    // A write first: on SQLite a transaction that reads before it writes cannot wait for
-    // another writer (it fails with "database is locked" at once).
-    let current = sqlx::query(
-        "UPDATE videos SET updated_at = $1 WHERE id = $2 AND attempts = $3 AND state = $4",
-    )
-    .bind(now)
-    .bind(video)
-    .bind(attempt)
-    .bind(state::PROCESSING)
-    .execute(&mut *tx)
-    .await?;
-    if current.rows_affected() == 0 {
+    if !lock_processing(&mut tx, video, attempt).await? {
         return Ok(false);
     }
     for c in chunks {
@@ -264,6 +271,77 @@ pub async fn finish(
     .fetch_one(&db.pool)
     .await?;
     Ok(left == 0)
+}
+
+/// A step that changes what an attempt's playlists show (growing the live ones, or stitching
+/// the VOD ones). Such steps of one attempt run one at a time, so a slower step never writes
+/// a shorter playlist over a longer one, and none writes after the stitch.
+pub struct PlaylistStep {
+    tx: Tx,
+    /// The attempt's chunks as they are now, in order.
+    pub chunks: Vec<Chunk>,
+    /// Whether the attempt is already playable (its live playlists published).
+    pub playable: bool,
+}
+
+/// Begins a [`PlaylistStep`] for an attempt that is still processing (`None` otherwise). It
+/// holds the video's row (on SQLite, the database) and a pooled connection until committed or
+/// dropped, so the playlists should be written, and the step ended, promptly, with no other
+/// database call in between.
+pub async fn begin_playlist_step(
+    db: &Db,
+    video: &str,
+    attempt: i64,
+) -> DbResult<Option<PlaylistStep>> {
+    let mut tx = db.begin().await?;
+    // The row lock (the write lock on SQLite) orders the steps.
+    if !lock_processing(&mut tx, video, attempt).await? {
+        return Ok(None);
+    }
+    let chunks = sqlx::query_as::<_, Chunk>(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLS} FROM chunks WHERE video_id = $1 AND attempt = $2 ORDER BY idx"
+    )))
+    .bind(video)
+    .bind(attempt)
+    .fetch_all(&mut *tx)
+    .await?;
+    // Read here rather than by the caller: a worker's pool may be one connection, which the
+    // step holds.
+    let live: Option<String> = sqlx::query_scalar("SELECT live_prefix FROM videos WHERE id = $1")
+        .bind(video)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(Some(PlaylistStep {
+        tx,
+        chunks,
+        playable: live.is_some(),
+    }))
+}
+
+impl PlaylistStep {
+    /// Ends the step without a change. Call it rather than drop the step: a dropped
+    /// transaction's ROLLBACK waits in its pooled connection until that is used again, and
+    /// on PostgreSQL the video's row stays locked until then.
+    pub async fn abandon(self) -> DbResult<()> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+
+    /// Ends the step, recording that the playlists now include every chunk up to `through`
+    /// (`i64::MAX` once stitched: then no later step writes).
+    pub async fn commit(mut self, video: &str, attempt: i64, through: i64) -> DbResult<()> {
+        sqlx::query(
+            "UPDATE chunks SET live = $1 WHERE video_id = $2 AND attempt = $3 AND idx <= $4",
+        )
+        .bind(1i64)
+        .bind(video)
+        .bind(attempt)
+        .bind(through)
+        .execute(&mut *self.tx)
+        .await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// Hands a chunk back to the queue after a transient fault (the queue retries its task).

@@ -10,16 +10,29 @@ pub fn play_in_chromium(
     min_played: f64,
     want_cues: bool,
 ) -> Value {
+    play_in_chromium_at(page_base, master_url, min_played, want_cues, 1.0)
+}
+
+/// [`play_in_chromium`] at playback speed `rate`.
+pub fn play_in_chromium_at(
+    page_base: &str,
+    master_url: &str,
+    min_played: f64,
+    want_cues: bool,
+    rate: f64,
+) -> Value {
     let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
     let page = format!(
-        "{page_base}/player/hls_page.html?src={}",
+        "{page_base}/player/hls_page.html?rate={rate}&src={}",
         percent_encode(master_url)
     );
+    let timeout_s = 40.0 + min_played / rate;
     let out = Command::new("node")
         .arg(clients.join("hlsplay.mjs"))
         .arg(&page)
         .arg(min_played.to_string())
         .arg(if want_cues { "1" } else { "0" })
+        .arg(format!("{timeout_s:.0}"))
         .current_dir(&clients)
         .output()
         .expect("node is installed by scripts/test.sh");
