@@ -292,6 +292,31 @@ pub async fn wait_ready(
     }
 }
 
+/// The built-in ladder with chunking at `chunk_s` (or off).
+pub fn ladder_file(work: &Path, chunk_s: Option<u32>) -> anyhow::Result<PathBuf> {
+    let text = lectern_core::ladder::DEFAULT_LADDER;
+    let (threshold, len) = match chunk_s {
+        Some(c) => (60.0, c),
+        None => (0.0, 60),
+    };
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("chunk_threshold_s") {
+                format!("chunk_threshold_s = {threshold:.1}")
+            } else if l.starts_with("chunk_s") {
+                format!("chunk_s = {len}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = work.join(format!("ladder-{}.toml", chunk_s.unwrap_or(0)));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -41,7 +41,7 @@ pub struct Ladder {
 }
 
 fn default_chunk_threshold_s() -> f64 {
-    0.0
+    180.0
 }
 
 fn default_chunk_s() -> u32 {

@@ -42,31 +42,6 @@ struct Args {
     work: PathBuf,
 }
 
-/// The built-in ladder with chunking at `chunk_s` (or off).
-fn ladder(work: &Path, chunk_s: Option<u32>) -> anyhow::Result<PathBuf> {
-    let text = lectern_core::ladder::DEFAULT_LADDER;
-    let (threshold, len) = match chunk_s {
-        Some(c) => (60.0, c),
-        None => (0.0, 60),
-    };
-    let text = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("chunk_threshold_s") {
-                format!("chunk_threshold_s = {threshold:.1}")
-            } else if l.starts_with("chunk_s") {
-                format!("chunk_s = {len}")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let path = work.join(format!("ladder-{}.toml", chunk_s.unwrap_or(0)));
-    std::fs::write(&path, text)?;
-    Ok(path)
-}
-
 fn spawn(args: &Args, dir: &Path, ladder: &Path, roles: &str) -> anyhow::Result<Server> {
     let mut cmd = Command::new(&args.lectern);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -179,8 +154,8 @@ async fn main() -> anyhow::Result<()> {
     let secs = args.minutes * 60;
     eprintln!("making a {secs} s lecture-like 1080p30 source…");
     let src = lecture_source(&work, "lecture", secs)?;
-    let single_ladder = ladder(&work, None)?;
-    let chunked_ladder = ladder(&work, Some(args.chunk_s))?;
+    let single_ladder = lectern_bench::ladder_file(&work, None)?;
+    let chunked_ladder = lectern_bench::ladder_file(&work, Some(args.chunk_s))?;
 
     eprintln!("single pass, one worker slot…");
     let dir = fresh_dir(&work, "single")?;

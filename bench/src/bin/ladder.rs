@@ -154,6 +154,9 @@ async fn lectern_ladder(args: &Args, src: &Path, dir: &Path) -> anyhow::Result<(
         .env("LECTERN_SECRET", SECRET)
         .env("LECTERN_LOG", "warn")
         .env("LECTERN_WORKERS", "1")
+        // One pipeline against ffmpeg's one pass, however long the source (bench/chunked
+        // measures chunking).
+        .env("LECTERN_PIPELINE", lectern_bench::ladder_file(dir, None)?)
         .env_remove("DATABASE_URL");
     let server = Server::spawn_announcing(cmd)?;
     let pid = server.child.id();
