@@ -338,6 +338,7 @@ async fn serve(cfg: Config, schema: Schema) -> anyhow::Result<()> {
                 cfg.encoder_threads,
             )?,
             queue: queue.clone(),
+            sources: Default::default(),
         };
         tracing::info!(
             threads = ctx.isolation.threads,

@@ -482,7 +482,9 @@ async fn variable_rate_long_gop_and_silent_sources_chunk_correctly() {
             false,
         ),
     ];
+    // On S3: the two slots stage each source once, for the probe and all of its chunks.
     let app = Opts::new(Db::Sqlite)
+        .s3()
         .env(
             "LECTERN_PIPELINE",
             &ladder(dir.path(), "chunked.toml", 20.0, 12),
@@ -518,6 +520,17 @@ async fn variable_rate_long_gop_and_silent_sources_chunk_correctly() {
             assert_clean(dir.path(), &format!("{what} {name}"), rendition);
         }
     }
+    let (_, _, m) = fetch(&app, &format!("{}/metrics", app.base)).await;
+    let m = String::from_utf8_lossy(&m);
+    let staged = m
+        .lines()
+        .find_map(|l| l.strip_prefix("lectern_sources_staged_total "))
+        .unwrap_or("0");
+    assert_eq!(
+        staged.trim(),
+        "3",
+        "each source is downloaded from S3 once, not once per chunk"
+    );
 }
 
 #[tokio::test]

@@ -9,7 +9,10 @@
 //! and the worker that finishes the last task stitches the VOD playlists (checking that every
 //! chunk made the same init segment) and publishes.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use lectern_core::ladder::{Ladder, Rendition};
@@ -21,7 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     check_complete, drive_encoders, emit_failed, make_poster, pipeline, publish, source_path,
-    still_wanted, tracks_for, Encode, JobError, Report, Reporter, WorkerContext, CRASHES_TO_FAIL,
+    still_wanted, tracks_for, Encode, JobError, Report, Reporter, Staged, WorkerContext,
+    CRASHES_TO_FAIL,
 };
 
 /// What every chunk task of an attempt shares (stored with each chunk row).
@@ -147,6 +151,78 @@ pub(crate) async fn begin(
         .map_err(|e| JobError::retry(format!("chunk tasks not queued: {e}")))?;
     tracing::info!(video = %v.id, attempt = attempt.number(), chunks = plan.len(), "chunk tasks queued");
     Ok(())
+}
+
+/// A source staged from a remote store, deleted when the last chunk using it lets go.
+pub(crate) struct SharedStaged {
+    /// The local file (the store's own file when the store is local).
+    pub path: PathBuf,
+    video: String,
+    _staged: Staged,
+}
+
+/// Sources that this process staged for chunks, so that its slots download a lecture once
+/// rather than once per chunk. At most one source no chunk uses is kept (the latest, for the
+/// next chunk of the same lecture); staging another lets it go.
+#[derive(Default, Clone)]
+pub struct StagedSources(Arc<Sources>);
+
+type Slot = Arc<tokio::sync::Mutex<Weak<SharedStaged>>>;
+
+#[derive(Default)]
+struct Sources {
+    slots: std::sync::Mutex<HashMap<String, Slot>>,
+    kept: std::sync::Mutex<Option<Arc<SharedStaged>>>,
+}
+
+impl std::fmt::Debug for StagedSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StagedSources")
+    }
+}
+
+impl StagedSources {
+    /// The attempt's source as a local file, staged by the first chunk that asks (the others
+    /// wait for it rather than download it too).
+    pub(crate) async fn get(
+        &self,
+        ctx: &WorkerContext,
+        v: &Video,
+        attempt: i64,
+    ) -> Result<Arc<SharedStaged>, JobError> {
+        let slot = {
+            let mut slots = self.0.slots.lock().expect("staged sources lock");
+            // Forget slots nobody waits on whose source is gone.
+            slots.retain(|_, s| {
+                Arc::strong_count(s) > 1 || s.try_lock().map_or(true, |w| w.strong_count() > 0)
+            });
+            slots
+                .entry(format!("{}-{attempt}", v.id))
+                .or_default()
+                .clone()
+        };
+        let mut held = slot.lock().await;
+        if let Some(s) = held.upgrade() {
+            return Ok(s);
+        }
+        let (path, staged) = source_path(ctx, v, &attempt.to_string()).await?;
+        let shared = Arc::new(SharedStaged {
+            path,
+            video: v.id.clone(),
+            _staged: staged,
+        });
+        *held = Arc::downgrade(&shared);
+        *self.0.kept.lock().expect("staged sources lock") = Some(shared.clone());
+        Ok(shared)
+    }
+
+    /// Lets go of the kept source of `video` (it is published or failed).
+    pub(crate) fn release(&self, video: &str) {
+        let mut kept = self.0.kept.lock().expect("staged sources lock");
+        if kept.as_ref().is_some_and(|s| s.video == video) {
+            kept.take();
+        }
+    }
 }
 
 /// Runs one chunk task; the last one to finish stitches and publishes the video.
@@ -281,8 +357,8 @@ async fn encode_chunk(
     chunk: &Chunk,
     shared: &Shared,
 ) -> Result<ChunkOutput, JobError> {
-    let tag = format!("{}-c{}", attempt.number(), chunk.idx);
-    let (input, _staged) = source_path(ctx, v, &tag).await?;
+    let staged = ctx.sources.get(ctx, v, attempt.number()).await?;
+    let input = staged.path.clone();
     let mut spec = shared.spec.clone();
     spec.input = input.clone();
     // Offsets of the whole ladder, so picture and sound keep the sync of a single pass.

@@ -105,6 +105,8 @@ pub struct WorkerContext {
     pub isolation: isolate::Isolation,
     /// The queue, for the chunk tasks of a long source.
     pub queue: Queue,
+    /// Sources staged from a remote store for chunks, shared by this process's slots.
+    pub sources: chunked::StagedSources,
 }
 
 /// Runs `concurrency` transcode slots until `stop` resolves. Then the slots take no new jobs,
@@ -383,6 +385,7 @@ async fn publish(
     secs: f64,
     discard: bool,
 ) -> Result<(), JobError> {
+    ctx.sources.release(&video.id);
     if attempt.mark_ready(video, &published).await? {
         tracing::info!(video = %video.id, attempt = attempt.number(), secs, "transcode ready");
         // The published prefix stays for good; every earlier attempt's goes now,
@@ -408,6 +411,7 @@ async fn emit_failed(
     code: &str,
     message: &str,
 ) -> Result<(), JobError> {
+    ctx.sources.release(&v.id);
     let data = serde_json::json!({
         "video_id": v.id, "title": v.title, "lesson": v.lesson,
         "error": {"code": code, "message": message},
@@ -452,7 +456,7 @@ async fn run_prefix_sweeper(ctx: Arc<WorkerContext>) {
 const CRASHES_TO_FAIL: i64 = 2;
 
 /// A staged copy of a remote source, removed when dropped.
-struct Staged(Option<PathBuf>);
+pub(crate) struct Staged(Option<PathBuf>);
 
 impl Drop for Staged {
     fn drop(&mut self) {
@@ -462,7 +466,7 @@ impl Drop for Staged {
     }
 }
 
-async fn source_path(
+pub(crate) async fn source_path(
     ctx: &WorkerContext,
     v: &Video,
     tag: &str,
@@ -477,6 +481,7 @@ async fn source_path(
         .await
         .map_err(|e| JobError::retry(e.to_string()))?;
     let path = ctx.scratch_dir.join(format!("{}-{tag}.src", v.id));
+    metrics::counter!("lectern_sources_staged_total").increment(1);
     let staged = Staged(Some(path.clone()));
     let mut got = ctx
         .store
@@ -503,7 +508,9 @@ async fn run_attempt(
     v: &Video,
     attempt: &videos::Attempt,
 ) -> Result<Option<Published>, JobError> {
-    let (input, _staged) = source_path(ctx, v, &attempt.number().to_string()).await?;
+    // Shared with the chunks this process may encode, so a chunked lecture is not staged twice.
+    let staged = ctx.sources.get(ctx, v, attempt.number()).await?;
+    let input = staged.path.clone();
     let probe = isolate::probe(&ctx.isolation, input.clone()).await?;
     let vp = probe
         .video
