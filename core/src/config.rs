@@ -91,6 +91,9 @@ pub struct Config {
     pub encoder_memory_mb: u64,
     /// Seconds an encoder child may go without reporting before it is killed as hung.
     pub encoder_stall_s: u64,
+    /// Copy a source from S3 to the worker's disk before encoding it, rather than read it in
+    /// place through a presigned URL with ranged GETs (for an S3 the encoders cannot reach).
+    pub stage_sources: bool,
     /// x264 and decoder threads per encoder (0: the CPUs this process may use, read from its
     /// cgroup's CPU quota and affinity, not the node's core count).
     pub encoder_threads: u32,
@@ -151,6 +154,7 @@ impl Default for Config {
             header_timeout_s: 30,
             encoder_memory_mb: 8192,
             encoder_stall_s: 120,
+            stage_sources: false,
             encoder_threads: 0,
             worker_drain_timeout: "15m".into(),
             shutdown_delay_s: 0,
@@ -315,6 +319,9 @@ impl Config {
         }
         if let Some(v) = env("LECTERN_ENCODER_STALL_S") {
             self.encoder_stall_s = parse("LECTERN_ENCODER_STALL_S", v)?;
+        }
+        if let Some(v) = env("LECTERN_STAGE_SOURCES") {
+            self.stage_sources = parse("LECTERN_STAGE_SOURCES", v)?;
         }
         if let Some(v) = env("LECTERN_ENCODER_THREADS") {
             self.encoder_threads = parse("LECTERN_ENCODER_THREADS", v)?;
@@ -693,7 +700,7 @@ mod tests {
         assert_eq!(cfg.pools().queue, 5);
     }
 
-    const KEYS: [&str; 40] = [
+    const KEYS: [&str; 41] = [
         "listen",
         "data_dir",
         "database_url",
@@ -726,6 +733,7 @@ mod tests {
         "cdn_purge_command",
         "encoder_memory_mb",
         "encoder_stall_s",
+        "stage_sources",
         "max_connections",
         "header_timeout_s",
         "webhook_allowed_hosts",

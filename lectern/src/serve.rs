@@ -339,6 +339,7 @@ async fn serve(cfg: Config, schema: Schema) -> anyhow::Result<()> {
             )?,
             queue: queue.clone(),
             sources: Default::default(),
+            stage_sources: cfg.stage_sources,
         };
         tracing::info!(
             threads = ctx.isolation.threads,

@@ -153,9 +153,13 @@ pub(crate) async fn begin(
     Ok(())
 }
 
-/// A source staged from a remote store, deleted when the last chunk using it lets go.
+/// How long a source URL handed to an encoder stays valid: past the longest attempt.
+const SOURCE_URL_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// A source staged from a remote store, deleted when the last chunk using it lets go (or the
+/// URL an encoder reads it through in place).
 pub(crate) struct SharedStaged {
-    /// The local file (the store's own file when the store is local).
+    /// The local file (the store's own file when the store is local), or an http(s) URL.
     pub path: PathBuf,
     video: String,
     _staged: Staged,
@@ -182,14 +186,25 @@ impl std::fmt::Debug for StagedSources {
 }
 
 impl StagedSources {
-    /// The attempt's source as a local file, staged by the first chunk that asks (the others
-    /// wait for it rather than download it too).
+    /// The attempt's source for an encoder: a URL on a store that has them (unless staging is
+    /// asked for), else a local file, staged by the first task that asks (the others wait for
+    /// it rather than download it too).
     pub(crate) async fn get(
         &self,
         ctx: &WorkerContext,
         v: &Video,
         attempt: i64,
     ) -> Result<Arc<SharedStaged>, JobError> {
+        if !ctx.stage_sources && ctx.store.local_path(&v.source_key).is_none() {
+            if let Some(url) = ctx.store.read_url(&v.source_key, SOURCE_URL_TTL).await {
+                // A fresh URL for every task: an older one may outlive its credentials.
+                return Ok(Arc::new(SharedStaged {
+                    path: PathBuf::from(url),
+                    video: v.id.clone(),
+                    _staged: Staged(None),
+                }));
+            }
+        }
         let slot = {
             let mut slots = self.0.slots.lock().expect("staged sources lock");
             // Forget slots nobody waits on whose source is gone.

@@ -107,6 +107,8 @@ pub struct WorkerContext {
     pub queue: Queue,
     /// Sources staged from a remote store for chunks, shared by this process's slots.
     pub sources: chunked::StagedSources,
+    /// Stage remote sources on disk rather than read them through a URL.
+    pub stage_sources: bool,
 }
 
 /// Runs `concurrency` transcode slots until `stop` resolves. Then the slots take no new jobs,

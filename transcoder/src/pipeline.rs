@@ -10,7 +10,7 @@
 //! GStreamer calls block, so everything here runs on a blocking thread; segments leave through a
 //! bounded channel, which also paces the pipeline to the speed of the object store.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -189,12 +189,28 @@ struct Built {
     pads_done: std::sync::mpsc::Receiver<()>,
 }
 
+/// Whether an input is a URL (a presigned object read in place) rather than a local file.
+pub fn is_url(input: &Path) -> bool {
+    let s = input.to_string_lossy();
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+/// The element that reads an input: `souphttpsrc` for a URL (it seeks with ranged GETs, so a
+/// chunk fetches little more than its own part), `filesrc` for a file.
+pub fn source_element(input: &Path) -> Result<gst::Element, gst::glib::BoolError> {
+    let factory = if is_url(input) {
+        "souphttpsrc"
+    } else {
+        "filesrc"
+    };
+    gst::ElementFactory::make(factory)
+        .property("location", input.to_string_lossy().as_ref())
+        .build()
+}
+
 fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
     let pipeline = gst::Pipeline::with_name("ladder");
-    let src = gst::ElementFactory::make("filesrc")
-        .property("location", spec.input.to_string_lossy().as_ref())
-        .build()
-        .map_err(|e| JobError::retry(e.to_string()))?;
+    let src = source_element(&spec.input).map_err(|e| JobError::retry(e.to_string()))?;
     let dbin = make("decodebin")?;
     let threads = encoder_threads();
     if threads > 0 {

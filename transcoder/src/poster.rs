@@ -16,8 +16,13 @@ pub fn poster_time(duration_s: f64) -> f64 {
 
 /// JPEG bytes of the frame at `at_s`, scaled to `width`×`height` with square pixels.
 pub fn grab(input: &Path, at_s: f64, width: u32, height: u32) -> Result<Vec<u8>, String> {
+    let src = if crate::pipeline::is_url(input) {
+        "souphttpsrc"
+    } else {
+        "filesrc"
+    };
     let desc = format!(
-        "filesrc name=src ! decodebin ! videoconvert ! videoflip video-direction=auto ! videoscale add-borders=false \
+        "{src} name=src ! decodebin ! videoconvert ! videoflip video-direction=auto ! videoscale add-borders=false \
          ! video/x-raw,width={width},height={height},pixel-aspect-ratio=1/1 ! jpegenc quality=85 \
          ! appsink name=sink sync=false max-buffers=1"
     );
@@ -28,7 +33,7 @@ pub fn grab(input: &Path, at_s: f64, width: u32, height: u32) -> Result<Vec<u8>,
     let _null = crate::pipeline::NullOnDrop(pipeline.clone());
     pipeline
         .by_name("src")
-        .ok_or("no filesrc")?
+        .ok_or("no source element")?
         .set_property("location", input.to_string_lossy().to_string());
     let sink = pipeline
         .by_name("sink")

@@ -67,9 +67,8 @@ impl VideoProbe {
     }
 }
 
-/// Probes a local file. Blocking: call from a blocking thread.
-pub fn probe(path: &Path) -> Result<Probe, JobError> {
-    crate::pipeline::init()?;
+/// The `file://` URI of a local source; an empty file is refused here.
+fn file_uri(path: &Path) -> Result<String, JobError> {
     if std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) == 0 {
         return Err(JobError::abort(
             "corrupt-input",
@@ -79,7 +78,20 @@ pub fn probe(path: &Path) -> Result<Probe, JobError> {
     let abs = path
         .canonicalize()
         .map_err(|e| JobError::retry(format!("cannot open source: {e}")))?;
-    let uri = gst::glib::filename_to_uri(&abs, None).map_err(|e| JobError::retry(e.to_string()))?;
+    Ok(gst::glib::filename_to_uri(&abs, None)
+        .map_err(|e| JobError::retry(e.to_string()))?
+        .to_string())
+}
+
+/// Probes a local file or a URL (an object read in place). Blocking: call from a blocking
+/// thread.
+pub fn probe(path: &Path) -> Result<Probe, JobError> {
+    crate::pipeline::init()?;
+    let uri = if crate::pipeline::is_url(path) {
+        path.to_string_lossy().into_owned()
+    } else {
+        file_uri(path)?
+    };
     let disc = gst_pbutils::Discoverer::new(gst::ClockTime::from_seconds(60))
         .map_err(|e| JobError::retry(e.to_string()))?;
     let info = disc
@@ -112,7 +124,7 @@ pub fn probe(path: &Path) -> Result<Probe, JobError> {
             #[allow(deprecated)]
             let orientation = orientation_of(v.tags())
                 .or_else(|| orientation_of(info.tags()))
-                .or_else(|| preroll_orientation(&abs));
+                .or_else(|| preroll_orientation(path));
             tracing::debug!(?orientation, "probed orientation");
             VideoProbe {
                 width: v.width(),
@@ -183,10 +195,7 @@ fn classify_probe_error(e: &gst::glib::Error) -> JobError {
 fn preroll_orientation(path: &Path) -> Option<String> {
     use gst::prelude::*;
     let pipeline = gst::Pipeline::new();
-    let src = gst::ElementFactory::make("filesrc")
-        .property("location", path.to_string_lossy().as_ref())
-        .build()
-        .ok()?;
+    let src = crate::pipeline::source_element(path).ok()?;
     let dbin = gst::ElementFactory::make("decodebin").build().ok()?;
     pipeline.add_many([&src, &dbin]).ok()?;
     src.link(&dbin).ok()?;

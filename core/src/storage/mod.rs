@@ -163,6 +163,13 @@ pub trait ObjectStore: Send + Sync + Debug {
     /// Removes every object whose key starts with `prefix` (a folder, ending in `/`).
     async fn delete_prefix(&self, prefix: &str) -> StoreResult<()>;
 
+    /// A URL valid for `ttl` that reads `key` with plain (ranged) GETs and no credentials, for
+    /// encoder processes that read a source in place rather than staging it (S3: presigned);
+    /// `None` when the store has none (a local store's files are read directly).
+    async fn read_url(&self, _key: &str, _ttl: std::time::Duration) -> Option<String> {
+        None
+    }
+
     /// A local file path for the object, when the backend has one (lets GStreamer read directly).
     fn local_path(&self, _key: &str) -> Option<PathBuf> {
         None

@@ -266,6 +266,21 @@ impl ObjectStore for S3Store {
         Ok(meta(out.content_length(), out.last_modified(), out.e_tag()))
     }
 
+    async fn read_url(&self, key: &str, ttl: std::time::Duration) -> Option<String> {
+        let full = self.key(key).ok()?;
+        let cfg = aws_sdk_s3::presigning::PresigningConfig::expires_in(ttl).ok()?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .presigned(cfg)
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot presign a source URL; staging it"))
+            .ok()?;
+        Some(req.uri().to_string())
+    }
+
     async fn delete(&self, key: &str) -> StoreResult<()> {
         let full = self.key(key)?;
         self.client
