@@ -69,57 +69,148 @@ struct ChunkOutput {
     secs: f64,
 }
 
-/// The chunk tasks for a source, or `None` when it is short enough for one task: video chunks
-/// on the segment grid (the first adds the short first segment, so every later chunk starts
-/// a segment, and carries the sound). A last chunk under a quarter of a chunk joins the one
-/// before.
-pub(crate) fn plan(
-    ladder: &Ladder,
-    duration_s: f64,
-    spec: &pipeline::Spec,
-    audio: bool,
-) -> Option<Vec<Planned>> {
-    if ladder.chunk_threshold_s <= 0.0 || duration_s <= ladder.chunk_threshold_s {
-        return None;
+/// Where a long source's chunks start, in output frames: on the segment grid (the first chunk
+/// adds the short first segment, so every later chunk starts a segment).
+pub(crate) struct Grid {
+    starts: Vec<i64>,
+    total: i64,
+    seg_frames: i64,
+    chunk_frames: i64,
+    /// Segments a start may move to meet a source keyframe.
+    flex: i64,
+    /// Nanoseconds per output frame, as (numerator, denominator) of the frame rate.
+    fps: (i64, i64),
+}
+
+impl Grid {
+    /// The grid for a source, or `None` when it is short enough for one task.
+    pub(crate) fn of(ladder: &Ladder, duration_s: f64, spec: &pipeline::Spec) -> Option<Grid> {
+        if ladder.chunk_threshold_s <= 0.0 || duration_s <= ladder.chunk_threshold_s {
+            return None;
+        }
+        let fps = spec.fps.0 as f64 / spec.fps.1.max(1) as f64;
+        let gop = spec.gop_frames.max(1) as i64;
+        let per_segment =
+            (ladder.segment_duration_s / ladder.keyframe_interval_s.max(1)).max(1) as i64;
+        let segments = (ladder.chunk_s / ladder.segment_duration_s.max(1)).max(1) as i64;
+        let seg_frames = gop * per_segment;
+        let chunk_frames = seg_frames * segments;
+        let total = (duration_s * fps).round() as i64;
+        let mut starts = vec![0];
+        let mut next = gop + chunk_frames;
+        while next < total {
+            starts.push(next);
+            next += chunk_frames;
+        }
+        Some(Grid {
+            starts,
+            total,
+            seg_frames,
+            chunk_frames,
+            flex: (segments / 4).max(1),
+            fps: (spec.fps.0.max(1) as i64, spec.fps.1.max(1) as i64),
+        })
     }
-    let fps = spec.fps.0 as f64 / spec.fps.1.max(1) as f64;
-    let gop = spec.gop_frames.max(1) as i64;
-    let per_segment = (ladder.segment_duration_s / ladder.keyframe_interval_s.max(1)).max(1) as i64;
-    let chunk_frames =
-        gop * per_segment * (ladder.chunk_s / ladder.segment_duration_s.max(1)).max(1) as i64;
-    let total = (duration_s * fps).round() as i64;
-    let mut starts = vec![0];
-    let mut next = gop + chunk_frames;
-    while next < total {
-        starts.push(next);
-        next += chunk_frames;
+
+    fn secs(&self, frame: i64) -> f64 {
+        frame as f64 * self.fps.1 as f64 / self.fps.0 as f64
     }
-    if starts.len() > 1 && total - starts[starts.len() - 1] < chunk_frames / 4 {
-        starts.pop();
+
+    /// The times to find the keyframe before: each later start as planned, then the latest
+    /// boundary it may move to; half a frame late, since a key-unit seek to exactly a
+    /// keyframe's time may snap to the one before it.
+    pub(crate) fn search_times(&self) -> Vec<f64> {
+        let later = &self.starts[1..];
+        let half_frame = self.secs(1) / 2.0;
+        later
+            .iter()
+            .map(|&s| self.secs(s) + half_frame)
+            .chain(
+                later
+                    .iter()
+                    .map(|&s| self.secs(s + self.flex * self.seg_frames) + half_frame),
+            )
+            .collect()
     }
-    if starts.len() < 2 {
-        return None;
-    }
-    let n = starts.len();
-    Some(
-        (0..n)
-            .map(|i| {
-                let frames = (i + 1 < n).then(|| starts[i + 1] - starts[i]);
-                let mut weight = frames.unwrap_or(total - starts[i]).max(1) as f64;
-                if i == 0 && audio {
-                    // AAC of the whole source costs a few percent of the video ladder.
-                    weight += total as f64 * 0.02;
+
+    /// Moves each later start, by at most `flex` segments, to the segment boundary nearest
+    /// after a source keyframe, so the chunk's accurate seek decodes little before its first
+    /// frame rather than up to a whole source GOP. `found` answers [`Grid::search_times`]:
+    /// the keyframe before each planned start, and before the latest boundary it may move to.
+    /// A start on a keyframe stays; without an answer the plan stays.
+    pub(crate) fn align(&mut self, found: &[Option<f64>]) {
+        let n = self.starts.len() - 1;
+        if found.len() != 2 * n {
+            return;
+        }
+        let half_frame = self.secs(1) / 2.0;
+        for i in 0..n {
+            let (Some(k0), Some(k1)) = (found[i], found[n + i]) else {
+                continue;
+            };
+            let nominal = self.starts[i + 1];
+            // How far a boundary lies past the keyframe it would decode from, where known.
+            let past = |b: i64| {
+                let t = self.secs(b);
+                if t + half_frame >= k1 {
+                    Some(t - k1)
+                } else if t + half_frame >= k0 {
+                    Some(t - k0)
+                } else {
+                    None
                 }
-                Planned {
-                    idx: i as i64,
-                    kind: ChunkKind::Video,
-                    start_frame: starts[i],
-                    frames,
-                    weight,
+            };
+            let Some(now) = past(nominal) else { continue };
+            if now <= half_frame {
+                continue;
+            }
+            let lowest =
+                (nominal - self.flex * self.seg_frames).max(self.starts[i] + self.seg_frames);
+            let best = (-self.flex..=self.flex)
+                .map(|j| nominal + j * self.seg_frames)
+                .filter(|&b| b >= lowest && b < self.total)
+                .filter_map(|b| past(b).map(|d| (d.max(0.0), (b - nominal).abs(), b)))
+                .min_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+            if let Some((d, _, b)) = best {
+                // Only to land near a keyframe: with none near, every boundary decodes far.
+                if d + half_frame < now && d < self.secs(self.seg_frames) {
+                    self.starts[i + 1] = b;
                 }
-            })
-            .collect(),
-    )
+            }
+        }
+    }
+
+    /// The chunk tasks, or `None` when the source makes one chunk after all. A last chunk
+    /// under a quarter of a chunk joins the one before; chunk 0 carries the sound.
+    pub(crate) fn plan(mut self, audio: bool) -> Option<Vec<Planned>> {
+        let starts = &mut self.starts;
+        if starts.len() > 1 && self.total - starts[starts.len() - 1] < self.chunk_frames / 4 {
+            starts.pop();
+        }
+        if starts.len() < 2 {
+            return None;
+        }
+        let (n, total) = (starts.len(), self.total);
+        Some(
+            (0..n)
+                .map(|i| {
+                    let frames = (i + 1 < n).then(|| starts[i + 1] - starts[i]);
+                    let mut weight = frames.unwrap_or(total - starts[i]).max(1) as f64;
+                    if i == 0 && audio {
+                        // AAC of the whole source costs a few percent of the video ladder.
+                        weight += total as f64 * 0.02;
+                    }
+                    Planned {
+                        idx: i as i64,
+                        kind: ChunkKind::Video,
+                        start_frame: starts[i],
+                        frames,
+                        weight,
+                    }
+                })
+                .collect(),
+        )
+    }
 }
 
 /// Records an attempt's chunk tasks and queues them, chunk 0 first.
@@ -749,4 +840,68 @@ async fn stitch(
     // Rows of earlier attempts are nobody's now; this attempt's stay for the per-chunk times.
     chunks::forget(&ctx.db, &v.id, Some(attempt.number())).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 60 s at 30 fps in 12 s chunks of 6 s segments: starts at 0, 14, 26, 38 and 50 s.
+    fn grid() -> Grid {
+        Grid {
+            starts: vec![0, 420, 780, 1140, 1500],
+            total: 1800,
+            seg_frames: 180,
+            chunk_frames: 360,
+            flex: 1,
+            fps: (30, 1),
+        }
+    }
+
+    #[test]
+    fn starts_move_to_the_boundary_after_a_nearby_keyframe() {
+        let mut g = grid();
+        let at: Vec<f64> = g.search_times().iter().map(|t| t - 1.0 / 60.0).collect();
+        assert_eq!(at, [14.0, 26.0, 38.0, 50.0, 20.0, 32.0, 44.0, 56.0]);
+        // A keyframe every 10 s: at 20 s (not 14), 32 (not 26), 44 (not 38); 50 is on one.
+        let k = |t: f64| Some((t / 10.0).floor() * 10.0);
+        let found: Vec<_> = g.search_times().into_iter().map(k).collect();
+        g.align(&found);
+        assert_eq!(g.starts, [0, 600, 960, 1320, 1500]);
+        let plan = g.plan(false).unwrap();
+        let frames: Vec<_> = plan.iter().map(|c| c.frames).collect();
+        assert_eq!(frames, [Some(600), Some(360), Some(360), Some(180), None]);
+    }
+
+    #[test]
+    fn starts_on_keyframes_far_or_missing_ones_keep_the_grid() {
+        let planned = [0, 420, 780, 1140, 1500];
+        // A keyframe every 2 s: every boundary is on one.
+        let mut g = grid();
+        let every_2s: Vec<_> = g
+            .search_times()
+            .into_iter()
+            .map(|t| Some((t / 2.0).floor() * 2.0))
+            .collect();
+        g.align(&every_2s);
+        assert_eq!(g.starts, planned);
+        // One keyframe at 0 only: every boundary decodes from it; and no answers at all.
+        let mut g = grid();
+        g.align(&[Some(0.0); 8]);
+        assert_eq!(g.starts, planned);
+        let mut g = grid();
+        g.align(&[None; 8]);
+        assert_eq!(g.starts, planned);
+        // A GOP of 8⅓ s (ffmpeg's default 250 frames at 30 fps): 14 s is 5.7 s past one,
+        // 20 s only 3.3 s.
+        let mut g = grid();
+        let gop = 250.0 / 30.0;
+        let found: Vec<_> = g
+            .search_times()
+            .into_iter()
+            .map(|t| Some((t / gop).floor() * gop))
+            .collect();
+        g.align(&found);
+        assert_eq!(g.starts[1], 600);
+    }
 }

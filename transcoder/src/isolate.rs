@@ -44,6 +44,13 @@ pub enum Request {
         /// What to encode.
         spec: pipeline::Spec,
     },
+    /// Find the video keyframe at or before each time (planning chunk starts).
+    Keyframes {
+        /// Local source file or URL.
+        input: PathBuf,
+        /// Times, seconds.
+        at_s: Vec<f64>,
+    },
     /// Grab a poster frame.
     Poster {
         /// Local source file.
@@ -289,6 +296,9 @@ pub fn child_main() -> i32 {
             })
             .map_err(JobError::retry),
         Request::Encode { spec } => encode(&spec, &out, Fault::from_env()),
+        Request::Keyframes { input, at_s } => probe::keyframes_before(&input, &at_s)
+            .map(|k| serde_json::to_value(k).expect("keyframes serialize"))
+            .map_err(JobError::retry),
     };
     match result {
         Ok(v) => send_json(&out, T_DONE, &v),
@@ -708,6 +718,18 @@ pub async fn probe(iso: &Isolation, input: PathBuf) -> Result<Probe, JobError> {
     let wire: ProbeWire = serde_json::from_value(v)
         .map_err(|e| JobError::Crashed(format!("the probe sent a malformed result: {e}")))?;
     Ok(wire.into())
+}
+
+/// The keyframe at or before each of `at_s` (seconds), found in a child process.
+pub async fn keyframes(
+    iso: &Isolation,
+    input: PathBuf,
+    at_s: Vec<f64>,
+) -> Result<Vec<Option<f64>>, JobError> {
+    let limit = Duration::from_secs(60 + at_s.len() as u64);
+    let (v, _) = run_to_end(iso, &Request::Keyframes { input, at_s }, limit).await?;
+    serde_json::from_value(v)
+        .map_err(|e| JobError::Crashed(format!("the keyframe search sent a malformed result: {e}")))
 }
 
 /// Grabs a poster JPEG in a child process.

@@ -572,7 +572,21 @@ async fn run_attempt(
         sync_ns: None,
     };
     let (pw, ph) = poster_size(&renditions);
-    if let Some(plan) = chunked::plan(ladder, duration_s, &spec, probe.audio) {
+    let plan = match chunked::Grid::of(ladder, duration_s, &spec) {
+        Some(mut grid) => {
+            let times = grid.search_times();
+            match isolate::keyframes(&ctx.isolation, spec.input.clone(), times).await {
+                Ok(k) => grid.align(&k),
+                // The plain grid still encodes correctly; it only decodes more before each start.
+                Err(e) => {
+                    tracing::warn!(video = %v.id, error = %e, "no keyframe index; chunks start on the plain grid")
+                }
+            }
+            grid.plan(probe.audio)
+        }
+        None => None,
+    };
+    if let Some(plan) = plan {
         let shared = chunked::Shared {
             spec,
             renditions,

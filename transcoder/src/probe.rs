@@ -253,3 +253,111 @@ fn preroll_orientation(path: &Path) -> Option<String> {
     drop(guard);
     None
 }
+
+/// The source time (seconds) of the video keyframe at or before each of `at_s`, `None` where
+/// none was found. Each is one key-unit seek in a paused demuxer, which finds it from the
+/// container's index: cheap, even on a remote source. Blocking.
+pub fn keyframes_before(input: &Path, at_s: &[f64]) -> Result<Vec<Option<f64>>, String> {
+    use gst::prelude::*;
+    use std::sync::{Arc, Mutex};
+    crate::pipeline::init().map_err(|e| e.to_string())?;
+    let pipeline = gst::Pipeline::new();
+    let src = crate::pipeline::source_element(input).map_err(|e| e.to_string())?;
+    let parse = gst::ElementFactory::make("parsebin")
+        .build()
+        .map_err(|e| e.to_string())?;
+    pipeline
+        .add_many([&src, &parse])
+        .map_err(|e| e.to_string())?;
+    src.link(&parse).map_err(|e| e.to_string())?;
+    // The stream time of the first video buffer since the last seek.
+    let first: Arc<Mutex<Option<f64>>> = Arc::default();
+    let weak = pipeline.downgrade();
+    let slot = first.clone();
+    parse.connect_pad_added(move |_, pad| {
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
+        let Ok(sink) = gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .build()
+        else {
+            return;
+        };
+        {
+            let slot = slot.clone();
+            // Caps may not be set yet when the pad appears: look when a buffer passes.
+            pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+                let video = pad
+                    .current_caps()
+                    .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
+                    .unwrap_or(false);
+                let mut slot = slot.lock().expect("keyframe slot");
+                if video && slot.is_none() {
+                    if let (Some(gst::PadProbeData::Buffer(buf)), Some(ev)) =
+                        (&info.data, pad.sticky_event::<gst::event::Segment>(0))
+                    {
+                        let seg = ev.segment().downcast_ref::<gst::ClockTime>().cloned();
+                        if let (Some(pts), Some(seg)) = (buf.pts().or(buf.dts()), seg) {
+                            // By hand: a keyframe a rounding before the segment start (where
+                            // a seek to it lands) has no stream time in GStreamer's terms.
+                            let ns =
+                                |t: Option<gst::ClockTime>| t.map_or(0.0, |t| t.nseconds() as f64);
+                            let t = ns(seg.time()) + ns(Some(pts)) - ns(seg.start());
+                            *slot = Some((t / 1e9).max(0.0));
+                        }
+                    }
+                }
+                gst::PadProbeReturn::Ok
+            });
+        }
+        if pipeline.add(&sink).is_ok() {
+            let _ = sink.sync_state_with_parent();
+            if let Some(sinkpad) = sink.static_pad("sink") {
+                let _ = pad.link(&sinkpad);
+            }
+        }
+    });
+    let _null = crate::pipeline::NullOnDrop(pipeline.clone());
+    let bus = pipeline.bus().ok_or("no bus")?;
+    // parsebin's state change is not asynchronous, so no ASYNC_DONE can be waited for: wait
+    // for the first video buffer itself (or the end, or an error).
+    let first_video = |bus: &gst::Bus| -> Result<Option<f64>, String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(t) = *first.lock().expect("keyframe slot") {
+                return Ok(Some(t));
+            }
+            let msg = bus.timed_pop_filtered(
+                gst::ClockTime::from_mseconds(20),
+                &[gst::MessageType::Eos, gst::MessageType::Error],
+            );
+            match msg.as_ref().map(|m| m.view()) {
+                Some(gst::MessageView::Error(e)) => return Err(e.error().to_string()),
+                Some(gst::MessageView::Eos(_)) => return Ok(None),
+                _ if std::time::Instant::now() > deadline => {
+                    return Err("no video reached the keyframe search".into())
+                }
+                _ => {}
+            }
+        }
+    };
+    pipeline
+        .set_state(gst::State::Paused)
+        .map_err(|e| e.to_string())?;
+    first_video(&bus)?;
+    let mut found = Vec::with_capacity(at_s.len());
+    for &t in at_s {
+        *first.lock().expect("keyframe slot") = None;
+        let sought = pipeline.seek_simple(
+            gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT | gst::SeekFlags::SNAP_BEFORE,
+            gst::ClockTime::from_nseconds((t.max(0.0) * 1e9) as u64),
+        );
+        if sought.is_err() {
+            found.push(None);
+            continue;
+        }
+        found.push(first_video(&bus)?);
+    }
+    Ok(found)
+}
