@@ -190,6 +190,23 @@ fn classify_probe_error(e: &gst::glib::Error) -> JobError {
     }
 }
 
+/// Links a new pad of a probing pipeline to a fakesink of its own, so it prerolls.
+fn drain_into_fakesink(pipeline: &gst::Pipeline, pad: &gst::Pad) {
+    use gst::prelude::*;
+    let Ok(sink) = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .build()
+    else {
+        return;
+    };
+    if pipeline.add(&sink).is_ok() {
+        let _ = sink.sync_state_with_parent();
+        if let Some(sinkpad) = sink.static_pad("sink") {
+            let _ = pad.link(&sinkpad);
+        }
+    }
+}
+
 /// Reads the `image-orientation` tag by prerolling the file: the Discoverer of GStreamer 1.22
 /// does not report qtdemux's rotation tag, which the sinks do see.
 fn preroll_orientation(path: &Path) -> Option<String> {
@@ -201,20 +218,8 @@ fn preroll_orientation(path: &Path) -> Option<String> {
     src.link(&dbin).ok()?;
     let weak = pipeline.downgrade();
     dbin.connect_pad_added(move |_, pad| {
-        let Some(pipeline) = weak.upgrade() else {
-            return;
-        };
-        let Ok(sink) = gst::ElementFactory::make("fakesink")
-            .property("sync", false)
-            .build()
-        else {
-            return;
-        };
-        if pipeline.add(&sink).is_ok() {
-            let _ = sink.sync_state_with_parent();
-            if let Some(sinkpad) = sink.static_pad("sink") {
-                let _ = pad.link(&sinkpad);
-            }
+        if let Some(pipeline) = weak.upgrade() {
+            drain_into_fakesink(&pipeline, pad);
         }
     });
     struct Null(gst::Pipeline);
@@ -278,12 +283,6 @@ pub fn keyframes_before(input: &Path, at_s: &[f64]) -> Result<Vec<Option<f64>>, 
         let Some(pipeline) = weak.upgrade() else {
             return;
         };
-        let Ok(sink) = gst::ElementFactory::make("fakesink")
-            .property("sync", false)
-            .build()
-        else {
-            return;
-        };
         {
             let slot = slot.clone();
             // Caps may not be set yet when the pad appears: look when a buffer passes.
@@ -311,12 +310,7 @@ pub fn keyframes_before(input: &Path, at_s: &[f64]) -> Result<Vec<Option<f64>>, 
                 gst::PadProbeReturn::Ok
             });
         }
-        if pipeline.add(&sink).is_ok() {
-            let _ = sink.sync_state_with_parent();
-            if let Some(sinkpad) = sink.static_pad("sink") {
-                let _ = pad.link(&sinkpad);
-            }
-        }
+        drain_into_fakesink(&pipeline, pad);
     });
     let _null = crate::pipeline::NullOnDrop(pipeline.clone());
     let bus = pipeline.bus().ok_or("no bus")?;
