@@ -4,8 +4,8 @@
 //! Reports the chunking overhead (total CPU-seconds, chunked against single pass, both with one
 //! worker slot so every chunk's time is its cost on this 2-core machine), the per-chunk times,
 //! and from them a model of the critical path to `ready` on N two-core worker nodes: the queue
-//! pick-up, the chunks spread over the nodes longest first (chunk 0 and the audio taken first,
-//! as the queue does), and the stitch. The model is checked against a real run with two worker
+//! pick-up, the chunks spread over the nodes longest first (chunk 0, which also encodes the
+//! whole sound, taken first, as the queue does), and the stitch. The model is checked against a real run with two worker
 //! processes on this machine (which share its two cores, so it should match N = 1), and is
 //! scaled to a 30-minute and a 2-hour lecture from the measured seconds per source-second.
 //!
@@ -56,11 +56,12 @@ fn spawn(args: &Args, dir: &Path, ladder: &Path, roles: &str) -> anyhow::Result<
 }
 
 /// One transcode through the real server: wall seconds to `ready`, CPU seconds of the server
-/// and its encoder children, and (chunked) every chunk's (kind, encode seconds).
+/// and its encoder children, and (chunked) every chunk's (kind, encode seconds, frames; none
+/// for the last).
 struct Run {
     wall_s: f64,
     cpu_s: f64,
-    chunks: Vec<(String, f64)>,
+    chunks: Vec<(String, f64, Option<i64>)>,
 }
 
 async fn run(
@@ -91,19 +92,20 @@ async fn run(
     let cpu_s = pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>() - cpu0;
     let url = format!("sqlite://{}", dir.join("lectern.db").display());
     let mut db = sqlx::SqliteConnection::connect(&url).await?;
-    let rows: Vec<(i64, String, Option<String>)> =
-        sqlx::query_as("SELECT idx, kind, result FROM chunks WHERE video_id = $1 ORDER BY idx")
-            .bind(&id)
-            .fetch_all(&mut db)
-            .await?;
+    let rows: Vec<(i64, String, Option<String>, Option<i64>)> = sqlx::query_as(
+        "SELECT idx, kind, result, frames FROM chunks WHERE video_id = $1 ORDER BY idx",
+    )
+    .bind(&id)
+    .fetch_all(&mut db)
+    .await?;
     let chunks = rows
         .into_iter()
-        .map(|(_, kind, result)| {
+        .map(|(_, kind, result, frames)| {
             let secs = result
                 .and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
                 .and_then(|v| v["secs"].as_f64())
                 .unwrap_or(0.0);
-            (kind, secs)
+            (kind, secs, frames)
         })
         .collect();
     drop(peer);
@@ -133,7 +135,8 @@ fn critical_path(first: &[f64], rest: &[f64], nodes: usize, pickup_s: f64, stitc
 }
 
 /// Task times of a lecture of `secs` seconds, scaled from the measured seconds per
-/// source-second of the video chunks and of the audio: (chunk 0 and audio, the rest).
+/// source-second of the video chunks and of the audio, which chunk 0 encodes for the whole
+/// source: (chunk 0, the rest).
 fn scaled(secs: f64, chunk_s: f64, video_per_s: f64, audio_per_s: f64) -> (Vec<f64>, Vec<f64>) {
     let first_len = (2.0 + chunk_s).min(secs);
     let mut rest = Vec::new();
@@ -143,7 +146,7 @@ fn scaled(secs: f64, chunk_s: f64, video_per_s: f64, audio_per_s: f64) -> (Vec<f
         rest.push(len * video_per_s);
         at += len;
     }
-    (vec![first_len * video_per_s, secs * audio_per_s], rest)
+    (vec![first_len * video_per_s + secs * audio_per_s], rest)
 }
 
 #[tokio::main]
@@ -185,21 +188,34 @@ async fn main() -> anyhow::Result<()> {
         Some(r)
     };
 
-    let video: Vec<f64> = chunked
-        .chunks
-        .iter()
-        .filter(|(k, _)| k == "video")
-        .map(|(_, s)| *s)
-        .collect();
-    let audio: f64 = chunked
-        .chunks
-        .iter()
-        .filter(|(k, _)| k == "audio")
-        .map(|(_, s)| *s)
-        .sum();
+    // (encode seconds, source seconds) of each video chunk; the source is 30 fps.
     let src_s = f64::from(secs);
-    let video_per_s = video.iter().sum::<f64>() / src_s;
-    let audio_per_s = audio / src_s;
+    let mut video: Vec<(f64, f64)> = chunked
+        .chunks
+        .iter()
+        .filter(|(k, _, _)| k == "video")
+        .map(|(_, s, f)| (*s, f.map_or(0.0, |f| f as f64 / 30.0)))
+        .collect();
+    let known: f64 = video.iter().map(|v| v.1).sum();
+    if let Some(last) = video.iter_mut().rev().find(|v| v.1 == 0.0) {
+        last.1 = (src_s - known).max(0.0);
+    }
+    // Chunk 0 also encodes the sound of the whole source: its time past the other chunks'
+    // rate is the audio's.
+    let (later_s, later_len) = video
+        .iter()
+        .skip(1)
+        .fold((0.0, 0.0), |(s, l), v| (s + v.0, l + v.1));
+    let video_per_s = if later_len > 0.0 {
+        later_s / later_len
+    } else {
+        video.iter().map(|v| v.0).sum::<f64>() / src_s
+    };
+    let audio_per_s = video
+        .first()
+        .map_or(0.0, |v| (v.0 - v.1 * video_per_s).max(0.0))
+        / src_s;
+    let video: Vec<f64> = video.iter().map(|v| v.0).collect();
     // The queue is polled every 250 ms; the stitch writes a few playlists.
     let (pickup, stitch) = (0.25, 0.1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -229,16 +245,18 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("\nPer task (encode seconds on this machine, one at a time):\n");
     println!("| task | kind | s |\n|---|---|---|");
-    for (i, (k, s)) in chunked.chunks.iter().enumerate() {
-        println!("| {i} | {k} | {s:.1} |");
+    for (i, (k, s, f)) in chunked.chunks.iter().enumerate() {
+        let what = match (i, f) {
+            (0, _) => format!("{k} + the whole sound"),
+            (_, Some(f)) => format!("{k}, {:.0} s", *f as f64 / 30.0),
+            _ => format!("{k}, the rest"),
+        };
+        println!("| {i} | {what} | {s:.1} |");
     }
-    let (first, rest): (Vec<f64>, Vec<f64>) = {
-        let mut first = vec![video.first().copied().unwrap_or(0.0)];
-        if audio > 0.0 {
-            first.push(audio);
-        }
-        (first, video.iter().skip(1).copied().collect())
-    };
+    let (first, rest): (Vec<f64>, Vec<f64>) = (
+        vec![video.first().copied().unwrap_or(0.0)],
+        video.iter().skip(1).copied().collect(),
+    );
     println!(
         "\nModel: time to `ready` on N two-core workers (pick-up {pickup} s per task, stitch {stitch} s), from the measured task times:\n"
     );
@@ -264,7 +282,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nSeconds of encoding per source-second: video chunks {video_per_s:.3}, audio {audio_per_s:.4}."
+        "\nSeconds of encoding per source-second: video chunks {video_per_s:.3}, audio (inside chunk 0, from its time past that rate) {audio_per_s:.4}."
     );
     Ok(())
 }
