@@ -137,7 +137,8 @@ impl Grid {
     /// after a source keyframe, so the chunk's accurate seek decodes little before its first
     /// frame rather than up to a whole source GOP. `found` answers [`Grid::search_times`]:
     /// the keyframe before each planned start, and before the latest boundary it may move to.
-    /// A start on a keyframe stays; without an answer the plan stays.
+    /// A start less than half a segment past a keyframe stays; without an answer the plan
+    /// stays.
     pub(crate) fn align(&mut self, found: &[Option<f64>]) {
         let n = self.starts.len() - 1;
         if found.len() != 2 * n {
@@ -161,7 +162,9 @@ impl Grid {
                 }
             };
             let Some(now) = past(nominal) else { continue };
-            if now <= half_frame {
+            // Under half a segment of decoding before the start is cheaper than the uneven
+            // chunks a move makes (the longest chunk sets the time to ready).
+            if now < self.secs(self.seg_frames) / 2.0 {
                 continue;
             }
             let lowest =
@@ -173,7 +176,7 @@ impl Grid {
                 .min_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
             if let Some((d, _, b)) = best {
                 // Only to land near a keyframe: with none near, every boundary decodes far.
-                if d + half_frame < now && d < self.secs(self.seg_frames) {
+                if d + 1.0 < now && d < self.secs(self.seg_frames) {
                     self.starts[i + 1] = b;
                 }
             }
@@ -903,5 +906,22 @@ mod tests {
             .collect();
         g.align(&found);
         assert_eq!(g.starts[1], 600);
+        // A keyframe every 10 s (slides) under 60 s chunks: 62 s is 2 s past one; it stays
+        // rather than make a 50 s and a 72 s chunk.
+        let mut g = Grid {
+            starts: vec![0, 1860, 3660],
+            total: 5400,
+            seg_frames: 180,
+            chunk_frames: 1800,
+            flex: 2,
+            fps: (30, 1),
+        };
+        let found: Vec<_> = g
+            .search_times()
+            .into_iter()
+            .map(|t| Some((t / 10.0).floor() * 10.0))
+            .collect();
+        g.align(&found);
+        assert_eq!(g.starts, [0, 1860, 3660]);
     }
 }
