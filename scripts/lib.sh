@@ -8,6 +8,17 @@ LECTERN_PACKAGES=(
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools
 )
 
+# Builds the web pages (web/dist) that `cargo build` embeds in the binary: esbuild and the page
+# libraries come from npm, pinned by web/package-lock.json. Reinstalls only when the lock changes.
+build_web() {
+  command -v npm >/dev/null 2>&1 || apt_install_missing nodejs npm
+  if [ ! -f web/node_modules/.package-lock.json ] || ! cmp -s web/package-lock.json web/node_modules/.lectern-lock; then
+    (cd web && npm ci --no-audit --no-fund && cp package-lock.json node_modules/.lectern-lock)
+  fi
+  echo "==> building the web pages (esbuild)"
+  (cd web && node build.mjs)
+}
+
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }

@@ -6,12 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-apt_install_missing "${LECTERN_PACKAGES[@]}" curl
+apt_install_missing "${LECTERN_PACKAGES[@]}" curl nodejs npm
 require_cargo
 bash testdata/videos/generate.sh >/dev/null
 
 export SQLX_OFFLINE=true CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 unset DATABASE_URL
+build_web
 echo "==> building (release)"
 cargo build --release --locked --bin lectern
 bin=target/release/lectern
@@ -35,13 +36,26 @@ echo "==> uploading testdata/videos/clip-1080p.mp4"
 out=$("$bin" upload testdata/videos/clip-1080p.mp4 --title "Sample lecture" --server "http://$listen" --data-dir data)
 id=$(echo "$out" | sed -n 1p)
 url=$(echo "$out" | sed -n 2p)
+org=default
+studio_token=$("$bin" token --role instructor --user instructor --org "$org" --ttl 12h --data-dir data)
+admin_token=$("$bin" token --role admin --user admin --org "$org" --ttl 12h --data-dir data)
 cat <<MSG
 
-Video $id is ready. Watch it with any HLS player (hls.js, Safari, VLC, ffplay):
+Video $id is ready.
 
+  Studio (upload lectures, captions, embed snippets):
+    http://$listen/studio#token=$studio_token
+  Player (this lecture; the iframe an LMS embeds):
+    http://$listen/embed/$id#token=$studio_token
+  Admin (the transcode queue and workers):
+    http://$listen/admin#token=$admin_token
+
+The token travels in the URL fragment (#token=…), so it never reaches a server log. Tokens last
+12 h; make new ones with: $bin token --role instructor --user you --org $org --data-dir data
+
+Any HLS player (hls.js, Safari, VLC, ffplay) also plays the signed playlist:
   $url
 
-Check it plays:   ffmpeg -i '$url' -f null -
 Upload your own:  $bin upload LECTURE.mp4 --data-dir data
 Stop the server:  kill \$(cat data/lectern.pid)
 MSG

@@ -31,9 +31,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 bash testdata/videos/generate.sh
-# tus-js-client, hls.js and playwright-core, pinned by lectern/tests/clients/package-lock.json.
-command -v npm >/dev/null 2>&1 || apt_install_missing nodejs npm
-for m in tus-js-client hls.js playwright-core; do
+# The pages the binary embeds (web/dist, before cargo builds it).
+build_web
+# tus-js-client, hls.js, playwright-core and axe-core, pinned by lectern/tests/clients/package-lock.json.
+for m in tus-js-client hls.js playwright-core axe-core; do
   [ -d "lectern/tests/clients/node_modules/$m" ] || { (cd lectern/tests/clients && npm ci --no-audit --no-fund); break; }
 done
 export LECTERN_TEST_PYTHON="$PWD/target/testenv/bin/python"

@@ -37,6 +37,12 @@ pub struct Config {
     pub pipeline: Option<PathBuf>,
     /// Value of `Access-Control-Allow-Origin` on ingest and origin responses.
     pub cors_origin: String,
+    /// Who may frame the player at `/embed/{id}`: the CSP `frame-ancestors` sources (the page's
+    /// own origin is always allowed, for the studio's preview), e.g. `https://lms.example.edu`.
+    pub embed_frame_ancestors: String,
+    /// Origins, besides the page's own and `public_url`'s, the web pages may fetch playlists,
+    /// segments and posters from (a CDN host that differs from the public URL), space-separated.
+    pub web_media_origins: String,
     /// Seconds a playback URL stays valid beyond the video's duration.
     pub playback_grace_s: u64,
     /// How long an unfinished upload is kept after its last write, e.g. `24h`.
@@ -129,6 +135,8 @@ impl Default for Config {
             workers: (cores / 4).max(1),
             pipeline: None,
             cors_origin: "*".into(),
+            embed_frame_ancestors: "*".into(),
+            web_media_origins: String::new(),
             playback_grace_s: 2 * 3600,
             upload_expiry: "24h".into(),
             upload_part_size: 8 * 1024 * 1024,
@@ -249,6 +257,12 @@ impl Config {
         }
         if let Some(v) = env("LECTERN_CORS_ORIGIN") {
             self.cors_origin = v;
+        }
+        if let Some(v) = env("LECTERN_EMBED_FRAME_ANCESTORS") {
+            self.embed_frame_ancestors = v;
+        }
+        if let Some(v) = env("LECTERN_WEB_MEDIA_ORIGINS") {
+            self.web_media_origins = v;
         }
         if let Some(v) = env("LECTERN_PLAYBACK_GRACE_S") {
             self.playback_grace_s = parse("LECTERN_PLAYBACK_GRACE_S", v)?;
@@ -700,7 +714,7 @@ mod tests {
         assert_eq!(cfg.pools().queue, 5);
     }
 
-    const KEYS: [&str; 41] = [
+    const KEYS: [&str; 43] = [
         "listen",
         "data_dir",
         "database_url",
@@ -713,6 +727,8 @@ mod tests {
         "workers",
         "pipeline",
         "cors_origin",
+        "embed_frame_ancestors",
+        "web_media_origins",
         "playback_grace_s",
         "upload_expiry",
         "upload_part_size",

@@ -413,6 +413,16 @@ const OPS: &[Op] = &[
     ),
     op(
         "get",
+        "/api/v1/lessons/{id}/progress",
+        "progress",
+        "The caller's own watch state of a lesson (where a player resumes)",
+        ANY,
+        200,
+        READ,
+        &[],
+    ),
+    op(
+        "get",
         "/api/v1/me/continue",
         "progress",
         "Lessons the caller started and has not completed",

@@ -250,6 +250,11 @@ async fn serve(cfg: Config, schema: Schema) -> anyhow::Result<()> {
             access,
             cdn_purge_command: cfg.cdn_purge_command.clone(),
         }));
+        app = app.merge(lectern_web::router(lectern_web::WebConfig::new(
+            &cfg.embed_frame_ancestors,
+            cfg.public_url.as_deref(),
+            &cfg.web_media_origins,
+        )));
     }
     let mut origin_routes = None;
     if cfg.has_role("origin") {

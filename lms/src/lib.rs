@@ -17,7 +17,7 @@ pub use access::{Access, AccessCache, Enrollments};
 use courses::*;
 use enrollments::*;
 use lessons::*;
-use progress::post_progress;
+use progress::{get_progress, post_progress};
 use reports::*;
 
 use lectern_core::error::Code;
@@ -92,7 +92,10 @@ pub fn router(state: LmsState) -> Router {
             get(get_lesson).patch(patch_lesson).delete(delete_lesson),
         )
         .route("/api/v1/lessons/{id}/playback", get(lesson_playback))
-        .route("/api/v1/lessons/{id}/progress", post(post_progress))
+        .route(
+            "/api/v1/lessons/{id}/progress",
+            post(post_progress).get(get_progress),
+        )
         .route("/api/v1/me/continue", get(continue_watching))
         .with_state(state)
 }

@@ -145,6 +145,13 @@ impl Buffer {
             .await
     }
 
+    /// The playhead of a heartbeat still waiting in memory for (user, lesson), if any.
+    pub fn pending_position(&self, user: &str, lesson: &str) -> Option<f64> {
+        let map = self.pending.lock().expect("progress lock");
+        map.get(&(user.to_string(), lesson.to_string()))
+            .map(|p| p.position_s)
+    }
+
     /// Rows waiting in memory.
     pub fn pending(&self) -> usize {
         self.pending.lock().expect("progress lock").len()
@@ -447,4 +454,40 @@ pub(crate) async fn post_progress(
         st.progress.write_now(h).await?;
     }
     Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(sqlx::FromRow)]
+struct OwnRow {
+    position_s: f64,
+    watched_s: f64,
+    completed: i64,
+    updated_at: i64,
+}
+
+/// `GET /api/v1/lessons/{id}/progress`: the caller's own watch state of a lesson, so a player
+/// resumes where the learner stopped (a heartbeat still in this node's buffer counts).
+pub(crate) async fn get_progress(
+    State(st): State<LmsState>,
+    Auth(c): Auth,
+    Path(lesson): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    member(&c)?;
+    let l = visible_lesson(&st, &c, &lesson).await?;
+    let row = sqlx::query_as::<_, OwnRow>(
+        "SELECT position_s, watched_s, completed, updated_at FROM progress \
+         WHERE user_id = $1 AND lesson_id = $2 AND org = $3",
+    )
+    .bind(&c.sub)
+    .bind(&l.id)
+    .bind(&c.org)
+    .fetch_optional(&st.db.pool)
+    .await?;
+    let pending = st.progress.pending_position(&c.sub, &l.id);
+    Ok(Json(serde_json::json!({
+        "lesson_id": l.id,
+        "position_s": pending.or(row.as_ref().map(|r| r.position_s)).unwrap_or(0.0),
+        "watched_s": row.as_ref().map_or(0.0, |r| r.watched_s),
+        "completed": row.as_ref().is_some_and(|r| r.completed != 0),
+        "updated_at": row.as_ref().map(|r| rfc3339(r.updated_at)),
+    })))
 }

@@ -518,10 +518,17 @@ pub fn playback_json(
     let exp = chrono::Utc::now().timestamp() + duration + grace_s;
     let base = lectern_core::base_url(public_url, headers);
     let tag = signer.viewer_tag(&viewer.org, &viewer.sub);
+    // The poster sits beside the segments: unguessable, immutable, no signature needed.
+    let poster_url = video
+        .poster_key
+        .as_deref()
+        .and_then(lectern_core::keys::under_videos)
+        .map(|rest| format!("{base}/v/{rest}"));
     Ok(serde_json::json!({
         "url": signer.master_url(&base, &video.id, &tag, exp),
         "expires_at": lectern_core::rfc3339(exp * 1000),
         "state": video.state,
+        "poster_url": poster_url,
     }))
 }
 

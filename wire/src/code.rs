@@ -183,6 +183,8 @@ codes! {
     DatabaseUnavailable => ("database-unavailable", 503),
     /// The object store does not answer (`/readyz`).
     StoreUnavailable => ("store-unavailable", 503),
+    /// The binary was built without the web bundle (`node web/build.mjs` before `cargo build`).
+    PagesNotBuilt => ("pages-not-built", 503),
     /// The data folder or the object store has no room.
     StorageFull => ("storage-full", 507),
 }

@@ -2,16 +2,10 @@
 // signed master URL with hls.js; prints what the page saw as JSON once playback passed
 // `minPlayed` seconds (and, when `wantCues`, a caption cue arrived), a fatal error occurred,
 // or `timeoutS` ran out. Playwright gives every launch a fresh, empty profile. Usage: node hlsplay.mjs PAGE_URL [minPlayed=2.5] [wantCues=0] [timeoutS=40]
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.mjs';
 
 const [pageUrl, minPlayed = '2.5', wantCues = '0', timeoutS = '40'] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--autoplay-policy=no-user-gesture-required'],
-});
+const browser = await launchChromium();
 let r = { errors: ['FATAL page did not load'] };
 try {
   const page = await browser.newPage();
