@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-apt_install_missing "${LECTERN_PACKAGES[@]}" curl nodejs npm
+apt_install_missing "${LECTERN_PACKAGES[@]}" curl
 require_cargo
 bash testdata/videos/generate.sh >/dev/null
 

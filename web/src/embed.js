@@ -9,9 +9,12 @@ const videoId = decodeURIComponent(location.pathname.split("/").filter(Boolean).
 const { params, token: fragToken } = fragment("embed");
 
 let token = fragToken;
-let lesson = params.get("lesson") || sessionStorage.getItem("lectern:embed:lesson");
-if (params.get("lesson")) sessionStorage.setItem("lectern:embed:lesson", params.get("lesson"));
-const signedSrc = params.get("src");
+const lessonKey = `lectern:embed:${videoId}:lesson`;
+let lesson = params.get("lesson") || sessionStorage.getItem(lessonKey);
+if (params.get("lesson")) sessionStorage.setItem(lessonKey, params.get("lesson"));
+const srcKey = `lectern:embed:${videoId}:src`;
+if (params.get("src")) sessionStorage.setItem(srcKey, params.get("src"));
+const signedSrc = params.get("src") || sessionStorage.getItem(srcKey);
 
 // ---- the page ----
 const ICONS = {

@@ -5,7 +5,8 @@
  * the fragment from the address bar so it is neither bookmarked nor shown over a shoulder. */
 export function fragment(page) {
   const params = new URLSearchParams(location.hash.slice(1));
-  const key = `lectern:${page}:token`;
+  // Per page and path: two players of one origin in one tab share sessionStorage.
+  const key = `lectern:${page}:${location.pathname}:token`;
   const token = params.get("token");
   if (token) sessionStorage.setItem(key, token);
   if (location.hash) history.replaceState(null, "", location.pathname);
