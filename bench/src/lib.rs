@@ -317,6 +317,84 @@ pub fn ladder_file(work: &Path, chunk_s: Option<u32>) -> anyhow::Result<PathBuf>
     Ok(path)
 }
 
+/// `lectern serve` on its embedded defaults in `dir` (any port, one worker slot, quiet) with
+/// the ladder in `pipeline`, as the transcode benchmarks run it.
+pub fn serve_cmd(lectern: &Path, dir: &Path, secret: &str, pipeline: &Path) -> Command {
+    let mut cmd = Command::new(lectern);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("LECTERN_SECRET", secret)
+        .env("LECTERN_LOG", "warn")
+        .env("LECTERN_WORKERS", "1")
+        .env("LECTERN_PIPELINE", pipeline)
+        .env_remove("DATABASE_URL");
+    cmd
+}
+
+/// Concatenates a Lectern rung (init + segments) into one fragmented MP4.
+pub fn lectern_rung_file(prefix: &Path, rung: &str, to: &Path) -> anyhow::Result<()> {
+    let dir = prefix.join(rung);
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "m4s"))
+        .collect();
+    segs.sort();
+    let mut bytes = std::fs::read(dir.join("init.mp4"))?;
+    for s in segs {
+        bytes.extend(std::fs::read(s)?);
+    }
+    std::fs::write(to, bytes)?;
+    Ok(())
+}
+
+/// PSNR (average, dB) and SSIM (All) of a rung against the source. `at_source = false` scales the source down to
+/// the rung with ffmpeg's bicubic (which favours an encoder that scaled the same way);
+/// `true` scales the rung up to the source's size with lanczos and compares there, which
+/// treats every downscaler alike.
+pub fn quality(
+    dist: &Path,
+    src: &Path,
+    w: u32,
+    h: u32,
+    at_source: bool,
+) -> anyhow::Result<(f64, f64)> {
+    let graph = if at_source {
+        "[0:v]setpts=PTS-STARTPTS,scale=1920:1080:flags=lanczos,format=yuv420p,split[d1][d2];\
+         [1:v]setpts=PTS-STARTPTS,format=yuv420p,split[r1][r2];\
+         [d1][r1]psnr;[d2][r2]ssim"
+            .to_string()
+    } else {
+        format!(
+            "[0:v]setpts=PTS-STARTPTS,format=yuv420p,split[d1][d2];\
+             [1:v]setpts=PTS-STARTPTS,scale={w}:{h}:flags=bicubic,format=yuv420p,split[r1][r2];\
+             [d1][r1]psnr;[d2][r2]ssim"
+        )
+    };
+    let log = ffmpeg(&[
+        "-hide_banner",
+        "-i",
+        dist.to_str().unwrap(),
+        "-i",
+        src.to_str().unwrap(),
+        "-lavfi",
+        &graph,
+        "-f",
+        "null",
+        "-",
+    ])?;
+    let grab = |key: &str, stop: char| -> Option<f64> {
+        let at = log.rfind(key)? + key.len();
+        log[at..]
+            .split(|c: char| c == stop || c.is_whitespace())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let psnr = grab("average:", ' ').ok_or_else(|| anyhow::anyhow!("no PSNR in: {log}"))?;
+    let ssim = grab("All:", ' ').ok_or_else(|| anyhow::anyhow!("no SSIM in: {log}"))?;
+    Ok((psnr, ssim))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

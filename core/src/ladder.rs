@@ -34,10 +34,34 @@ pub struct Ladder {
     /// Length of a chunk, seconds; a whole multiple of `segment_duration_s`.
     #[serde(default = "default_chunk_s")]
     pub chunk_s: u32,
+    /// How each rung's bitrate is spent: `fixed` (average bitrate) or `capped-crf`.
+    #[serde(default)]
+    pub rate_control: RateControl,
+    /// x264 constant-quality level (CRF) of `capped-crf`, 0–51, lower is better; a rung may
+    /// set its own.
+    #[serde(default = "default_crf")]
+    pub crf: u32,
     /// Audio encoding.
     pub audio: AudioSpec,
     /// Rungs, any order.
     pub rungs: Vec<Rung>,
+}
+
+/// How an encoder spends a rung's bits.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RateControl {
+    /// Average bitrate at the rung's `video_bitrate`, VBV-capped: every picture costs the
+    /// same, a still slide as much as a football match.
+    #[default]
+    Fixed,
+    /// Constant quality at `crf`, with the rung's maxrate and bufsize as the VBV cap: a
+    /// still slide costs what it needs, a hard picture never more than the fixed ladder.
+    CappedCrf,
+}
+
+fn default_crf() -> u32 {
+    20
 }
 
 fn default_chunk_threshold_s() -> f64 {
@@ -84,8 +108,11 @@ pub struct Rung {
     pub name: String,
     /// Short side of the picture, pixels.
     pub short_side: u32,
-    /// Average video bitrate, bits per second.
+    /// Average video bitrate, bits per second (with `capped-crf`, only the VBV cap's base).
     pub video_bitrate: u32,
+    /// This rung's CRF under `capped-crf` (the ladder's `crf` when absent).
+    #[serde(default)]
+    pub crf: Option<u32>,
 }
 
 /// A rendition planned for one source: exact even dimensions and rate control.
@@ -103,6 +130,9 @@ pub struct Rendition {
     pub maxrate: u32,
     /// VBV buffer, bits.
     pub bufsize: u32,
+    /// Constant-quality level when the ladder is `capped-crf` (then `maxrate` is the cap).
+    #[serde(default)]
+    pub crf: Option<u32>,
 }
 
 /// Why a ladder file is unusable.
@@ -150,6 +180,12 @@ impl Ladder {
         if l.fallback_fps == 0 {
             return Err(LadderError::Invalid("fallback_fps must be positive".into()));
         }
+        // x264enc takes whole CRF values from 0 to 50.
+        if l.crf > 50 || l.rungs.iter().any(|r| r.crf.is_some_and(|c| c > 50)) {
+            return Err(LadderError::Invalid(
+                "crf must be a whole number from 0 to 50".into(),
+            ));
+        }
         l.rungs.sort_by_key(|r| r.short_side);
         Ok(l)
     }
@@ -179,7 +215,7 @@ impl Ladder {
         let lowest = &self.rungs[0];
         if short < lowest.short_side {
             let (w, h) = (even_down(width), even_down(height));
-            return vec![self.rendition(format!("{}p", w.min(h)), w, h, lowest.video_bitrate)];
+            return vec![self.rendition(format!("{}p", w.min(h)), w, h, lowest)];
         }
         self.rungs
             .iter()
@@ -192,13 +228,16 @@ impl Ladder {
                 } else {
                     (r.short_side, long)
                 };
-                self.rendition(r.name.clone(), w, h, r.video_bitrate)
+                self.rendition(r.name.clone(), w, h, r)
             })
             .collect()
     }
 
-    fn rendition(&self, name: String, width: u32, height: u32, bitrate: u32) -> Rendition {
+    fn rendition(&self, name: String, width: u32, height: u32, rung: &Rung) -> Rendition {
+        let bitrate = rung.video_bitrate;
         Rendition {
+            crf: (self.rate_control == RateControl::CappedCrf)
+                .then(|| rung.crf.unwrap_or(self.crf)),
             name,
             width,
             height,
@@ -287,5 +326,26 @@ mod tests {
         let text = DEFAULT_LADDER.replace("segment_duration_s = 6", "segment_duration_s = 5");
         assert!(matches!(Ladder::parse(&text), Err(LadderError::Invalid(_))));
         assert!(Ladder::parse("rungs = []").is_err());
+    }
+
+    #[test]
+    fn capped_crf_plans_quality_with_the_rung_cap() {
+        let text = DEFAULT_LADDER
+            .replace("rate_control = \"fixed\"", "rate_control = \"capped-crf\"")
+            .replace("short_side = 1080\n", "short_side = 1080\ncrf = 22\n");
+        let l = Ladder::parse(&text).unwrap();
+        let r = l.renditions_for(1920, 1080);
+        assert_eq!(
+            r.iter().map(|r| r.crf).collect::<Vec<_>>(),
+            [Some(20), Some(20), Some(22)]
+        );
+        assert_eq!(
+            r[2].maxrate, 5_350_000,
+            "the cap is the fixed ladder's maxrate"
+        );
+        let fixed = Ladder::default_ladder().renditions_for(1920, 1080);
+        assert!(fixed.iter().all(|r| r.crf.is_none()));
+        let bad = DEFAULT_LADDER.replace("crf = 20", "crf = 60");
+        assert!(matches!(Ladder::parse(&bad), Err(LadderError::Invalid(_))));
     }
 }

@@ -397,3 +397,81 @@ async fn check_poster(app: &TestApp, status: &Value, w: u32, h: u32) {
     let d = common::discover(&f);
     assert_eq!((d.width, d.height), (w, h));
 }
+
+/// The x264 settings string (`x264 - core … options: …`) of the first segment of each rung
+/// under the published prefix in the data folder's object store.
+fn x264_options(app: &TestApp, id: &str) -> Vec<String> {
+    let videos = app.data.path().join("objects/videos").join(id);
+    let prefix = std::fs::read_dir(&videos)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut out = Vec::new();
+    for rung in std::fs::read_dir(&prefix)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+    {
+        let Ok(files) = std::fs::read_dir(&rung) else {
+            continue;
+        };
+        let mut segs: Vec<_> = files
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "m4s"))
+            .collect();
+        segs.sort();
+        let Some(first) = segs.first() else { continue };
+        let bytes = std::fs::read(first).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        if let Some(at) = text.find("options: ") {
+            let opts = &text[at..];
+            out.push(opts[..opts.find('\0').unwrap_or(opts.len().min(2000))].to_string());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn capped_crf_ladder_encodes_at_constant_quality_under_the_rung_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let ladder = dir.path().join("capped.toml");
+    std::fs::write(
+        &ladder,
+        lectern_core::ladder::DEFAULT_LADDER
+            .replace("rate_control = \"fixed\"", "rate_control = \"capped-crf\"")
+            .replace("crf = 20", "crf = 24"),
+    )
+    .unwrap();
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        &[("LECTERN_PIPELINE", ladder.to_str().unwrap())],
+    );
+    let token = app.token(Role::Admin, "org-crf");
+    let id = app.upload(&token, &clip("clip-720p.mp4"), 1).await;
+    let (st, _) = app.wait_done(&token, &id).await;
+    assert_eq!(st["state"], "ready", "{st}");
+    let opts = x264_options(&app, &id);
+    assert_eq!(opts.len(), 2, "480p and 720p: {opts:?}");
+    for o in &opts {
+        assert!(o.contains(" rc=crf ") && o.contains(" crf=24.0 "), "{o}");
+        // The cap: the rung's maxrate (1.07 × 1400 or 2800 kb/s) and bufsize (1.5 ×, to the
+        // millisecond x264enc takes it in).
+        let num = |k: &str| -> u32 {
+            let at = o.find(k).unwrap_or_else(|| panic!("{k} in {o}")) + k.len();
+            o[at..].split(' ').next().unwrap().parse().unwrap()
+        };
+        let (max, buf) = (num(" vbv_maxrate="), num(" vbv_bufsize="));
+        assert!(max == 1498 || max == 2996, "{o}");
+        assert!(buf.abs_diff(max * 1400 / 1000) <= 5, "{o}");
+    }
+    // The same clip on the default (fixed) ladder is an average-bitrate encode.
+    let fixed = TestApp::spawn(Db::Sqlite);
+    let t = fixed.token(Role::Admin, "org-crf");
+    let id = fixed.upload(&t, &clip("clip-720p.mp4"), 1).await;
+    let (st, _) = fixed.wait_done(&t, &id).await;
+    assert_eq!(st["state"], "ready", "{st}");
+    for o in x264_options(&fixed, &id) {
+        assert!(!o.contains(" rc=crf "), "{o}");
+    }
+}

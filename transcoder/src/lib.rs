@@ -551,15 +551,7 @@ async fn run_attempt(
         input,
         fps: (fps.numer(), fps.denom()),
         interlaced: vp.interlaced,
-        video: renditions
-            .iter()
-            .map(|r| pipeline::VideoOut {
-                width: r.width,
-                height: r.height,
-                bitrate_kbps: r.video_bitrate / 1000,
-                vbv_ms: ((r.bufsize as u64 * 1000) / r.video_bitrate.max(1) as u64) as u32,
-            })
-            .collect(),
+        video: renditions.iter().map(pipeline::VideoOut::of).collect(),
         audio: probe.audio.then_some((
             ladder.audio.bitrate,
             ladder.audio.channels,

@@ -56,6 +56,33 @@ pub struct VideoOut {
     pub bitrate_kbps: u32,
     /// VBV buffer, milliseconds of the bitrate.
     pub vbv_ms: u32,
+    /// Constant quality (x264 CRF) with `bitrate_kbps` as the VBV cap, instead of an average
+    /// bitrate.
+    #[serde(default)]
+    pub crf: Option<u32>,
+}
+
+impl VideoOut {
+    /// The encoder settings of a planned rendition.
+    pub fn of(r: &lectern_core::ladder::Rendition) -> Self {
+        match r.crf {
+            // x264enc's quality mode ("qual") takes `bitrate` as the VBV maxrate.
+            Some(crf) => Self {
+                width: r.width,
+                height: r.height,
+                bitrate_kbps: r.maxrate / 1000,
+                vbv_ms: ((r.bufsize as u64 * 1000) / r.maxrate.max(1) as u64) as u32,
+                crf: Some(crf),
+            },
+            None => Self {
+                width: r.width,
+                height: r.height,
+                bitrate_kbps: r.video_bitrate / 1000,
+                vbv_ms: ((r.bufsize as u64 * 1000) / r.video_bitrate.max(1) as u64) as u32,
+                crf: None,
+            },
+        }
+    }
 }
 
 /// Everything the pipeline needs (sent to the encoder process as JSON).
@@ -313,10 +340,16 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
                     .field("colorimetry", "bt709")
                     .build(),
             )?;
-            let enc = gst::ElementFactory::make("x264enc")
+            let mut enc = gst::ElementFactory::make("x264enc")
                 .property("threads", encoder_threads())
                 .property("bitrate", r.bitrate_kbps)
-                .property("vbv-buf-capacity", r.vbv_ms)
+                .property("vbv-buf-capacity", r.vbv_ms);
+            if let Some(crf) = r.crf {
+                enc = enc
+                    .property_from_str("pass", "qual")
+                    .property("quantizer", crf);
+            }
+            let enc = enc
                 .property("key-int-max", spec.gop_frames)
                 .property_from_str("speed-preset", &spec.preset)
                 // Scene-cut keyframes would differ between rungs and break switching alignment.

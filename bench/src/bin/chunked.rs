@@ -13,7 +13,6 @@
 //! target/release/chunked --lectern target/release/lectern [--minutes 10] [--chunk-s 60]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use clap::Parser;
@@ -43,15 +42,8 @@ struct Args {
 }
 
 fn spawn(args: &Args, dir: &Path, ladder: &Path, roles: &str) -> anyhow::Result<Server> {
-    let mut cmd = Command::new(&args.lectern);
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("LECTERN_SECRET", SECRET)
-        .env("LECTERN_LOG", "warn")
-        .env("LECTERN_WORKERS", "1")
-        .env("LECTERN_ROLES", roles)
-        .env("LECTERN_PIPELINE", ladder)
-        .env_remove("DATABASE_URL");
+    let mut cmd = lectern_bench::serve_cmd(&args.lectern, dir, SECRET, ladder);
+    cmd.env("LECTERN_ROLES", roles);
     Server::spawn_announcing(cmd)
 }
 

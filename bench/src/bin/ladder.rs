@@ -13,7 +13,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use clap::Parser;
-use lectern_bench::{children_peak_rss_mib, cpu_seconds, ffmpeg, fresh_dir, median, Server};
+use lectern_bench::{
+    children_peak_rss_mib, cpu_seconds, ffmpeg, fresh_dir, lectern_rung_file, median, quality,
+    Server,
+};
 use lectern_core::auth::{Keys, Role};
 use lectern_core::ladder::Ladder;
 
@@ -148,16 +151,10 @@ fn ffmpeg_ladder(src: &Path, out: &Path, ladder: &Ladder) -> anyhow::Result<Cost
 /// One Lectern transcode through the real server: upload, then the job's own start-to-ready
 /// time; CPU and peak RSS of the whole server process.
 async fn lectern_ladder(args: &Args, src: &Path, dir: &Path) -> anyhow::Result<(Cost, PathBuf)> {
-    let mut cmd = Command::new(&args.lectern);
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("LECTERN_SECRET", SECRET)
-        .env("LECTERN_LOG", "warn")
-        .env("LECTERN_WORKERS", "1")
-        // One pipeline against ffmpeg's one pass, however long the source (bench/chunked
-        // measures chunking).
-        .env("LECTERN_PIPELINE", lectern_bench::ladder_file(dir, None)?)
-        .env_remove("DATABASE_URL");
+    // One pipeline against ffmpeg's one pass, however long the source (bench/chunked measures
+    // chunking).
+    let ladder = lectern_bench::ladder_file(dir, None)?;
+    let cmd = lectern_bench::serve_cmd(&args.lectern, dir, SECRET, &ladder);
     let server = Server::spawn_announcing(cmd)?;
     let pid = server.child.id();
     let keys = Keys::from_secret(SECRET);
@@ -185,65 +182,6 @@ async fn lectern_ladder(args: &Args, src: &Path, dir: &Path) -> anyhow::Result<(
         .ok_or_else(|| anyhow::anyhow!("no output prefix"))??
         .path();
     Ok((cost, out))
-}
-
-/// Concatenates a Lectern rung (init + segments) into one fragmented MP4.
-fn lectern_rung_file(prefix: &Path, rung: &str, to: &Path) -> anyhow::Result<()> {
-    let dir = prefix.join(rung);
-    let mut segs: Vec<PathBuf> = std::fs::read_dir(&dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "m4s"))
-        .collect();
-    segs.sort();
-    let mut bytes = std::fs::read(dir.join("init.mp4"))?;
-    for s in segs {
-        bytes.extend(std::fs::read(s)?);
-    }
-    std::fs::write(to, bytes)?;
-    Ok(())
-}
-
-/// PSNR (average, dB) and SSIM (All) of `dist` against the source scaled to its size.
-/// PSNR and SSIM of a rung against the source. `at_source = false` scales the source down to
-/// the rung with ffmpeg's bicubic (which favours an encoder that scaled the same way);
-/// `true` scales the rung up to the source's size with lanczos and compares there, which
-/// treats every downscaler alike.
-fn quality(dist: &Path, src: &Path, w: u32, h: u32, at_source: bool) -> anyhow::Result<(f64, f64)> {
-    let graph = if at_source {
-        "[0:v]setpts=PTS-STARTPTS,scale=1920:1080:flags=lanczos,format=yuv420p,split[d1][d2];\
-         [1:v]setpts=PTS-STARTPTS,format=yuv420p,split[r1][r2];\
-         [d1][r1]psnr;[d2][r2]ssim"
-            .to_string()
-    } else {
-        format!(
-            "[0:v]setpts=PTS-STARTPTS,format=yuv420p,split[d1][d2];\
-             [1:v]setpts=PTS-STARTPTS,scale={w}:{h}:flags=bicubic,format=yuv420p,split[r1][r2];\
-             [d1][r1]psnr;[d2][r2]ssim"
-        )
-    };
-    let log = ffmpeg(&[
-        "-hide_banner",
-        "-i",
-        dist.to_str().unwrap(),
-        "-i",
-        src.to_str().unwrap(),
-        "-lavfi",
-        &graph,
-        "-f",
-        "null",
-        "-",
-    ])?;
-    let grab = |key: &str, stop: char| -> Option<f64> {
-        let at = log.rfind(key)? + key.len();
-        log[at..]
-            .split(|c: char| c == stop || c.is_whitespace())
-            .next()?
-            .parse()
-            .ok()
-    };
-    let psnr = grab("average:", ' ').ok_or_else(|| anyhow::anyhow!("no PSNR in: {log}"))?;
-    let ssim = grab("All:", ' ').ok_or_else(|| anyhow::anyhow!("no SSIM in: {log}"))?;
-    Ok((psnr, ssim))
 }
 
 /// Whether a file's first video stream uses B-frames (to show both encoders match).
