@@ -6,7 +6,7 @@
 #           (moving picture plus sensor noise), as a recorded talk over slides looks;
 #   screen  a screen recording: a code editor whose text is typed line by line and scrolls,
 #           with a ticking clock;
-#   motion  the control: every pixel moves and carries grain (a handheld camera, a sports clip).
+#   motion  the control: a camera pan over a detailed frame with grain (every pixel moves).
 set -euo pipefail
 kind="$1" secs="$2" out="$3"
 font=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
@@ -43,7 +43,8 @@ case "$kind" in
       format=yuv420p[v]"
     ;;
   motion)
-    graph="testsrc2=s=1920x1080:r=30:d=$secs,noise=alls=12:allf=t,format=yuv420p[v]"
+    # A pan across a detailed frame (every pixel moves every frame) with light sensor grain.
+    graph="testsrc2=s=1920x1080:r=30:d=$secs,scroll=horizontal=0.004:vertical=0.002,noise=alls=6:allf=t,format=yuv420p[v]"
     ;;
   *) echo "unknown kind $kind" >&2; exit 2 ;;
 esac
