@@ -319,7 +319,6 @@ async function start() {
   const { default: Hls } = await import("hls.js");
   if (!Hls.isSupported()) return show("This browser cannot play HLS video. Use a current Chrome, Firefox, Edge or Safari.");
   hls = new Hls({ enableWorker: false, startPosition: at || 0, subtitleDisplay: false });
-  window.lecternHls = hls;
   hls.on(Hls.Events.MANIFEST_PARSED, (_, data) => {
     quality.replaceChildren(
       el("option", { value: "-1" }, "Auto"),

@@ -109,26 +109,41 @@ enum Page {
 
 /// The page routes and `/assets/{file}`; `/` leads to the studio.
 pub fn router(cfg: WebConfig) -> Router {
+    // A page depends only on the bundle and the config: rendered once, cloned per request.
+    let pages = Pages {
+        embed: render(&cfg, Page::Embed),
+        studio: render(&cfg, Page::Studio),
+        admin: render(&cfg, Page::Admin),
+    };
     Router::new()
         .route("/", get(|| async { Redirect::to("/studio") }))
         .route("/studio", get(studio))
         .route("/admin", get(admin))
         .route("/embed/{id}", get(embed))
         .route("/assets/{file}", get(asset))
-        .with_state(std::sync::Arc::new(cfg))
+        .with_state(std::sync::Arc::new(pages))
 }
 
-type Cfg = State<std::sync::Arc<WebConfig>>;
+/// A page's headers and HTML, or `None` without a bundle.
+type Rendered = Option<(HeaderMap, axum::body::Bytes)>;
 
-async fn studio(State(cfg): Cfg) -> Response {
-    page(&cfg, Page::Studio)
+struct Pages {
+    embed: Rendered,
+    studio: Rendered,
+    admin: Rendered,
 }
 
-async fn admin(State(cfg): Cfg) -> Response {
-    page(&cfg, Page::Admin)
+type St = State<std::sync::Arc<Pages>>;
+
+async fn studio(State(p): St) -> Response {
+    respond(&p.studio)
 }
 
-async fn embed(State(cfg): Cfg, Path(id): Path<String>) -> Response {
+async fn admin(State(p): St) -> Response {
+    respond(&p.admin)
+}
+
+async fn embed(State(p): St, Path(id): Path<String>) -> Response {
     // The script reads the id from the path; refusing odd ids here keeps the page honest.
     if id.is_empty()
         || id.len() > 128
@@ -138,17 +153,22 @@ async fn embed(State(cfg): Cfg, Path(id): Path<String>) -> Response {
     {
         return ApiError::not_found("video").into_response();
     }
-    page(&cfg, Page::Embed)
+    respond(&p.embed)
 }
 
-fn page(cfg: &WebConfig, which: Page) -> Response {
-    let Some(b) = &BUNDLE else {
-        return ApiError::new(
+fn respond(page: &Rendered) -> Response {
+    match page {
+        Some((h, html)) => (StatusCode::OK, h.clone(), html.clone()).into_response(),
+        None => ApiError::new(
             Code::PagesNotBuilt,
             "this binary was built without its web pages: run `npm ci && node build.mjs` in web/, then rebuild",
         )
-        .into_response();
-    };
+        .into_response(),
+    }
+}
+
+fn render(cfg: &WebConfig, which: Page) -> Rendered {
+    let b = BUNDLE.as_ref()?;
     let (assets, title, class) = match which {
         Page::Embed => (&b.embed, "Lecture", "embed"),
         Page::Studio => (&b.studio, "Lectern studio", "studio"),
@@ -190,7 +210,7 @@ fn page(cfg: &WebConfig, which: Page) -> Response {
     if which != Page::Embed {
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     }
-    (StatusCode::OK, h, html).into_response()
+    Some((h, html.into()))
 }
 
 async fn asset(Path(file): Path<String>) -> Response {

@@ -135,7 +135,6 @@ try {
     await page.keyboard.press('c');
     out.captions_after_c = await page.evaluate(() => document.querySelector('#captions').value);
     out.paused_at = await page.evaluate(() => document.querySelector('video').currentTime);
-    await until(page, () => true);
     await page.waitForTimeout(1500);
     out.heartbeats = [...beats];
     await finish(page, 'embed');
