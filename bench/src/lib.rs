@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod load;
+
 /// A server process under measurement; killed on drop.
 pub struct Server {
     /// Base URL.

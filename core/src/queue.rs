@@ -205,9 +205,15 @@ impl Queue {
             Queue::Sqlite(s) => s.clone().push_task(task).await?,
             Queue::Postgres(s) => s.clone().push_task(task).await?,
         }
+        PUSHED.notify_waiters();
         Ok(id.to_string())
     }
 }
+
+/// Woken whenever this process queues a job, so a worker in the same process (the embedded
+/// default, or a worker queueing a lecture's chunks) picks it up at once instead of at its
+/// next poll; workers elsewhere still poll.
+pub static PUSHED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Rounds beyond this share the last place in their class; it is also the round of a parked
 /// job (see [`placement`]).

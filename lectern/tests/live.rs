@@ -140,8 +140,15 @@ async fn a_lecture_plays_while_it_is_still_encoding() {
         .collect();
     assert_eq!(
         durations,
-        [2, 6, 6, 6, 6, 6, 6, 6, 6, 6, 4],
-        "a 2 s first segment, then 6 s ones"
+        [1, 1, 6, 6, 6, 6, 6, 6, 6, 6, 6, 4],
+        "the first keyframe interval as two 1 s segments, then 6 s ones"
+    );
+    assert!(
+        vod.segments[..2]
+            .iter()
+            .all(|s| (s.duration - 1.0).abs() < 0.05),
+        "1 s lead segments: {:?}",
+        &vod.segments[..2]
     );
     let later: Vec<_> = vod.segments.iter().map(|s| s.uri.clone()).collect();
     assert_eq!(

@@ -120,7 +120,7 @@ pub struct Packager {
     /// `Some(target duration)` when playlists are published while encoding.
     live: Option<u64>,
     playable: bool,
-    /// CMAF fragments per segment: for the first segment, then for every other one.
+    /// Leading segments of one CMAF fragment each, then fragments per segment.
     grouping: (usize, usize),
     /// Where a chunk's output goes in the stitched stream; `None` for a whole source.
     placement: Option<Placement>,
@@ -189,11 +189,11 @@ impl Packager {
         self
     }
 
-    /// Groups [`Packager::fragment`]s into segments: `first` fragments make the first segment
-    /// (one keyframe interval gets a lecture playable soonest), then `rest` per segment (the
-    /// target length).
-    pub fn grouping(mut self, first: usize, rest: usize) -> Self {
-        self.grouping = (first.max(1), rest.max(1));
+    /// Groups [`Packager::fragment`]s into segments: the first `lead` segments are one
+    /// fragment each (short fragments at the start get a lecture playable soonest), then
+    /// `rest` fragments make each segment (the target length).
+    pub fn grouping(mut self, lead: usize, rest: usize) -> Self {
+        self.grouping = (lead, rest.max(1));
         self
     }
 
@@ -205,11 +205,11 @@ impl Packager {
         data: Bytes,
         duration_s: f64,
     ) -> Result<bool, PackError> {
-        let (first, rest) = self.grouping;
+        let (lead, rest) = self.grouping;
         let t = self.track(track)?;
         t.pending.push(data);
         t.pending_s += duration_s;
-        let need = if t.segments.is_empty() { first } else { rest };
+        let need = if t.segments.len() < lead { 1 } else { rest };
         if t.pending.len() < need {
             return Ok(false);
         }
@@ -780,7 +780,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn fragments_group_into_a_short_first_segment_then_full_ones() {
+    async fn fragments_group_into_short_lead_segments_then_full_ones() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(FileStore::new(dir.path()).await.unwrap());
         let tracks = vec![Track {
@@ -795,33 +795,41 @@ mod tests {
         }];
         let mut p = Packager::new(store.clone(), "videos/v/t/", tracks)
             .live(6)
-            .grouping(1, 3);
+            .grouping(2, 3);
         p.init(0, Bytes::from_static(b"init")).await.unwrap();
         assert!(
-            p.fragment(0, Bytes::from_static(b"f1"), 2.0).await.unwrap(),
+            p.fragment(0, Bytes::from_static(b"f1"), 1.0).await.unwrap(),
             "one fragment makes the first segment"
         );
-        for f in [b"f2", b"f3", b"f4", b"f5", b"f6"] {
+        p.fragment(0, Bytes::from_static(b"f2"), 1.0).await.unwrap();
+        for f in [b"f3", b"f4", b"f5", b"f6", b"f7"] {
             p.fragment(0, Bytes::from_static(f), 2.0).await.unwrap();
         }
         p.finish().await.unwrap();
         let media = text(&store, "videos/v/t/480p/index.m3u8").await;
         let pl = m3u8_rs::parse_media_playlist_res(media.as_bytes()).unwrap();
         let d: Vec<f32> = pl.segments.iter().map(|s| s.duration).collect();
-        assert_eq!(d, [2.0, 6.0, 4.0], "{media}");
+        assert_eq!(d, [1.0, 1.0, 6.0, 4.0], "{media}");
         assert_eq!(
             &store
                 .get_bytes("videos/v/t/480p/seg00002.m4s")
                 .await
                 .unwrap()[..],
-            b"f2f3f4"
+            b"f2"
         );
         assert_eq!(
             &store
                 .get_bytes("videos/v/t/480p/seg00003.m4s")
                 .await
                 .unwrap()[..],
-            b"f5f6",
+            b"f3f4f5"
+        );
+        assert_eq!(
+            &store
+                .get_bytes("videos/v/t/480p/seg00004.m4s")
+                .await
+                .unwrap()[..],
+            b"f6f7",
             "what is left at the end is the last segment"
         );
     }

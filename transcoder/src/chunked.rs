@@ -498,17 +498,24 @@ async fn encode_chunk(
             let audio = sound.as_ref().and(shared.audio);
             let tracks = tracks_for(&shared.renditions, fps.0 as f64 / fps.1 as f64, audio);
             let seg_frames = gop * per_segment as u64;
+            // The first chunk starts with the short segments of the first keyframe interval
+            // (one fragment each), then full ones; a later chunk starts on a full segment.
+            let lead = shared.spec.lead_segments();
             let first_segment = if start == 0 {
                 1
             } else {
-                2 + ((start - gop) / seg_frames) as usize
+                lead + 1 + ((start - gop) / seg_frames) as usize
             };
-            let grouping = if start == 0 { 1 } else { per_segment };
+            let fragments_before = if start == 0 {
+                0
+            } else {
+                (start / gop) as u32 + lead as u32 - 1
+            };
             let mut packager = Packager::new(ctx.store.clone(), shared.prefix.clone(), tracks)
-                .grouping(grouping, per_segment)
+                .grouping(spec.lead_segments(), per_segment)
                 .chunk(Placement {
                     first_segment,
-                    fragments_before: (start / gop) as u32,
+                    fragments_before,
                     frames_before: start,
                     fps,
                     store_init: start == 0,
@@ -547,7 +554,7 @@ async fn encode_chunk(
             spec.range = None;
             let tracks = tracks_for(&[], 0.0, shared.audio);
             let packager = Packager::new(ctx.store.clone(), shared.prefix.clone(), tracks)
-                .grouping(1, per_segment);
+                .grouping(spec.lead_segments(), per_segment);
             let encodes = vec![Encode {
                 spec,
                 track_base: 0,

@@ -13,6 +13,7 @@ pub mod probe;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -230,14 +231,28 @@ pub async fn run_workers(
 const POLL: Duration = Duration::from_millis(250);
 
 /// A poll timer that always stays armed. apalis's `poll_with_interval` can drop its wake-up
-/// after an empty fetch and then only looks again at the next heartbeat.
-struct TickStrategy(tokio::time::Interval);
+/// after an empty fetch and then only looks again at the next heartbeat. A job queued by this
+/// process ([`lectern_core::queue::PUSHED`]) triggers a poll at once.
+struct TickStrategy {
+    tick: tokio::time::Interval,
+    pushed: Pin<Box<tokio::sync::futures::Notified<'static>>>,
+}
 
 impl TickStrategy {
     fn new(period: Duration) -> Self {
-        let mut iv = tokio::time::interval(period);
-        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Self(iv)
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            tick,
+            pushed: Self::armed(),
+        }
+    }
+
+    /// A wait for the next push, registered now so a push before its first poll counts.
+    fn armed() -> Pin<Box<tokio::sync::futures::Notified<'static>>> {
+        let mut n = Box::pin(lectern_core::queue::PUSHED.notified());
+        n.as_mut().enable();
+        n
     }
 }
 
@@ -249,8 +264,12 @@ impl PollStrategy for TickStrategy {
     ) -> std::task::Poll<Option<()>> {
         let mut fired = false;
         // Poll until Pending so the waker for the next tick is always registered.
-        while self.0.poll_tick(cx).is_ready() {
+        while self.tick.poll_tick(cx).is_ready() {
             fired = true;
+        }
+        while self.pushed.as_mut().poll(cx).is_ready() {
+            fired = true;
+            self.pushed = Self::armed();
         }
         if fired {
             std::task::Poll::Ready(Some(()))
@@ -593,12 +612,13 @@ async fn run_attempt(
         return Ok(None);
     }
     // Live: learners can start watching once the first segment of every track is stored.
-    // The pipeline cuts a CMAF fragment per keyframe interval; the first segment is one
-    // fragment (playable after 2 s of encoding), the others the ladder's segment length.
+    // The pipeline cuts a CMAF fragment per keyframe interval, and the first interval in two;
+    // those halves are the first two segments (playable after 1 s of encoding), the others
+    // the ladder's segment length.
     let per_segment = (ladder.segment_duration_s / ladder.keyframe_interval_s.max(1)).max(1);
     let packager = Packager::new(ctx.store.clone(), prefix.clone(), tracks)
         .live(ladder.segment_duration_s)
-        .grouping(1, per_segment as usize);
+        .grouping(spec.lead_segments(), per_segment as usize);
     let limit = ladder.attempt_timeout(duration_s);
     let poster_input = spec.input.clone();
     // Dropping the future on timeout sets the cancel flag, so the pipeline thread stops too.

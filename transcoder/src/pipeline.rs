@@ -20,6 +20,7 @@ use gst::prelude::*;
 use gstreamer as gst;
 use gstreamer_app as gst_app;
 use gstreamer_pbutils as gst_pbutils;
+use gstreamer_video as gst_video;
 use tokio::sync::mpsc;
 
 use crate::JobError;
@@ -128,6 +129,28 @@ impl Spec {
     pub fn frames_ns(&self, frames: u64) -> u64 {
         let (n, d) = (self.fps.0.max(1) as u128, self.fps.1.max(1) as u128);
         (frames as u128 * d * 1_000_000_000 / n) as u64
+    }
+
+    /// Where the stream's first keyframe interval is cut in two, in output frames, when this
+    /// encode starts the stream (a whole source, the first chunk or the sound): a half-length
+    /// first fragment makes a lecture playable after half as much encoding, and the second
+    /// half ends on the regular keyframe grid, so every later fragment (and chunk) is where it
+    /// would be without the cut.
+    pub fn lead_split(&self) -> Option<u64> {
+        let starts = self.range.is_none_or(|r| r.start_frame == 0);
+        (starts && self.gop_frames >= 2).then_some(self.gop_frames as u64 / 2)
+    }
+
+    /// Segments of one fragment each at the start of this encode's output: the two halves of
+    /// the first keyframe interval, or the whole interval when it is not cut.
+    pub fn lead_segments(&self) -> usize {
+        if self.range.is_some_and(|r| r.start_frame > 0) {
+            0
+        } else if self.lead_split().is_some() {
+            2
+        } else {
+            1
+        }
     }
 
     /// The decode-time offsets (video, audio) that keep picture and sound in sync.
@@ -366,6 +389,15 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
             if sync_video_ns > 0 {
                 mux.set_property("decode-time-offset", sync_video_ns);
             }
+            if let Some(k) = spec.lead_split() {
+                let cuts = [spec.frames_ns(k), spec.frames_ns(spec.gop_frames as u64)];
+                force_keyframes_at(&caps.static_pad("src").expect("capsfilter has src"), cuts);
+                split_fragments_at(
+                    &parse.static_pad("src").expect("h264parse has src"),
+                    &mux,
+                    cuts,
+                );
+            }
             let sink = appsink(i, tx.clone());
             let els = [
                 &q,
@@ -416,6 +448,14 @@ fn build(spec: &Spec, tx: &mpsc::Sender<Event>) -> Result<Built, JobError> {
         let mux = cmafmux(fragment)?;
         if sync_audio_ns > 0 {
             mux.set_property("decode-time-offset", sync_audio_ns);
+        }
+        if let Some(k) = spec.lead_split() {
+            let cuts = [spec.frames_ns(k), spec.frames_ns(spec.gop_frames as u64)];
+            split_fragments_at(
+                &parse.static_pad("src").expect("aacparse has src"),
+                &mux,
+                cuts,
+            );
         }
         let sink = appsink(spec.video.len(), tx.clone());
         let els = [&conv, &res, &caps, &enc, &parse, &mux, sink.upcast_ref()];
@@ -538,6 +578,89 @@ impl AvSync {
             audio_ns: (video - audio).max(0),
         }
     }
+}
+
+/// The running time of `buffer` on `pad`'s current segment.
+fn running_time(pad: &gst::Pad, buffer: &gst::BufferRef) -> Option<gst::ClockTime> {
+    let pts = buffer.pts()?;
+    let ev = pad.sticky_event::<gst::event::Segment>(0)?;
+    ev.segment()
+        .downcast_ref::<gst::ClockTime>()?
+        .to_running_time(pts)
+}
+
+/// Makes the encoder behind `pad` start a keyframe at each of `cuts` (ns after the first
+/// frame). x264's own keyframe counter then restarts there, so with the last cut on the
+/// regular grid every later keyframe stays where `key-int-max` alone would put it. The
+/// encoder applies a downstream force-key-unit to the next frame it gets, so each goes in
+/// just before its frame (fmp4mux's upstream requests can arrive after it).
+fn force_keyframes_at(pad: &gst::Pad, cuts: [u64; 2]) {
+    let t0 = OnceLock::new();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(gst::PadProbeData::Buffer(buffer)) = &info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let Some(rt) = running_time(pad, buffer) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let start = *t0.get_or_init(|| rt);
+        let i = next.load(Ordering::Relaxed);
+        // A millisecond early, so rounding never pushes a cut past its frame.
+        let due = start + gst::ClockTime::from_nseconds(cuts[i].saturating_sub(1_000_000));
+        if rt >= due {
+            let ev = gst_video::DownstreamForceKeyUnitEvent::builder()
+                .running_time(rt)
+                .all_headers(true)
+                .build();
+            pad.push_event(ev);
+            next.store(i + 1, Ordering::Relaxed);
+            if i + 1 == cuts.len() {
+                return gst::PadProbeReturn::Remove;
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// Makes `mux` end a fragment before the first keyframe (or, for sound, the first buffer) at
+/// each of `cuts` (ns after its first buffer), on top of its regular fragment duration. The
+/// request names that buffer's exact time as it passes: fmp4mux only retires a request that
+/// falls exactly on where the next fragment starts, and one a few samples off would leave a
+/// sliver of a fragment behind it. A flush (a chunk's seek) clears fmp4mux's requests, so the
+/// count starts again after one.
+fn split_fragments_at(pad: &gst::Pad, mux: &gst::Element, cuts: [u64; 2]) {
+    let mux = mux.downgrade();
+    // (first running time, cuts made)
+    let state = std::sync::Mutex::new((None::<gst::ClockTime>, 0usize));
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_FLUSH,
+        move |pad, info| {
+            let mut st = state.lock().expect("split state");
+            match &info.data {
+                Some(gst::PadProbeData::Event(ev)) if ev.type_() == gst::EventType::FlushStop => {
+                    *st = (None, 0);
+                }
+                Some(gst::PadProbeData::Buffer(buffer)) if st.1 < cuts.len() => {
+                    let Some(rt) = running_time(pad, buffer) else {
+                        return gst::PadProbeReturn::Ok;
+                    };
+                    let t0 = *st.0.get_or_insert(rt);
+                    // A millisecond early, so rounding never skips the keyframe made for it.
+                    let due =
+                        t0 + gst::ClockTime::from_nseconds(cuts[st.1].saturating_sub(1_000_000));
+                    if rt >= due && !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+                        if let Some(mux) = mux.upgrade() {
+                            mux.emit_by_name::<()>("split-at-running-time", &[&rt]);
+                        }
+                        st.1 += 1;
+                    }
+                }
+                _ => {}
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
 }
 
 fn cmafmux(fragment: gst::ClockTime) -> Result<gst::Element, JobError> {
@@ -842,4 +965,87 @@ pub fn run(
     let decoded_s = built.position_ns.load(Ordering::Relaxed) as f64 / 1e9;
     drop(guard);
     Ok(Outcome { codecs, decoded_s })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 5 s 320×240 30 fps source with sound, from ffmpeg.
+    fn source(dir: &Path) -> PathBuf {
+        let out = dir.join("src.mp4");
+        let ok = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+            .arg("testsrc2=size=320x240:rate=30:duration=5")
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:duration=5"])
+            .args(["-c:v", "libx264", "-g", "250", "-c:a", "aac", "-shortest"])
+            .arg(&out)
+            .status()
+            .expect("ffmpeg runs");
+        assert!(ok.success());
+        out
+    }
+
+    fn spec(input: PathBuf, range: Option<Range>) -> Spec {
+        Spec {
+            input,
+            fps: (30, 1),
+            interlaced: false,
+            video: vec![VideoOut {
+                width: 320,
+                height: 240,
+                bitrate_kbps: 300,
+                vbv_ms: 1500,
+                crf: None,
+            }],
+            audio: Some((64000, 2, 48000)),
+            fragment_s: 2,
+            gop_frames: 60,
+            preset: "ultrafast".into(),
+            range,
+            sync_ns: None,
+        }
+    }
+
+    /// Fragment durations per track.
+    fn fragments(spec: &Spec) -> Vec<Vec<f64>> {
+        let (tx, mut rx) = mpsc::channel(64);
+        let spec2 = spec.clone();
+        let run = std::thread::spawn(move || run(&spec2, tx, Arc::default(), |_| {}));
+        let mut per_track = vec![Vec::new(); 2];
+        while let Some(ev) = rx.blocking_recv() {
+            if let Event::Segment {
+                track, duration, ..
+            } = ev
+            {
+                per_track[track].push(duration);
+            }
+        }
+        run.join().unwrap().expect("the pipeline runs");
+        per_track
+    }
+
+    #[test]
+    fn the_first_keyframe_interval_is_cut_in_two_one_second_fragments() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = source(dir.path());
+        let s = spec(src.clone(), None);
+        assert_eq!(s.lead_segments(), 2);
+        for (track, durations) in fragments(&s).iter().enumerate() {
+            let rounded: Vec<u64> = durations
+                .iter()
+                .map(|d| (d * 10.0).round() as u64)
+                .collect();
+            assert_eq!(rounded, [10, 10, 20, 10], "track {track}: {durations:?}");
+        }
+        // A later chunk keeps the regular grid.
+        let later = spec(
+            src,
+            Some(Range {
+                start_frame: 60,
+                frames: Some(60),
+            }),
+        );
+        assert_eq!((later.lead_split(), later.lead_segments()), (None, 0));
+    }
 }

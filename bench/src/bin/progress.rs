@@ -7,16 +7,16 @@
 //! target/release/progress --lectern target/release/lectern [--learners 10000] [--secs 60]
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use lectern_bench::load::{
+    course_with_lessons, db_url, percentile, pg, raise_nofile, serve_on_fresh_pg, xacts, Conn,
+};
 use lectern_bench::Server;
 use lectern_core::auth::{Keys, Role};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 const SECRET: &str = "bench-secret-0123456789abcdef";
 
@@ -45,89 +45,6 @@ struct Args {
     postgres: String,
 }
 
-/// One HTTP/1.1 keep-alive connection with hand-written requests: 10,000 of these are cheap.
-struct Conn {
-    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    w: tokio::net::tcp::OwnedWriteHalf,
-    host: String,
-}
-
-impl Conn {
-    async fn open(addr: &str) -> anyhow::Result<Self> {
-        let s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
-        let (r, w) = s.into_split();
-        Ok(Self {
-            r: BufReader::new(r),
-            w,
-            host: addr.to_string(),
-        })
-    }
-
-    /// Sends a request and reads the whole response; returns the status.
-    async fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: &str,
-    ) -> anyhow::Result<u16> {
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.host,
-            body.len()
-        );
-        self.w.write_all(req.as_bytes()).await?;
-        let mut line = String::new();
-        self.r.read_line(&mut line).await?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("bad status line {line:?}"))?;
-        let mut len = 0usize;
-        loop {
-            line.clear();
-            self.r.read_line(&mut line).await?;
-            if line == "\r\n" || line.is_empty() {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0u8; len];
-        self.r.read_exact(&mut body).await?;
-        Ok(status)
-    }
-}
-
-fn pg(url: &str, sql: &str) -> anyhow::Result<String> {
-    let o = Command::new("psql").args([url, "-tAc", sql]).output()?;
-    anyhow::ensure!(
-        o.status.success(),
-        "psql: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-}
-
-fn db_url(admin: &str, db: &str) -> String {
-    let cut = admin.rfind('/').expect("URL with a database");
-    format!("{}/{db}", &admin[..cut])
-}
-
-/// Transactions committed in `db` so far (each autocommit statement is one).
-fn xacts(admin: &str, db: &str) -> f64 {
-    pg(
-        admin,
-        &format!("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'"),
-    )
-    .ok()
-    .and_then(|s| s.parse().ok())
-    .unwrap_or(0.0)
-}
-
 struct Setup {
     server: Server,
     addr: String,
@@ -137,56 +54,19 @@ struct Setup {
 }
 
 async fn setup(args: &Args, write_behind: bool) -> anyhow::Result<Setup> {
-    let db = format!("lectern_bench_{}", lectern_core::new_id());
-    pg(&args.postgres, &format!("CREATE DATABASE {db}"))?;
-    let dir = std::env::temp_dir().join(&db);
-    std::fs::create_dir_all(&dir)?;
-    let mut cmd = Command::new(&args.lectern);
-    cmd.args([
-        "serve",
-        "--roles",
+    let (cmd, db) = serve_on_fresh_pg(
+        &args.lectern,
+        &args.postgres,
         "api",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-    ])
-    .arg(&dir)
-    .env("LECTERN_SECRET", SECRET)
-    .env("LECTERN_LOG", "warn")
-    .env("LECTERN_DATABASE_URL", db_url(&args.postgres, &db))
-    .env("LECTERN_PROGRESS_WRITE_BEHIND", write_behind.to_string())
-    // One client address carries every learner here, and the capacity runs send as fast
-    // as they can: measure the write path, not the limiter.
-    .env("LECTERN_RATE_LIMIT_IP_RPS", "0")
-    .env("LECTERN_RATE_LIMIT_USER_RPS", "0")
-    .env_remove("DATABASE_URL");
+        SECRET,
+        &[("LECTERN_PROGRESS_WRITE_BEHIND", write_behind.to_string())],
+    )?;
     let server = Server::spawn_announcing(cmd)?;
     let addr = server.base.trim_start_matches("http://").to_string();
     let keys = Keys::from_secret(SECRET);
     let admin = keys.mint("admin", "bench", Role::Admin, 86_400);
-    let http = reqwest::Client::new();
     let api = format!("{}/api/v1", server.base);
-    let course: serde_json::Value = http
-        .post(format!("{api}/courses"))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({"title": "Load"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let course = course["id"].as_str().unwrap_or_default().to_string();
-    let mut lessons = Vec::new();
-    for i in 0..10 {
-        let l: serde_json::Value = http
-            .post(format!("{api}/courses/{course}/lessons"))
-            .bearer_auth(&admin)
-            .json(&serde_json::json!({"title": format!("Lesson {i}")}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        lessons.push(l["id"].as_str().unwrap_or_default().to_string());
-    }
+    let (course, lessons) = course_with_lessons(&api, &admin, "Load", 10).await?;
     // Enrollments straight into the table: setup, not the thing measured.
     pg(
         &db_url(&args.postgres, &db),
@@ -203,14 +83,6 @@ async fn setup(args: &Args, write_behind: bool) -> anyhow::Result<Setup> {
         course,
         lessons,
     })
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
 }
 
 struct Outcome {
@@ -360,17 +232,6 @@ async fn capacity(args: &Args, s: &Setup) -> anyhow::Result<f64> {
         let _ = t.await;
     }
     Ok(done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64())
-}
-
-fn raise_nofile() {
-    // SAFETY: plain struct in/out; raising the soft limit up to the hard one is always allowed.
-    unsafe {
-        let mut l: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
-            l.rlim_cur = l.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        }
-    }
 }
 
 #[tokio::main]
