@@ -81,6 +81,9 @@ pub struct Config {
     /// Coalesce progress heartbeats in memory and flush them in batches (false: one write
     /// per heartbeat, only for comparison benchmarks).
     pub progress_write_behind: bool,
+    /// Answer repeated status polls and course/lesson lists from a per-node micro-cache
+    /// (250 ms / 1 s, retired by any write on the node; false only for comparisons).
+    pub read_cache: bool,
     /// Redis as the shared cache and invalidation bus between API nodes (`redis://HOST:PORT`).
     pub redis_url: Option<String>,
     /// MiB of memory the origin keeps hot playlists and segments in (0 = no cache).
@@ -153,6 +156,7 @@ impl Default for Config {
             rate_limit_user_rps: 20.0,
             rate_limit_ip_rps: 1000.0,
             progress_write_behind: true,
+            read_cache: true,
             redis_url: None,
             origin_cache_mb: 256,
             cdn_purge_command: None,
@@ -299,6 +303,9 @@ impl Config {
         }
         if let Some(v) = env("LECTERN_PROGRESS_WRITE_BEHIND") {
             self.progress_write_behind = parse("LECTERN_PROGRESS_WRITE_BEHIND", v)?;
+        }
+        if let Some(v) = env("LECTERN_READ_CACHE") {
+            self.read_cache = parse("LECTERN_READ_CACHE", v)?;
         }
         if let Some(v) = env("LECTERN_WEBHOOK_ALLOW_HTTP") {
             self.webhook_allow_http = parse("LECTERN_WEBHOOK_ALLOW_HTTP", v)?;
@@ -714,7 +721,7 @@ mod tests {
         assert_eq!(cfg.pools().queue, 5);
     }
 
-    const KEYS: [&str; 43] = [
+    const KEYS: [&str; 44] = [
         "listen",
         "data_dir",
         "database_url",
@@ -744,6 +751,7 @@ mod tests {
         "rate_limit_user_rps",
         "rate_limit_ip_rps",
         "progress_write_behind",
+        "read_cache",
         "redis_url",
         "origin_cache_mb",
         "cdn_purge_command",

@@ -13,6 +13,7 @@ pub mod nodes;
 pub mod object_http;
 pub mod page;
 pub mod queue;
+pub mod readcache;
 pub mod storage;
 pub mod text;
 pub mod text_enum;

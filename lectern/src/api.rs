@@ -386,7 +386,17 @@ async fn status(
     Auth(c): Auth,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use lectern_core::readcache::{self, STATUS};
+    // Every manager of the org sees the same answer; the base URL is part of the poster's.
+    let base = lectern_core::base_url(st.public_url.as_deref(), &headers);
+    let key = format!("{}\u{1f}{id}\u{1f}{base}", c.org);
+    if c.require_manager().is_ok() {
+        if let Some(body) = STATUS.get(&key) {
+            return Ok(readcache::json_response(body));
+        }
+    }
+    let read_in = readcache::generation();
     let v = videos::get_in_org(&st.db, &id, &c.org).await?;
     c.require_manager()?;
     let (queue_position, eta_s) = queue_facts(&st, &v).await?;
@@ -411,12 +421,9 @@ async fn status(
     };
     // The poster sits beside the segments: unguessable, immutable, no signature needed.
     let poster_url = match (&v.poster_key, v.state) {
-        (Some(key), VideoState::Ready) => lectern_core::keys::under_videos(key).map(|rest| {
-            format!(
-                "{}/v/{rest}",
-                lectern_core::base_url(st.public_url.as_deref(), &headers)
-            )
-        }),
+        (Some(key), VideoState::Ready) => {
+            lectern_core::keys::under_videos(key).map(|rest| format!("{base}/v/{rest}"))
+        }
         _ => None,
     };
     let mut body = json!({
@@ -440,7 +447,7 @@ async fn status(
     if let Some(c) = chunks {
         body["chunks"] = json!(c);
     }
-    Ok(Json(body))
+    Ok(STATUS.answer(key, read_in, &body))
 }
 
 async fn playback(

@@ -144,6 +144,22 @@ pub fn reject_malformed<B>(req: &axum::http::Request<B>) -> Option<Response> {
     None
 }
 
+/// Retires the read cache ([`lectern_core::readcache`]) after every write this node serves:
+/// the next status poll or course list reads the database again. Progress heartbeats are the
+/// exception: they change no cached answer, and at a thousand a second they would keep the
+/// cache empty.
+pub async fn retire_reads_on_write(req: Request, next: Next) -> Response {
+    use axum::http::Method;
+    let read = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let heartbeat = req.method() == Method::POST && req.uri().path().ends_with("/progress");
+    let write = !read && !heartbeat;
+    let res = next.run(req).await;
+    if write {
+        lectern_core::readcache::changed();
+    }
+    res
+}
+
 /// Rate, errors and duration per route template (e.g. `/api/v1/videos/{id}`), so dashboards
 /// and the p95 alert see each endpoint without one series per id.
 pub async fn red_metrics(req: Request, next: Next) -> Response {

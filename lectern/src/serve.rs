@@ -59,6 +59,7 @@ const EXPOSE_HEADERS: [&str; 16] = [
 /// migrated at start-up or only checked (`--no-migrate`).
 pub fn run(cfg: Config, schema: Schema) -> anyhow::Result<()> {
     init_tracing();
+    lectern_core::readcache::set_enabled(cfg.read_cache);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -284,6 +285,7 @@ async fn serve(cfg: Config, schema: Schema) -> anyhow::Result<()> {
     let app = app
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)
+        .layer(axum::middleware::from_fn(crate::http::retire_reads_on_write))
         .layer(axum::middleware::from_fn(crate::http::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             limiter,

@@ -34,6 +34,8 @@ impl AccessCache {
         if let Some(sh) = shared {
             let weak = Arc::downgrade(&me);
             sh.spawn_listener(move || {
+                // Another node revoked something: neither tier may answer from before it.
+                lectern_core::readcache::changed();
                 if let Some(c) = weak.upgrade() {
                     c.clear_local();
                 }

@@ -92,8 +92,13 @@ pub(crate) async fn list_courses(
     State(st): State<LmsState>,
     Auth(c): Auth,
     Query(q): Query<PageQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     member(&c)?;
+    let key = read_key("courses", &c, &q);
+    if let Some(body) = LISTS.get(&key) {
+        return Ok(json_response(body));
+    }
+    let read_in = generation();
     let page = q.page(2)?;
     let (ts, id) = (page.int_key(0, i64::MAX)?, page.str_key(1)?);
     // Learners see only the courses they are enrolled in.
@@ -116,10 +121,11 @@ pub(crate) async fn list_courses(
     }
     let mut rows = rows.fetch_all(&st.db.pool).await?;
     let next = page.finish(&mut rows, |r| vec![json!(r.created_at), json!(r.id)]);
-    Ok(Json(json!({
+    let body = json!({
         "courses": rows.iter().map(Course::json).collect::<Vec<_>>(),
         "next_cursor": next,
-    })))
+    });
+    Ok(LISTS.answer(key, read_in, &body))
 }
 
 pub(crate) async fn get_course(

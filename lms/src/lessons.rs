@@ -126,7 +126,13 @@ pub(crate) async fn list_lessons(
     Auth(c): Auth,
     Path(course): Path<String>,
     Query(q): Query<PageQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
+    member(&c)?;
+    let key = read_key(&format!("lessons/{course}"), &c, &q);
+    if let Some(body) = LISTS.get(&key) {
+        return Ok(json_response(body));
+    }
+    let read_in = generation();
     visible_course(&st, &c, &course).await?;
     let page = q.page(2)?;
     let mut rows = sqlx::query_as::<_, Lesson>(sqlx::AssertSqlSafe(format!(
@@ -141,10 +147,11 @@ pub(crate) async fn list_lessons(
     .fetch_all(&st.db.pool)
     .await?;
     let next = page.finish(&mut rows, |r| vec![json!(r.position), json!(r.id)]);
-    Ok(Json(json!({
+    let body = json!({
         "lessons": rows.iter().map(Lesson::json).collect::<Vec<_>>(),
         "next_cursor": next,
-    })))
+    });
+    Ok(LISTS.answer(key, read_in, &body))
 }
 
 pub(crate) async fn get_lesson(

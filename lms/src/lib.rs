@@ -27,12 +27,14 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lectern_core::auth::{Auth, Claims, HasKeys, Keys, Role};
 use lectern_core::db::{Db, DbError, DbResult};
 use lectern_core::error::{ApiError, ApiJson};
 use lectern_core::page::PageQuery;
+use lectern_core::readcache::{generation, json_response, LISTS};
 use lectern_core::{new_id, now_ms, rfc3339};
 use lectern_origin::Signer;
 use serde::Deserialize;
@@ -98,6 +100,20 @@ pub fn router(state: LmsState) -> Router {
         )
         .route("/api/v1/me/continue", get(continue_watching))
         .with_state(state)
+}
+
+/// The read-cache key of a list or course answer: what it shows, to whom (every manager of the
+/// org sees the same; a learner only what it is enrolled in) and which page.
+fn read_key(what: &str, c: &Claims, q: &PageQuery) -> String {
+    let who = if c.can_manage_videos() {
+        "*"
+    } else {
+        c.sub.as_str()
+    };
+    format!(
+        "{what}\u{1f}{}\u{1f}{who}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}",
+        c.org, q.limit, q.cursor, q.state
+    )
 }
 
 fn member(c: &Claims) -> Result<(), ApiError> {

@@ -66,8 +66,14 @@ struct Setup {
 /// A server on a fresh database with 5 courses of 10 lessons (every learner enrolled in all),
 /// and 50 queued videos (no worker runs, so they stay queued and their status carries a queue
 /// position).
-async fn setup(args: &Args) -> anyhow::Result<Setup> {
-    let (cmd, db) = serve_on_fresh_pg(&args.lectern, &args.postgres, "api,ingest", SECRET, &[])?;
+async fn setup(args: &Args, read_cache: bool) -> anyhow::Result<Setup> {
+    let (cmd, db) = serve_on_fresh_pg(
+        &args.lectern,
+        &args.postgres,
+        "api,ingest",
+        SECRET,
+        &[("LECTERN_READ_CACHE", read_cache.to_string())],
+    )?;
     let server = Server::spawn_announcing(cmd)?;
     let addr = server.base.trim_start_matches("http://").to_string();
     let keys = Keys::from_secret(SECRET);
@@ -366,16 +372,35 @@ async fn capacity(args: &Args, s: &Setup, role: Role, paths: Vec<String>) -> (f6
     )
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    raise_nofile();
-    let s = setup(&args).await?;
+/// What one mode measured.
+struct Measured {
+    mode: &'static str,
+    rows: Vec<(String, usize, Class)>,
+    status: (f64, f64),
+    course: (f64, f64),
+    rss: f64,
+    cache: Vec<String>,
+}
+
+/// `lectern_cache_requests_total` lines of the server's metrics: which tier answered what.
+async fn cache_counts(base: &str) -> Vec<String> {
+    let text = match reqwest::get(format!("{base}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .filter(|l| l.starts_with("lectern_cache_requests_total{"))
+        .map(str::to_string)
+        .collect()
+}
+
+async fn measure(args: &Args, mode: &'static str, read_cache: bool) -> anyhow::Result<Measured> {
+    let s = setup(args, read_cache).await?;
     eprintln!(
-        "mixed: {} learners' heartbeats, {} learner reads/s, {} admin dashboards, {} s…",
+        "{mode}: {} learners' heartbeats, {} learner reads/s, {} admin dashboards, {} s…",
         args.learners, args.learner_reads, args.admins, args.secs
     );
-    let rows = mixed(&args, &s).await?;
+    let rows = mixed(args, &s).await?;
     let status: Vec<String> = s
         .videos
         .iter()
@@ -387,10 +412,11 @@ async fn main() -> anyhow::Result<()> {
             .iter()
             .map(|c| format!("/api/v1/courses/{c}/lessons")),
     );
-    eprintln!("capacity: status reads on {} connections…", args.saturate);
-    let (status_rps, status_p95) = capacity(&args, &s, Role::Admin, status).await;
-    eprintln!("capacity: course reads on {} connections…", args.saturate);
-    let (course_rps, course_p95) = capacity(&args, &s, Role::Learner, course_reads).await;
+    eprintln!("{mode}: status reads on {} connections…", args.saturate);
+    let status = capacity(args, &s, Role::Admin, status).await;
+    eprintln!("{mode}: course reads on {} connections…", args.saturate);
+    let course = capacity(args, &s, Role::Learner, course_reads).await;
+    let cache = cache_counts(&s.server.base).await;
     let rss = s.server.peak_rss_mib();
     let db = s.db.clone();
     drop(s);
@@ -398,43 +424,77 @@ async fn main() -> anyhow::Result<()> {
         &args.postgres,
         &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
     );
+    Ok(Measured {
+        mode,
+        rows,
+        status,
+        course,
+        rss,
+        cache,
+    })
+}
 
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    raise_nofile();
+    let mut all = Vec::new();
+    for (mode, on) in [("read cache", true), ("no cache", false)] {
+        all.push(measure(&args, mode, on).await?);
+    }
     println!(
         "\nMixed load on PostgreSQL ({} s measured, same 2 cores as the load generator)\n",
         args.secs
     );
-    println!("| request | requests/s | p50 ms | p95 ms | p99 ms | errors |");
-    println!("|---|---|---|---|---|---|");
-    let (mut total, mut lat) = (0usize, Vec::new());
-    for (name, n, c) in &rows {
+    println!("| mode | request | requests/s | p50 ms | p95 ms | p99 ms | errors |");
+    println!("|---|---|---|---|---|---|---|");
+    for m in &all {
+        let (mut total, mut lat) = (0usize, Vec::new());
+        for (name, n, c) in &m.rows {
+            println!(
+                "| {} | {name} | {:.0} | {:.1} | {:.1} | {:.1} | {} |",
+                m.mode,
+                *n as f64 / args.secs as f64,
+                percentile(&c.lat, 0.5),
+                percentile(&c.lat, 0.95),
+                percentile(&c.lat, 0.99),
+                c.errors
+            );
+            total += n;
+            lat.extend(c.lat.iter().copied());
+        }
+        lat.sort_unstable();
         println!(
-            "| {name} | {:.0} | {:.1} | {:.1} | {:.1} | {} |",
-            *n as f64 / args.secs as f64,
-            percentile(&c.lat, 0.5),
-            percentile(&c.lat, 0.95),
-            percentile(&c.lat, 0.99),
-            c.errors
+            "| {} | **all** | {:.0} | {:.1} | {:.1} | {:.1} | {} |",
+            m.mode,
+            total as f64 / args.secs as f64,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.95),
+            percentile(&lat, 0.99),
+            m.rows.iter().map(|r| r.2.errors).sum::<u64>()
         );
-        total += n;
-        lat.extend(c.lat.iter().copied());
     }
-    lat.sort_unstable();
-    println!(
-        "| **all** | {:.0} | {:.1} | {:.1} | {:.1} | {} |",
-        total as f64 / args.secs as f64,
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.95),
-        percentile(&lat, 0.99),
-        rows.iter().map(|r| r.2.errors).sum::<u64>()
-    );
     println!(
         "\nCapacity on {} connections ({} s each):\n",
         args.saturate, args.saturate_secs
     );
-    println!("| reads | requests/s | p95 ms |");
-    println!("|---|---|---|");
-    println!("| video status (admin) | {status_rps:.0} | {status_p95:.1} |");
-    println!("| course + lesson lists (learner) | {course_rps:.0} | {course_p95:.1} |");
-    println!("\nLectern's peak RSS: {rss:.0} MiB");
+    println!("| mode | reads | requests/s | p95 ms |");
+    println!("|---|---|---|---|");
+    for m in &all {
+        println!(
+            "| {} | video status (admin) | {:.0} | {:.1} |",
+            m.mode, m.status.0, m.status.1
+        );
+        println!(
+            "| {} | course + lesson lists (learner) | {:.0} | {:.1} |",
+            m.mode, m.course.0, m.course.1
+        );
+    }
+    for m in &all {
+        println!("\n{}: peak RSS {:.0} MiB; cache counters:", m.mode, m.rss);
+        for l in &m.cache {
+            println!("    {l}");
+        }
+    }
     Ok(())
 }

@@ -24,13 +24,13 @@ impl Attempt {
         worker: &str,
         task: &str,
     ) -> DbResult<Option<Attempt>> {
-        Ok(start_attempt(db, video_id, worker, task)
-            .await?
-            .map(|number| Attempt {
-                db: db.clone(),
-                video_id: video_id.to_string(),
-                number,
-            }))
+        let started = start_attempt(db, video_id, worker, task).await?;
+        crate::readcache::changed();
+        Ok(started.map(|number| Attempt {
+            db: db.clone(),
+            video_id: video_id.to_string(),
+            number,
+        }))
     }
 
     /// The running attempt `number` of `video_id`, as a chunk task holds it: its writes are
@@ -65,7 +65,9 @@ impl Attempt {
 
     /// Makes the attempt's output playable while it encodes; false if it was superseded.
     pub async fn set_live(&self, prefix: &str) -> DbResult<bool> {
-        set_live(&self.db, &self.video_id, self.number, prefix).await
+        let r = set_live(&self.db, &self.video_id, self.number, prefix).await;
+        crate::readcache::changed();
+        r
     }
 
     /// Reports progress (fraction of the source encoded) and the encoder's frame rate.
@@ -87,13 +89,16 @@ impl Attempt {
         }
         crate::lesson_links::attach(&mut tx, v).await?;
         tx.commit().await?;
+        crate::readcache::changed();
         Ok(true)
     }
 
     /// Fails the video for good with a stable code and advice; false when it had already
     /// left `processing` (another chunk failed it first, an admin canceled it).
     pub async fn mark_failed(&self, code: &str, message: &str) -> DbResult<bool> {
-        mark_failed(&self.db, &self.video_id, self.number, code, message).await
+        let r = mark_failed(&self.db, &self.video_id, self.number, code, message).await;
+        crate::readcache::changed();
+        r
     }
 
     /// Counts an encoder crash on this input; returns the crashes so far.
@@ -103,7 +108,9 @@ impl Attempt {
 
     /// Hands the video back to the queue for another attempt.
     pub async fn requeue(&self) -> DbResult<()> {
-        requeue(&self.db, &self.video_id, self.number).await
+        let r = requeue(&self.db, &self.video_id, self.number).await;
+        crate::readcache::changed();
+        r
     }
 }
 

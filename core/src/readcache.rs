@@ -1,0 +1,172 @@
+//! The per-node micro-cache of hot GET responses: admins' status polls and learners' course
+//! and lesson lists, which dashboards and players repeat every second.
+//!
+//! Entries are response bodies, kept for a short TTL and only while nothing has changed on
+//! this node since they were read: every write request this node serves (other than progress
+//! heartbeats) and every state change of its own workers starts a new generation, which
+//! retires every entry at once. A change made on another node (a transcode worker elsewhere)
+//! shows after at most the TTL, the same bound a player's polling already has.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the cache on or off for this process (`read_cache`; off only for comparisons).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// The current generation: read it before the database, and store the answer under it.
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
+/// Retires everything cached so far (after a write on this node).
+pub fn changed() {
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Status answers live a quarter of a second: a worker elsewhere updates progress about that
+/// often, and the state a poller sees is never older.
+pub static STATUS: LazyLock<ReadCache> =
+    LazyLock::new(|| ReadCache::new("video-status", Duration::from_millis(250)));
+
+/// Course and lesson lists live a second (a lesson's `video_state` comes from the workers).
+pub static LISTS: LazyLock<ReadCache> =
+    LazyLock::new(|| ReadCache::new("course-reads", Duration::from_secs(1)));
+
+/// Entries beyond this many are dropped all at once (a bound, not an eviction policy: the
+/// working set of a node is its active dashboards and courses).
+const MAX_ENTRIES: usize = 50_000;
+
+/// JSON bodies by key, each valid for `ttl` within its generation.
+pub struct ReadCache {
+    name: &'static str,
+    ttl: Duration,
+    map: Mutex<HashMap<String, Entry>>,
+    counters: OnceLock<(metrics::Counter, metrics::Counter)>,
+}
+
+struct Entry {
+    at: Instant,
+    generation: u64,
+    body: Bytes,
+}
+
+impl ReadCache {
+    /// An empty cache reported as `cache="{name}"` in `lectern_cache_requests_total`.
+    pub fn new(name: &'static str, ttl: Duration) -> Self {
+        Self {
+            name,
+            ttl,
+            map: Mutex::new(HashMap::new()),
+            counters: OnceLock::new(),
+        }
+    }
+
+    fn count(&self, hit: bool) {
+        let (h, m) = self.counters.get_or_init(|| {
+            (
+                metrics::counter!("lectern_cache_requests_total", "cache" => self.name, "result" => "hit"),
+                metrics::counter!("lectern_cache_requests_total", "cache" => self.name, "result" => "miss"),
+            )
+        });
+        if hit {
+            h.increment(1)
+        } else {
+            m.increment(1)
+        }
+    }
+
+    /// The body stored under `key`, if still valid.
+    pub fn get(&self, key: &str) -> Option<Bytes> {
+        if !ENABLED.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now = generation();
+        let found = {
+            let map = self.map.lock().expect("read cache");
+            map.get(key)
+                .filter(|e| e.generation == now && e.at.elapsed() < self.ttl)
+                .map(|e| e.body.clone())
+        };
+        self.count(found.is_some());
+        found
+    }
+
+    /// Stores `body` as read in generation `read_in` (taken before the reads it came from).
+    pub fn put(&self, key: String, read_in: u64, body: Bytes) {
+        if read_in != generation() || !ENABLED.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut map = self.map.lock().expect("read cache");
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(
+            key,
+            Entry {
+                at: Instant::now(),
+                generation: read_in,
+                body,
+            },
+        );
+    }
+}
+
+impl ReadCache {
+    /// Serializes `value`, stores it as read in generation `read_in` and answers it.
+    pub fn answer(
+        &self,
+        key: String,
+        read_in: u64,
+        value: &serde_json::Value,
+    ) -> axum::response::Response {
+        let body = Bytes::from(serde_json::to_vec(value).expect("JSON values serialize"));
+        self.put(key, read_in, body.clone());
+        json_response(body)
+    }
+}
+
+/// A `200 application/json` response with `body`.
+pub fn json_response(body: Bytes) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_expire_and_any_write_retires_them() {
+        let c = ReadCache::new("t", Duration::from_millis(50));
+        let g = generation();
+        c.put("a".into(), g, Bytes::from_static(b"1"));
+        assert_eq!(c.get("a").as_deref(), Some(&b"1"[..]));
+        changed();
+        assert_eq!(c.get("a"), None, "a write retires it");
+        let g = generation();
+        c.put("a".into(), g, Bytes::from_static(b"2"));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(c.get("a"), None, "expired");
+        let stale = generation();
+        changed();
+        c.put("a".into(), stale, Bytes::from_static(b"3"));
+        assert_eq!(
+            c.get("a"),
+            None,
+            "read before a write, stored after it: not kept"
+        );
+    }
+}
