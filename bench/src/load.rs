@@ -143,6 +143,8 @@ pub fn serve_on_fresh_pg(
     .env("LECTERN_DATABASE_URL", db_url(postgres, &db))
     .env("LECTERN_RATE_LIMIT_IP_RPS", "0")
     .env("LECTERN_RATE_LIMIT_USER_RPS", "0")
+    // 10,000 learners keep 10,000 connections open; the default caps a node at 4,096.
+    .env("LECTERN_MAX_CONNECTIONS", "30000")
     .env_remove("DATABASE_URL");
     for (k, v) in env {
         cmd.env(k, v);

@@ -82,7 +82,7 @@ pub struct Config {
     /// per heartbeat, only for comparison benchmarks).
     pub progress_write_behind: bool,
     /// Answer repeated status polls and course/lesson lists from a per-node micro-cache
-    /// (250 ms / 1 s, retired by any write on the node; false only for comparisons).
+    /// (1 s, retired by any write on the node; false only for comparisons).
     pub read_cache: bool,
     /// Redis as the shared cache and invalidation bus between API nodes (`redis://HOST:PORT`).
     pub redis_url: Option<String>,

@@ -1,7 +1,8 @@
 //! The per-node micro-cache of hot GET responses: admins' status polls and learners' course
 //! and lesson lists, which dashboards and players repeat every second.
 //!
-//! Entries are response bodies, kept for a short TTL and only while nothing has changed on
+//! Entries are response bodies, kept for a short TTL (while one request refreshes an expired
+//! entry, the others get it for up to another TTL) and only while nothing has changed on
 //! this node since they were read: every write request this node serves (other than progress
 //! heartbeats) and every state change of its own workers starts a new generation, which
 //! retires every entry at once. A change made on another node (a transcode worker elsewhere)
@@ -32,10 +33,10 @@ pub fn changed() {
     GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
-/// Status answers live a quarter of a second: a worker elsewhere updates progress about that
-/// often, and the state a poller sees is never older.
+/// Status answers live a second, the period admins' dashboards poll at: a worker on another
+/// node reports progress every second or so, and this node's own changes retire them at once.
 pub static STATUS: LazyLock<ReadCache> =
-    LazyLock::new(|| ReadCache::new("video-status", Duration::from_millis(250)));
+    LazyLock::new(|| ReadCache::new("video-status", Duration::from_secs(1)));
 
 /// Course and lesson lists live a second (a lesson's `video_state` comes from the workers).
 pub static LISTS: LazyLock<ReadCache> =
@@ -57,6 +58,9 @@ struct Entry {
     at: Instant,
     generation: u64,
     body: Bytes,
+    /// A request is reading a fresh answer; until it stores one (at most another TTL), the
+    /// others get this one.
+    refreshing: bool,
 }
 
 impl ReadCache {
@@ -91,10 +95,25 @@ impl ReadCache {
         }
         let now = generation();
         let found = {
-            let map = self.map.lock().expect("read cache");
-            map.get(key)
-                .filter(|e| e.generation == now && e.at.elapsed() < self.ttl)
-                .map(|e| e.body.clone())
+            let mut map = self.map.lock().expect("read cache");
+            match map.get_mut(key) {
+                Some(e) if e.generation == now => {
+                    let age = e.at.elapsed();
+                    if age < self.ttl {
+                        Some(e.body.clone())
+                    } else if !e.refreshing {
+                        // This caller reads afresh; the ones behind it keep getting this
+                        // answer meanwhile, so an expiry costs one query, not a stampede.
+                        e.refreshing = true;
+                        None
+                    } else if age < self.ttl * 2 {
+                        Some(e.body.clone())
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            }
         };
         self.count(found.is_some());
         found
@@ -115,6 +134,7 @@ impl ReadCache {
                 at: Instant::now(),
                 generation: read_in,
                 body,
+                refreshing: false,
             },
         );
     }
@@ -159,7 +179,14 @@ mod tests {
         let g = generation();
         c.put("a".into(), g, Bytes::from_static(b"2"));
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(c.get("a"), None, "expired");
+        assert_eq!(c.get("a"), None, "expired: the first caller reads afresh");
+        assert_eq!(
+            c.get("a").as_deref(),
+            Some(&b"2"[..]),
+            "the others get the old answer while it does"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(c.get("a"), None, "but never past twice the TTL");
         let stale = generation();
         changed();
         c.put("a".into(), stale, Bytes::from_static(b"3"));

@@ -348,10 +348,19 @@ impl ObjectStore for FileStore {
     }
 
     async fn delete_prefix(&self, prefix: &str) -> StoreResult<()> {
-        let dir = prefix.trim_end_matches('/');
-        match tokio::fs::remove_dir_all(self.path(dir)?).await {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+        let dir = self.path(prefix.trim_end_matches('/'))?;
+        // A writer still finishing under the prefix (an attempt that has not yet seen its
+        // video deleted) can put a file in a folder as it is removed: remove it again.
+        let mut tries = 0;
+        loop {
+            match tokio::fs::remove_dir_all(&dir).await {
+                Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty && tries < 20 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                _ => return Ok(()),
+            }
         }
     }
 
