@@ -81,7 +81,7 @@ pub struct Config {
     /// Coalesce progress heartbeats in memory and flush them in batches (false: one write
     /// per heartbeat, only for comparison benchmarks).
     pub progress_write_behind: bool,
-    /// Answer repeated status polls and course/lesson lists from a per-node micro-cache
+    /// Answer repeated course and lesson lists from a per-node micro-cache
     /// (1 s, retired by any write on the node; false only for comparisons).
     pub read_cache: bool,
     /// Redis as the shared cache and invalidation bus between API nodes (`redis://HOST:PORT`).

@@ -1,12 +1,13 @@
-//! The per-node micro-cache of hot GET responses: admins' status polls and learners' course
-//! and lesson lists, which dashboards and players repeat every second.
+//! The per-node micro-cache of hot GET responses: learners' course and lesson lists, which
+//! players and course pages repeat. (Not video status: behind a load balancer, a node still
+//! holding a `processing` answer after another said `ready` would show the state going back.)
 //!
 //! Entries are response bodies, kept for a short TTL (while one request refreshes an expired
 //! entry, the others get it for up to another TTL) and only while nothing has changed on
 //! this node since they were read: every write request this node serves (other than progress
 //! heartbeats) and every state change of its own workers starts a new generation, which
 //! retires every entry at once. A change made on another node (a transcode worker elsewhere)
-//! shows after at most the TTL, the same bound a player's polling already has.
+//! shows after at most twice the TTL.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,11 +33,6 @@ pub fn generation() -> u64 {
 pub fn changed() {
     GENERATION.fetch_add(1, Ordering::AcqRel);
 }
-
-/// Status answers live a second, the period admins' dashboards poll at: a worker on another
-/// node reports progress every second or so, and this node's own changes retire them at once.
-pub static STATUS: LazyLock<ReadCache> =
-    LazyLock::new(|| ReadCache::new("video-status", Duration::from_secs(1)));
 
 /// Course and lesson lists live a second (a lesson's `video_state` comes from the workers).
 pub static LISTS: LazyLock<ReadCache> =
