@@ -114,16 +114,30 @@ pub fn raise_nofile() {
     }
 }
 
-/// `lectern serve --roles ROLES` on a fresh PostgreSQL database (named `lectern_bench_…`),
-/// rate limits off (one client address carries every user here, and capacity runs send as
-/// fast as they can), with `env` on top. Returns the command and the database name.
-pub fn serve_on_fresh_pg(
+/// A `lectern serve` on a fresh PostgreSQL database, with an admin token of org `bench`.
+pub struct FreshServer {
+    /// The process.
+    pub server: crate::Server,
+    /// `host:port`.
+    pub addr: String,
+    /// `{base}/api/v1`.
+    pub api: String,
+    /// The database's name (drop it when done).
+    pub db: String,
+    /// An admin token of org `bench`.
+    pub admin: String,
+}
+
+/// Starts `lectern serve --roles ROLES` on a fresh PostgreSQL database (named
+/// `lectern_bench_…`), rate limits off (one client address carries every user here, and
+/// capacity runs send as fast as they can), with `env` on top.
+pub fn spawn_on_fresh_pg(
     lectern: &Path,
     postgres: &str,
     roles: &str,
     secret: &str,
     env: &[(&str, String)],
-) -> anyhow::Result<(Command, String)> {
+) -> anyhow::Result<FreshServer> {
     let db = format!("lectern_bench_{}", lectern_core::new_id());
     pg(postgres, &format!("CREATE DATABASE {db}"))?;
     let dir = std::env::temp_dir().join(&db);
@@ -149,7 +163,15 @@ pub fn serve_on_fresh_pg(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    Ok((cmd, db))
+    let server = crate::Server::spawn_announcing(cmd)?;
+    let keys = lectern_core::auth::Keys::from_secret(secret);
+    Ok(FreshServer {
+        addr: server.base.trim_start_matches("http://").to_string(),
+        api: format!("{}/api/v1", server.base),
+        admin: keys.mint("admin", "bench", lectern_core::auth::Role::Admin, 86_400),
+        server,
+        db,
+    })
 }
 
 /// Creates a course titled `title` with `lessons` lessons through the API; returns the course

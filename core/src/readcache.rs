@@ -5,9 +5,9 @@
 //! Entries are response bodies, kept for a short TTL (while one request refreshes an expired
 //! entry, the others get it for up to another TTL) and only while nothing has changed on
 //! this node since they were read: every write request this node serves (other than progress
-//! heartbeats) and every state change of its own workers starts a new generation, which
-//! retires every entry at once. A change made on another node (a transcode worker elsewhere)
-//! shows after at most twice the TTL.
+//! heartbeats) and every state change of its own workers that a lesson shows starts a new
+//! generation, which retires every entry at once. A change made on another node (a transcode
+//! worker elsewhere) shows after at most twice the TTL.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,7 +39,7 @@ pub static LISTS: LazyLock<ReadCache> =
     LazyLock::new(|| ReadCache::new("course-reads", Duration::from_secs(1)));
 
 /// Entries beyond this many are dropped all at once (a bound, not an eviction policy: the
-/// working set of a node is its active dashboards and courses).
+/// working set of a node is its learners' active courses).
 const MAX_ENTRIES: usize = 50_000;
 
 /// JSON bodies by key, each valid for `ttl` within its generation.
@@ -134,9 +134,7 @@ impl ReadCache {
             },
         );
     }
-}
 
-impl ReadCache {
     /// Serializes `value`, stores it as read in generation `read_in` and answers it.
     pub fn answer(
         &self,

@@ -389,7 +389,6 @@ async fn status(
 ) -> Result<Json<Value>, ApiError> {
     // Not from the read cache: behind a load balancer, a node still holding a `processing`
     // answer after another node said `ready` would show the state going backwards.
-    let base = lectern_core::base_url(st.public_url.as_deref(), &headers);
     let v = videos::get_in_org(&st.db, &id, &c.org).await?;
     c.require_manager()?;
     let (queue_position, eta_s) = queue_facts(&st, &v).await?;
@@ -414,9 +413,12 @@ async fn status(
     };
     // The poster sits beside the segments: unguessable, immutable, no signature needed.
     let poster_url = match (&v.poster_key, v.state) {
-        (Some(key), VideoState::Ready) => {
-            lectern_core::keys::under_videos(key).map(|rest| format!("{base}/v/{rest}"))
-        }
+        (Some(key), VideoState::Ready) => lectern_core::keys::under_videos(key).map(|rest| {
+            format!(
+                "{}/v/{rest}",
+                lectern_core::base_url(st.public_url.as_deref(), &headers)
+            )
+        }),
         _ => None,
     };
     let mut body = json!({

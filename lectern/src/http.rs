@@ -145,7 +145,7 @@ pub fn reject_malformed<B>(req: &axum::http::Request<B>) -> Option<Response> {
 }
 
 /// Retires the read cache ([`lectern_core::readcache`]) after every write this node serves:
-/// the next status poll or course list reads the database again. Progress heartbeats are the
+/// the next course or lesson list reads the database again. Progress heartbeats are the
 /// exception: they change no cached answer, and at a thousand a second they would keep the
 /// cache empty.
 pub async fn retire_reads_on_write(req: Request, next: Next) -> Response {

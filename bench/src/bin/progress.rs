@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use lectern_bench::load::{
-    course_with_lessons, db_url, percentile, pg, raise_nofile, serve_on_fresh_pg, xacts, Conn,
+    course_with_lessons, db_url, percentile, pg, raise_nofile, spawn_on_fresh_pg, xacts, Conn,
+    FreshServer,
 };
 use lectern_bench::Server;
 use lectern_core::auth::{Keys, Role};
@@ -54,18 +55,19 @@ struct Setup {
 }
 
 async fn setup(args: &Args, write_behind: bool) -> anyhow::Result<Setup> {
-    let (cmd, db) = serve_on_fresh_pg(
+    let FreshServer {
+        server,
+        addr,
+        api,
+        db,
+        admin,
+    } = spawn_on_fresh_pg(
         &args.lectern,
         &args.postgres,
         "api",
         SECRET,
         &[("LECTERN_PROGRESS_WRITE_BEHIND", write_behind.to_string())],
     )?;
-    let server = Server::spawn_announcing(cmd)?;
-    let addr = server.base.trim_start_matches("http://").to_string();
-    let keys = Keys::from_secret(SECRET);
-    let admin = keys.mint("admin", "bench", Role::Admin, 86_400);
-    let api = format!("{}/api/v1", server.base);
     let (course, lessons) = course_with_lessons(&api, &admin, "Load", 10).await?;
     // Enrollments straight into the table: setup, not the thing measured.
     pg(

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use lectern_bench::load::{
-    course_with_lessons, db_url, percentile, pg, raise_nofile, serve_on_fresh_pg, xacts, Conn,
+    course_with_lessons, db_url, percentile, pg, raise_nofile, spawn_on_fresh_pg, xacts, Conn,
+    FreshServer,
 };
 use lectern_bench::Server;
 use lectern_core::auth::{Keys, Role};
@@ -67,19 +68,20 @@ struct Setup {
 /// and 50 queued videos (no worker runs, so they stay queued and their status carries a queue
 /// position).
 async fn setup(args: &Args, read_cache: bool) -> anyhow::Result<Setup> {
-    let (cmd, db) = serve_on_fresh_pg(
+    let FreshServer {
+        server,
+        addr,
+        api,
+        db,
+        admin,
+    } = spawn_on_fresh_pg(
         &args.lectern,
         &args.postgres,
         "api,ingest",
         SECRET,
         &[("LECTERN_READ_CACHE", read_cache.to_string())],
     )?;
-    let server = Server::spawn_announcing(cmd)?;
-    let addr = server.base.trim_start_matches("http://").to_string();
-    let keys = Keys::from_secret(SECRET);
-    let admin = keys.mint("admin", "bench", Role::Admin, 86_400);
     let http = reqwest::Client::new();
-    let api = format!("{}/api/v1", server.base);
     let (mut courses, mut lessons) = (Vec::new(), Vec::new());
     for c in 0..5 {
         let (course, ids) = course_with_lessons(&api, &admin, &format!("Course {c}"), 10).await?;

@@ -65,9 +65,7 @@ impl Attempt {
 
     /// Makes the attempt's output playable while it encodes; false if it was superseded.
     pub async fn set_live(&self, prefix: &str) -> DbResult<bool> {
-        let r = set_live(&self.db, &self.video_id, self.number, prefix).await;
-        crate::readcache::changed();
-        r
+        set_live(&self.db, &self.video_id, self.number, prefix).await
     }
 
     /// Reports progress (fraction of the source encoded) and the encoder's frame rate.
