@@ -116,11 +116,22 @@ impl Grid {
         frame as f64 * self.fps.1 as f64 / self.fps.0 as f64
     }
 
-    /// The times to find the keyframe before: each later start as planned, then the latest
-    /// boundary it may move to; half a frame late, since a key-unit seek to exactly a
-    /// keyframe's time may snap to the one before it.
-    pub(crate) fn search_times(&self) -> Vec<f64> {
-        let later = &self.starts[1..];
+    /// The later starts `part` names, as indexes into the plan's starts.
+    fn later(&self, part: Part) -> std::ops::Range<usize> {
+        let n = self.starts.len();
+        match part {
+            Part::FirstEnd => 1.min(n)..2.min(n),
+            Part::Rest => 2.min(n)..n,
+            #[cfg(test)]
+            Part::All => 1.min(n)..n,
+        }
+    }
+
+    /// The times to find the keyframe before for `part`: each of its starts as planned, then
+    /// the latest boundary it may move to; half a frame late, since a key-unit seek to exactly
+    /// a keyframe's time may snap to the one before it.
+    pub(crate) fn search_times(&self, part: Part) -> Vec<f64> {
+        let later = &self.starts[self.later(part)];
         let half_frame = self.secs(1) / 2.0;
         later
             .iter()
@@ -138,15 +149,16 @@ impl Grid {
     /// frame rather than up to a whole source GOP. `found` answers [`Grid::search_times`]:
     /// the keyframe before each planned start, and before the latest boundary it may move to.
     /// A start less than half a segment past a keyframe stays; without an answer the plan
-    /// stays.
-    pub(crate) fn align(&mut self, found: &[Option<f64>]) {
-        let n = self.starts.len() - 1;
+    /// stays. Parts are aligned in order (a start's lowest move depends on the one before).
+    pub(crate) fn align(&mut self, part: Part, found: &[Option<f64>]) {
+        let range = self.later(part);
+        let n = range.len();
         if found.len() != 2 * n {
             return;
         }
         let half_frame = self.secs(1) / 2.0;
-        for i in 0..n {
-            let (Some(k0), Some(k1)) = (found[i], found[n + i]) else {
+        for (j, i) in range.map(|s| s - 1).enumerate() {
+            let (Some(k0), Some(k1)) = (found[j], found[n + j]) else {
                 continue;
             };
             let nominal = self.starts[i + 1];
@@ -183,40 +195,55 @@ impl Grid {
         }
     }
 
-    /// The chunk tasks, or `None` when the source makes one chunk after all. A last chunk
-    /// under a quarter of a chunk joins the one before; chunk 0 carries the sound.
-    pub(crate) fn plan(mut self, audio: bool) -> Option<Vec<Planned>> {
+    /// Joins a last chunk under a quarter of a chunk to the one before (once, before the
+    /// chunks are recorded: a later alignment keeps their number); false when the source
+    /// makes one chunk after all.
+    pub(crate) fn trim(&mut self) -> bool {
         let starts = &mut self.starts;
         if starts.len() > 1 && self.total - starts[starts.len() - 1] < self.chunk_frames / 4 {
             starts.pop();
         }
-        if starts.len() < 2 {
-            return None;
-        }
-        let (n, total) = (starts.len(), self.total);
-        Some(
-            (0..n)
-                .map(|i| {
-                    let frames = (i + 1 < n).then(|| starts[i + 1] - starts[i]);
-                    let mut weight = frames.unwrap_or(total - starts[i]).max(1) as f64;
-                    if i == 0 && audio {
-                        // AAC of the whole source costs a few percent of the video ladder.
-                        weight += total as f64 * 0.02;
-                    }
-                    Planned {
-                        idx: i as i64,
-                        kind: ChunkKind::Video,
-                        start_frame: starts[i],
-                        frames,
-                        weight,
-                    }
-                })
-                .collect(),
-        )
+        starts.len() >= 2
+    }
+
+    /// The chunk tasks (chunk 0 carries the sound).
+    pub(crate) fn plan(&self, audio: bool) -> Vec<Planned> {
+        let (starts, n, total) = (&self.starts, self.starts.len(), self.total);
+        (0..n)
+            .map(|i| {
+                let frames = (i + 1 < n).then(|| starts[i + 1] - starts[i]);
+                let mut weight = frames.unwrap_or(total - starts[i]).max(1) as f64;
+                if i == 0 && audio {
+                    // AAC of the whole source costs a few percent of the video ladder.
+                    weight += total as f64 * 0.02;
+                }
+                Planned {
+                    idx: i as i64,
+                    kind: ChunkKind::Video,
+                    start_frame: starts[i],
+                    frames,
+                    weight,
+                }
+            })
+            .collect()
     }
 }
 
-/// Records an attempt's chunk tasks and queues them, chunk 0 first.
+/// Which of a grid's later starts to search and align: the first chunk's end is settled
+/// before the first chunk is queued, the rest while it encodes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Part {
+    /// The second chunk's start.
+    FirstEnd,
+    /// Every start after it.
+    Rest,
+    /// Every later start at once.
+    #[cfg(test)]
+    All,
+}
+
+/// Records an attempt's chunk tasks and queues the first chunk (and an audio task of an older
+/// plan); [`queue_rest`] queues the others once their starts are settled.
 pub(crate) async fn begin(
     ctx: &WorkerContext,
     v: &Video,
@@ -234,13 +261,33 @@ pub(crate) async fn begin(
         .filter(|c| c.idx == 0 || c.kind == ChunkKind::Audio)
         .map(|c| c.idx)
         .collect();
-    let rest: Vec<i64> = plan
+    ctx.queue
+        .enqueue_chunks(&v.id, attempt.number(), &first, &[], v.queue_priority)
+        .await
+        .map_err(|e| JobError::retry(format!("chunk tasks not queued: {e}")))?;
+    tracing::info!(video = %v.id, attempt = attempt.number(), chunks = plan.len(), "first chunk queued");
+    Ok(())
+}
+
+/// Moves the later chunks of a recorded plan to their settled starts and queues them. Until
+/// now no task of theirs existed, so no worker has read the starts being moved.
+pub(crate) async fn queue_rest(
+    ctx: &WorkerContext,
+    v: &Video,
+    attempt: &Attempt,
+    plan: &[Planned],
+) -> Result<(), JobError> {
+    let rest: Vec<Planned> = plan
         .iter()
         .filter(|c| c.idx != 0 && c.kind == ChunkKind::Video)
-        .map(|c| c.idx)
+        .cloned()
         .collect();
+    if !chunks::replan(&ctx.db, &v.id, attempt.number(), &rest).await? {
+        return Err(JobError::Canceled);
+    }
+    let idx: Vec<i64> = rest.iter().map(|c| c.idx).collect();
     ctx.queue
-        .enqueue_chunks(&v.id, attempt.number(), &first, &rest, v.queue_priority)
+        .enqueue_chunks(&v.id, attempt.number(), &[], &idx, v.queue_priority)
         .await
         .map_err(|e| JobError::retry(format!("chunk tasks not queued: {e}")))?;
     tracing::info!(video = %v.id, attempt = attempt.number(), chunks = plan.len(), "chunk tasks queued");
@@ -871,16 +918,41 @@ mod tests {
     #[test]
     fn starts_move_to_the_boundary_after_a_nearby_keyframe() {
         let mut g = grid();
-        let at: Vec<f64> = g.search_times().iter().map(|t| t - 1.0 / 60.0).collect();
+        let at: Vec<f64> = g
+            .search_times(Part::All)
+            .iter()
+            .map(|t| t - 1.0 / 60.0)
+            .collect();
         assert_eq!(at, [14.0, 26.0, 38.0, 50.0, 20.0, 32.0, 44.0, 56.0]);
         // A keyframe every 10 s: at 20 s (not 14), 32 (not 26), 44 (not 38); 50 is on one.
         let k = |t: f64| Some((t / 10.0).floor() * 10.0);
-        let found: Vec<_> = g.search_times().into_iter().map(k).collect();
-        g.align(&found);
+        let found: Vec<_> = g.search_times(Part::All).into_iter().map(k).collect();
+        g.align(Part::All, &found);
         assert_eq!(g.starts, [0, 600, 960, 1320, 1500]);
-        let plan = g.plan(false).unwrap();
+        let plan = g.plan(false);
         let frames: Vec<_> = plan.iter().map(|c| c.frames).collect();
         assert_eq!(frames, [Some(600), Some(360), Some(360), Some(180), None]);
+        // The first chunk's end settled alone, then the rest: the same plan.
+        let mut g = grid();
+        let first: Vec<_> = g.search_times(Part::FirstEnd).into_iter().map(k).collect();
+        assert_eq!(first.len(), 2);
+        g.align(Part::FirstEnd, &first);
+        assert_eq!(g.starts, [0, 600, 780, 1140, 1500]);
+        let rest: Vec<_> = g.search_times(Part::Rest).into_iter().map(k).collect();
+        g.align(Part::Rest, &rest);
+        assert_eq!(g.starts, [0, 600, 960, 1320, 1500]);
+    }
+
+    #[test]
+    fn a_short_last_chunk_joins_the_one_before() {
+        let mut g = grid();
+        g.total = 1560;
+        assert!(g.trim());
+        assert_eq!(g.starts, [0, 420, 780, 1140]);
+        assert_eq!(g.plan(true).last().unwrap().frames, None);
+        g.starts.truncate(2);
+        g.total = 480;
+        assert!(!g.trim());
     }
 
     #[test]
@@ -889,29 +961,29 @@ mod tests {
         // A keyframe every 2 s: every boundary is on one.
         let mut g = grid();
         let every_2s: Vec<_> = g
-            .search_times()
+            .search_times(Part::All)
             .into_iter()
             .map(|t| Some((t / 2.0).floor() * 2.0))
             .collect();
-        g.align(&every_2s);
+        g.align(Part::All, &every_2s);
         assert_eq!(g.starts, planned);
         // One keyframe at 0 only: every boundary decodes from it; and no answers at all.
         let mut g = grid();
-        g.align(&[Some(0.0); 8]);
+        g.align(Part::All, &[Some(0.0); 8]);
         assert_eq!(g.starts, planned);
         let mut g = grid();
-        g.align(&[None; 8]);
+        g.align(Part::All, &[None; 8]);
         assert_eq!(g.starts, planned);
         // A GOP of 8⅓ s (ffmpeg's default 250 frames at 30 fps): 14 s is 5.7 s past one,
         // 20 s only 3.3 s.
         let mut g = grid();
         let gop = 250.0 / 30.0;
         let found: Vec<_> = g
-            .search_times()
+            .search_times(Part::All)
             .into_iter()
             .map(|t| Some((t / gop).floor() * gop))
             .collect();
-        g.align(&found);
+        g.align(Part::All, &found);
         assert_eq!(g.starts[1], 600);
         // A keyframe every 10 s (slides) under 60 s chunks: 62 s is 2 s past one; it stays
         // rather than make a 50 s and a 72 s chunk.
@@ -924,11 +996,11 @@ mod tests {
             fps: (30, 1),
         };
         let found: Vec<_> = g
-            .search_times()
+            .search_times(Part::All)
             .into_iter()
             .map(|t| Some((t / 10.0).floor() * 10.0))
             .collect();
-        g.align(&found);
+        g.align(Part::All, &found);
         assert_eq!(g.starts, [0, 1860, 3660]);
     }
 }

@@ -302,9 +302,42 @@ async fn handle(
     }
 }
 
+/// Starts an attempt for `task`, or `None` when the video does not wait for it. An admin
+/// retry queues its task before it marks the failed or canceled video queued (a crash in
+/// between must not leave a queued video without a task), and a worker in the same process
+/// is woken at once, so for a moment such a video may not wait for its task yet: look again.
+async fn start_attempt(
+    ctx: &WorkerContext,
+    video_id: &str,
+    task: &str,
+) -> Result<Option<videos::Attempt>, JobError> {
+    for look in 0..RETRY_RACE_LOOKS {
+        if look > 0 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        if let Some(a) = videos::Attempt::start(&ctx.db, video_id, &ctx.name, task).await? {
+            return Ok(Some(a));
+        }
+        let retryable = videos::get(&ctx.db, video_id).await?.is_some_and(|v| {
+            matches!(
+                v.state,
+                videos::VideoState::Failed | videos::VideoState::Canceled
+            )
+        });
+        if !retryable {
+            return Ok(None);
+        }
+    }
+    Ok(None)
+}
+
+/// How often a task for a failed or canceled video looks again (every 250 ms) before it is
+/// taken for a stale one.
+const RETRY_RACE_LOOKS: u32 = 12;
+
 /// Runs one attempt for a video, as apalis task `task`, and records the outcome on it.
 pub async fn transcode(ctx: &WorkerContext, video_id: &str, task: &str) -> Result<(), JobError> {
-    let Some(attempt) = videos::Attempt::start(&ctx.db, video_id, &ctx.name, task).await? else {
+    let Some(attempt) = start_attempt(ctx, video_id, task).await? else {
         tracing::info!(video = %video_id, task, "video no longer waits for this task; skipping");
         return Ok(());
     };
@@ -487,6 +520,27 @@ impl Drop for Staged {
     }
 }
 
+/// Moves `part` of a chunk plan's starts next to the source's keyframes.
+async fn align(
+    ctx: &WorkerContext,
+    v: &Video,
+    spec: &pipeline::Spec,
+    grid: &mut chunked::Grid,
+    part: chunked::Part,
+) {
+    let times = grid.search_times(part);
+    if times.is_empty() {
+        return;
+    }
+    match isolate::keyframes(&ctx.isolation, spec.input.clone(), times).await {
+        Ok(k) => grid.align(part, &k),
+        // The plain grid still encodes correctly; it only decodes more before each start.
+        Err(e) => {
+            tracing::warn!(video = %v.id, error = %e, "no keyframe index; chunks start on the plain grid")
+        }
+    }
+}
+
 pub(crate) async fn source_path(
     ctx: &WorkerContext,
     v: &Video,
@@ -583,21 +637,13 @@ async fn run_attempt(
         sync_ns: None,
     };
     let (pw, ph) = poster_size(&renditions);
-    let plan = match chunked::Grid::of(ladder, duration_s, &spec) {
-        Some(mut grid) => {
-            let times = grid.search_times();
-            match isolate::keyframes(&ctx.isolation, spec.input.clone(), times).await {
-                Ok(k) => grid.align(&k),
-                // The plain grid still encodes correctly; it only decodes more before each start.
-                Err(e) => {
-                    tracing::warn!(video = %v.id, error = %e, "no keyframe index; chunks start on the plain grid")
-                }
-            }
-            grid.plan(probe.audio)
-        }
-        None => None,
-    };
-    if let Some(plan) = plan {
+    // A long source: the first chunk is queued as soon as its own end is settled (one
+    // keyframe search), the others once the keyframes near their starts are found, so the
+    // first chunk's encode (on another slot or node) does not wait for an hour's plan.
+    let grid = chunked::Grid::of(ladder, duration_s, &spec)
+        .and_then(|mut grid| grid.trim().then_some(grid));
+    if let Some(mut grid) = grid {
+        align(ctx, v, &spec, &mut grid, chunked::Part::FirstEnd).await;
         let shared = chunked::Shared {
             spec,
             renditions,
@@ -608,7 +654,9 @@ async fn run_attempt(
             poster: (poster::poster_time(duration_s), pw, ph),
             audio_in_first: true,
         };
-        chunked::begin(ctx, v, attempt, &shared, &plan).await?;
+        chunked::begin(ctx, v, attempt, &shared, &grid.plan(probe.audio)).await?;
+        align(ctx, v, &shared.spec, &mut grid, chunked::Part::Rest).await;
+        chunked::queue_rest(ctx, v, attempt, &grid.plan(probe.audio)).await?;
         return Ok(None);
     }
     // Live: learners can start watching once the first segment of every track is stored.

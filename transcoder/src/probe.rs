@@ -264,7 +264,7 @@ fn preroll_orientation(path: &Path) -> Option<String> {
 /// container's index: cheap, even on a remote source. Blocking.
 pub fn keyframes_before(input: &Path, at_s: &[f64]) -> Result<Vec<Option<f64>>, String> {
     use gst::prelude::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::{Arc, Condvar, Mutex};
     crate::pipeline::init().map_err(|e| e.to_string())?;
     let pipeline = gst::Pipeline::new();
     let src = crate::pipeline::source_element(input).map_err(|e| e.to_string())?;
@@ -275,8 +275,10 @@ pub fn keyframes_before(input: &Path, at_s: &[f64]) -> Result<Vec<Option<f64>>, 
         .add_many([&src, &parse])
         .map_err(|e| e.to_string())?;
     src.link(&parse).map_err(|e| e.to_string())?;
-    // The stream time of the first video buffer since the last seek.
-    let first: Arc<Mutex<Option<f64>>> = Arc::default();
+    // The stream time of the first video buffer since the last seek, and a wake-up for the
+    // search when it is set (a seek answers in about a millisecond; polling the bus for it
+    // cost up to its whole timeout per seek, 60 chunk starts of an hour took over a second).
+    let first: Arc<(Mutex<Option<f64>>, Condvar)> = Arc::default();
     let weak = pipeline.downgrade();
     let slot = first.clone();
     parse.connect_pad_added(move |_, pad| {
@@ -291,8 +293,8 @@ pub fn keyframes_before(input: &Path, at_s: &[f64]) -> Result<Vec<Option<f64>>, 
                     .current_caps()
                     .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
                     .unwrap_or(false);
-                let mut slot = slot.lock().expect("keyframe slot");
-                if video && slot.is_none() {
+                let mut found = slot.0.lock().expect("keyframe slot");
+                if video && found.is_none() {
                     if let (Some(gst::PadProbeData::Buffer(buf)), Some(ev)) =
                         (&info.data, pad.sticky_event::<gst::event::Segment>(0))
                     {
@@ -303,7 +305,8 @@ pub fn keyframes_before(input: &Path, at_s: &[f64]) -> Result<Vec<Option<f64>>, 
                             let ns =
                                 |t: Option<gst::ClockTime>| t.map_or(0.0, |t| t.nseconds() as f64);
                             let t = ns(seg.time()) + ns(Some(pts)) - ns(seg.start());
-                            *slot = Some((t / 1e9).max(0.0));
+                            *found = Some((t / 1e9).max(0.0));
+                            slot.1.notify_all();
                         }
                     }
                 }
@@ -319,13 +322,16 @@ pub fn keyframes_before(input: &Path, at_s: &[f64]) -> Result<Vec<Option<f64>>, 
     let first_video = |bus: &gst::Bus| -> Result<Option<f64>, String> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            if let Some(t) = *first.lock().expect("keyframe slot") {
+            let (slot, set) = &*first;
+            let found = slot.lock().expect("keyframe slot");
+            let (found, _) = set
+                .wait_timeout_while(found, std::time::Duration::from_millis(20), |t| t.is_none())
+                .expect("keyframe slot");
+            if let Some(t) = *found {
                 return Ok(Some(t));
             }
-            let msg = bus.timed_pop_filtered(
-                gst::ClockTime::from_mseconds(20),
-                &[gst::MessageType::Eos, gst::MessageType::Error],
-            );
+            drop(found);
+            let msg = bus.pop_filtered(&[gst::MessageType::Eos, gst::MessageType::Error]);
             match msg.as_ref().map(|m| m.view()) {
                 Some(gst::MessageView::Error(e)) => return Err(e.error().to_string()),
                 Some(gst::MessageView::Eos(_)) => return Ok(None),
@@ -342,7 +348,7 @@ pub fn keyframes_before(input: &Path, at_s: &[f64]) -> Result<Vec<Option<f64>>, 
     first_video(&bus)?;
     let mut found = Vec::with_capacity(at_s.len());
     for &t in at_s {
-        *first.lock().expect("keyframe slot") = None;
+        *first.0.lock().expect("keyframe slot") = None;
         let sought = pipeline.seek_simple(
             gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT | gst::SeekFlags::SNAP_BEFORE,
             gst::ClockTime::from_nseconds((t.max(0.0) * 1e9) as u64),

@@ -6,15 +6,18 @@
 //! 2 Mb/s, 0.9 GB), so making them is quick. Each video is deleted as soon as it is playable,
 //! which cancels its transcode before the next one starts.
 //!
+//! With `--s3s-fs <binary>` Lectern stores on S3 (s3s-fs on loopback) and its worker reads
+//! the source in place through presigned ranged GETs (`--minutes 136` is a 2 GiB source).
+//!
 //! cargo build --release -p lectern -p lectern-bench
-//! target/release/ttfp --lectern target/release/lectern [--minutes 1,10,60] [--runs 3]
+//! target/release/ttfp --lectern target/release/lectern [--minutes 1,10,60] [--runs 3] [--s3s-fs s3s-fs]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use lectern_bench::{ffmpeg, fresh_dir, median, Server};
+use lectern_bench::{ffmpeg, free_port, fresh_dir, median, Server};
 use lectern_core::auth::{Keys, Role};
 
 const SECRET: &str = "bench-secret-0123456789abcdef";
@@ -33,6 +36,10 @@ struct Args {
     /// Scratch folder.
     #[arg(long, default_value = "target/bench-work/ttfp")]
     work: PathBuf,
+    /// Store on S3 served by this s3s-fs binary (cargo install s3s-fs --version 0.14.1
+    /// --features binary --locked) instead of the local disk.
+    #[arg(long)]
+    s3s_fs: Option<String>,
 }
 
 fn source(work: &Path, minutes: u32) -> anyhow::Result<PathBuf> {
@@ -167,6 +174,23 @@ async fn main() -> anyhow::Result<()> {
         .env("LECTERN_SECRET", SECRET)
         .env("LECTERN_LOG", "warn")
         .env_remove("DATABASE_URL");
+    // Kept alive for the whole run.
+    let mut _s3 = None;
+    if let Some(bin) = &args.s3s_fs {
+        let port = free_port();
+        let s3dir = fresh_dir(&work, "s3")?;
+        std::fs::create_dir_all(s3dir.join("bench"))?;
+        let mut s3 = Command::new(bin);
+        s3.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", "bench", "--secret-key", "benchbench"])
+            .arg(&s3dir);
+        _s3 = Some(Server::spawn_on_port(s3, port, "/")?);
+        cmd.env("LECTERN_STORAGE", "s3://bench")
+            .env("LECTERN_S3_ENDPOINT", format!("http://127.0.0.1:{port}"))
+            .env("AWS_ACCESS_KEY_ID", "bench")
+            .env("AWS_SECRET_ACCESS_KEY", "benchbench")
+            .env("AWS_REGION", "us-east-1");
+    }
     let server = Server::spawn_announcing(cmd)?;
     let token = Keys::from_secret(SECRET).mint("bench", "bench", Role::Admin, 86400);
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); sources.len()];
@@ -177,8 +201,13 @@ async fn main() -> anyhow::Result<()> {
             times[i].push(t);
         }
     }
+    let store = if args.s3s_fs.is_some() {
+        "S3 (s3s-fs)"
+    } else {
+        "local disk"
+    };
     println!(
-        "\n| source (1080p30, 3 rungs + audio) | size | time to first playable (median) | runs |"
+        "\n| source (1080p30, 3 rungs + audio), {store} | size | time to first playable (median) | runs |"
     );
     println!("|---|---|---|---|");
     for ((m, src), t) in sources.iter().zip(times) {

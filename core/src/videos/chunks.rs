@@ -135,6 +135,33 @@ pub async fn plan(
     Ok(true)
 }
 
+/// Moves recorded chunks of an attempt that is still processing to new extents (a plan's
+/// later starts are settled after its first chunk was queued); false when the attempt was
+/// superseded meanwhile (then nothing is written). Only chunks still waiting move.
+pub async fn replan(db: &Db, video: &str, attempt: i64, chunks: &[Planned]) -> DbResult<bool> {
+    let mut tx = db.begin().await?;
+    if !lock_processing(&mut tx, video, attempt).await? {
+        return Ok(false);
+    }
+    for c in chunks {
+        sqlx::query(
+            "UPDATE chunks SET start_frame = $1, frames = $2, weight = $3 \
+             WHERE video_id = $4 AND attempt = $5 AND idx = $6 AND state = $7",
+        )
+        .bind(c.start_frame)
+        .bind(c.frames)
+        .bind(c.weight)
+        .bind(video)
+        .bind(attempt)
+        .bind(c.idx)
+        .bind(ChunkState::Queued)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Every chunk of an attempt, in order.
 pub async fn of_attempt(db: &Db, video: &str, attempt: i64) -> DbResult<Vec<Chunk>> {
     Ok(sqlx::query_as::<_, Chunk>(sqlx::AssertSqlSafe(format!(
