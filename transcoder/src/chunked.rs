@@ -181,9 +181,14 @@ impl Grid {
             }
             let lowest =
                 (nominal - self.flex * self.seg_frames).max(self.starts[i] + self.seg_frames);
+            // The chunks are counted (`trim`) before the later starts are aligned, so the last
+            // start may not move later into what would make a short last chunk.
+            let last = i + 2 == self.starts.len();
+            let short_after =
+                |b: i64| last && b > nominal && self.total - b < self.chunk_frames / 4;
             let best = (-self.flex..=self.flex)
                 .map(|j| nominal + j * self.seg_frames)
-                .filter(|&b| b >= lowest && b < self.total)
+                .filter(|&b| b >= lowest && b < self.total && !short_after(b))
                 .filter_map(|b| past(b).map(|d| (d.max(0.0), (b - nominal).abs(), b)))
                 .min_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
             if let Some((d, _, b)) = best {
@@ -283,7 +288,8 @@ pub(crate) async fn queue_rest(
         .cloned()
         .collect();
     if !chunks::replan(&ctx.db, &v.id, attempt.number(), &rest).await? {
-        return Err(JobError::Canceled);
+        // Canceled, or failed by chunk 0 meanwhile (which counted it): nothing to queue.
+        return Ok(());
     }
     let idx: Vec<i64> = rest.iter().map(|c| c.idx).collect();
     ctx.queue
@@ -941,6 +947,26 @@ mod tests {
         let rest: Vec<_> = g.search_times(Part::Rest).into_iter().map(k).collect();
         g.align(Part::Rest, &rest);
         assert_eq!(g.starts, [0, 600, 960, 1320, 1500]);
+    }
+
+    #[test]
+    fn the_last_start_never_moves_into_a_short_last_chunk() {
+        // 58⅓ s, the last start at 50 s, 10 s past a keyframe at 40 s; the next keyframe at
+        // 56 s would leave a 2⅓ s last chunk (under a quarter of 12 s), so the start moves
+        // back to 44 s instead.
+        let mut g = grid();
+        g.total = 1750;
+        let found: Vec<_> = g
+            .search_times(Part::All)
+            .into_iter()
+            .map(|t| match t {
+                t if (50.0..50.5).contains(&t) => Some(40.0),
+                t if (56.0..56.5).contains(&t) => Some(56.0),
+                t => Some((t / 2.0).floor() * 2.0),
+            })
+            .collect();
+        g.align(Part::All, &found);
+        assert_eq!(g.starts, [0, 420, 780, 1140, 1320]);
     }
 
     #[test]

@@ -655,6 +655,8 @@ async fn run_attempt(
             audio_in_first: true,
         };
         chunked::begin(ctx, v, attempt, &shared, &grid.plan(probe.audio)).await?;
+        // Until the rest is queued this job covers the plan: should the process die here,
+        // its redelivered task starts a new attempt (and chunk 0's work is redone).
         align(ctx, v, &shared.spec, &mut grid, chunked::Part::Rest).await;
         chunked::queue_rest(ctx, v, attempt, &grid.plan(probe.audio)).await?;
         return Ok(None);
