@@ -520,6 +520,7 @@ impl Config {
                 0
             },
             queue: self.queue_db_connections.unwrap_or(queue),
+            listen: u32::from(self.has_role("api") && self.read_cache),
         }
     }
 
@@ -545,12 +546,15 @@ pub struct Pools {
     pub batch: u32,
     /// The job queue's pool.
     pub queue: u32,
+    /// The status cache's listening connection: 1 on an api process with the read cache on
+    /// (only PostgreSQL opens it).
+    pub listen: u32,
 }
 
 impl Pools {
     /// Connections this process may open at most.
     pub fn total(&self) -> u32 {
-        self.main + self.batch + self.queue
+        self.main + self.batch + self.queue + self.listen
     }
 }
 
@@ -705,16 +709,18 @@ mod tests {
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("tenish").is_err());
         let mut cfg = Config::default();
-        assert_eq!(cfg.pools().total(), 28);
+        assert_eq!(cfg.pools().total(), 29);
         cfg.roles = split_roles("api,ingest,origin");
         let web = cfg.pools();
         cfg.roles = split_roles("worker");
         cfg.workers = 1;
         let worker = cfg.pools();
         assert_eq!(worker.batch, 0);
-        // 30 pods in PostgreSQL's default 100 connections (97 usable): 10 web + 20 workers.
+        // The deploy's largest fleet (web HPA max 9, KEDA max 20 workers) in PostgreSQL's
+        // default 100 connections (97 usable), with 3 left for KEDA, the migrate Job and psql.
+        assert_eq!(web.total(), 6, "{web:?}");
         assert!(
-            10 * web.total() + 20 * worker.total() <= 97,
+            9 * web.total() + 20 * worker.total() <= 94,
             "{web:?} {worker:?}"
         );
         cfg.queue_db_connections = Some(5);

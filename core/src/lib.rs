@@ -14,6 +14,7 @@ pub mod object_http;
 pub mod page;
 pub mod queue;
 pub mod readcache;
+pub mod statuscache;
 pub mod storage;
 pub mod text;
 pub mod text_enum;

@@ -1,6 +1,7 @@
 //! The per-node micro-cache of hot GET responses: learners' course and lesson lists, which
 //! players and course pages repeat. (Not video status: behind a load balancer, a node still
-//! holding a `processing` answer after another said `ready` would show the state going back.)
+//! holding a `processing` answer after another said `ready` would show the state going back;
+//! `statuscache.rs` keeps those until the database says they changed.)
 //!
 //! Entries are response bodies, kept for a short TTL (while one request refreshes an expired
 //! entry, the others get it for up to another TTL) and only while nothing has changed on

@@ -48,39 +48,41 @@ fn job_json(v: &videos::Video) -> Value {
 
 /// A job with its queue position and ETA (one extra query per queued or running job).
 async fn job_view(st: &ApiState, v: &videos::Video) -> Result<Value, ApiError> {
-    let mut j = job_json(v);
-    let (pos, eta) = queue_facts(st, v).await?;
-    j["queue_position"] = json!(pos);
-    j["eta_s"] = json!(eta);
-    if let Some(c) = chunk_counts(st, v).await? {
-        j["chunks"] = json!(c);
-    }
-    Ok(j)
+    Ok(job_views(st, std::slice::from_ref(v)).await?.remove(0))
 }
 
-/// `{total, done, workers}` of a video being encoded in chunks (contract: `chunks`).
+/// The job list's views of a page: a constant number of statements whatever its length.
+async fn job_views(st: &ApiState, page: &[videos::Video]) -> Result<Vec<Value>, ApiError> {
+    let refs: Vec<&videos::Video> = page.iter().collect();
+    let facts = videos::queue_facts(&st.db, &refs).await?;
+    let mut chunks = chunk_counts(st, &refs).await?;
+    let now = lectern_core::now_ms();
+    Ok(page
+        .iter()
+        .map(|v| {
+            let mut j = job_json(v);
+            j["queue_position"] = json!(facts.position(v));
+            j["eta_s"] = json!(facts.eta_s(v, now));
+            if let Some(c) = chunks.remove(&v.id) {
+                j["chunks"] = json!(c);
+            }
+            j
+        })
+        .collect())
+}
+
+/// `{total, done, workers}` of the videos of `page` being encoded in chunks (contract:
+/// `chunks`), keyed by video.
 async fn chunk_counts(
     st: &ApiState,
-    v: &videos::Video,
-) -> Result<Option<videos::chunks::Counts>, ApiError> {
-    if v.state != VideoState::Processing {
-        return Ok(None);
-    }
-    Ok(videos::chunks::counts(&st.db, &v.id, v.attempts).await?)
-}
-
-/// `queue_position` and `eta_s` for a video: the queued wait plus run time, or what is left
-/// of the running attempt.
-async fn queue_facts(
-    st: &ApiState,
-    v: &videos::Video,
-) -> Result<(Option<i64>, Option<f64>), ApiError> {
-    let pos = videos::queue_position(&st.db, v).await?;
-    let eta = match pos {
-        Some(p) => videos::queued_eta_s(&st.db, p).await?,
-        None => videos::eta_s(v, lectern_core::now_ms()),
-    };
-    Ok((pos, eta))
+    page: &[&videos::Video],
+) -> Result<std::collections::HashMap<String, videos::chunks::Counts>, ApiError> {
+    let running: Vec<(&str, i64)> = page
+        .iter()
+        .filter(|v| v.state == VideoState::Processing)
+        .map(|v| (v.id.as_str(), v.attempts))
+        .collect();
+    Ok(videos::chunks::counts_of(&st.db, &running).await?)
 }
 
 /// Admins act on their own org's jobs; operators on every org's.
@@ -196,10 +198,7 @@ async fn jobs(
         rows.truncate(limit as usize);
         rows.last().map(|v| format!("{}.{}", v.created_at, v.id))
     });
-    let mut jobs = Vec::with_capacity(rows.len());
-    for v in &rows {
-        jobs.push(job_view(&st, v).await?);
-    }
+    let jobs = job_views(&st, &rows).await?;
     Ok(Json(json!({
         "jobs": jobs,
         "next_cursor": next.flatten(),
@@ -387,12 +386,32 @@ async fn status(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    // Not from the read cache: behind a load balancer, a node still holding a `processing`
-    // answer after another node said `ready` would show the state going backwards.
-    let v = videos::get_in_org(&st.db, &id, &c.org).await?;
+    use lectern_core::statuscache::{Snapshot, STATUS};
+    // Not from the timed read cache (behind a load balancer, a node still holding `processing`
+    // after another said `ready` would show the state going backwards), but kept until the
+    // database says the video changed: see statuscache.rs.
+    let snap = match STATUS.get(&id) {
+        Some(s) if s.video.org == c.org => s,
+        _ => {
+            let read_in = STATUS.begin();
+            let (video, facts) = videos::get_in_org_with_queue_facts(&st.db, &id, &c.org).await?;
+            let chunks = chunk_counts(&st, &[&video]).await?.remove(&video.id);
+            let snap = Snapshot {
+                video,
+                facts: facts.into(),
+                chunks,
+            };
+            STATUS.put(read_in, snap.clone());
+            snap
+        }
+    };
     c.require_manager()?;
-    let (queue_position, eta_s) = queue_facts(&st, &v).await?;
-    let chunks = chunk_counts(&st, &v).await?;
+    let Snapshot {
+        video: v,
+        facts,
+        chunks,
+    } = snap;
+    let (queue_position, eta_s) = (facts.position(&v), facts.eta_s(&v, lectern_core::now_ms()));
     let source = match (v.source_width, v.source_height, v.source_fps) {
         (Some(w), Some(h), Some(fps)) => json!({"width": w, "height": h, "fps": fps}),
         _ => Value::Null,

@@ -270,6 +270,13 @@ async fn serve(cfg: Config, schema: Schema) -> anyhow::Result<()> {
         }));
     }
     if cfg.has_role("api") {
+        // Status answers are cached only where the database can say when they change.
+        if cfg.read_cache && db.backend == lectern_core::db::Backend::Postgres {
+            tokio::spawn(lectern_core::statuscache::run_listener(
+                db_url.clone(),
+                stop_rx.clone(),
+            ));
+        }
         tokio::spawn(crate::http::gauges(db.clone(), stop_rx.clone()));
         tokio::spawn(lectern_core::queue::run_sweeper(
             db.clone(),
@@ -517,10 +524,10 @@ async fn connection_budget(db: &lectern_core::db::Db, pools: lectern_core::confi
     );
     if i64::from(mine) > usable - open + 2 {
         tracing::warn!(
-            "this process's pools (db_max_connections {} + db_batch_connections {} + queue_db_connections {} = {mine}) \
+            "this process's pools (db_max_connections {} + db_batch_connections {} + queue_db_connections {} + {} status listener = {mine}) \
              may exceed what PostgreSQL has left ({usable} usable, {open} open now); lower the pools, \
              raise max_connections, or put PgBouncer (session mode) in front",
-            pools.main, pools.batch, pools.queue
+            pools.main, pools.batch, pools.queue, pools.listen
         );
     }
 }

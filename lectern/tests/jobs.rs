@@ -5,6 +5,7 @@ mod common;
 use common::{Db, Opts, TestApp};
 use lectern_core::auth::Role;
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 
 async fn get(app: &TestApp, token: &str, path: &str) -> (u16, Value) {
     let r = app
@@ -306,6 +307,26 @@ async fn orgs_take_turns_classes_order_the_queue_and_admins_change_priority() {
         (Some(0), Some(7)),
         "{bulk_job}"
     );
+    // The list reads a whole page's positions in one statement: each must be what the
+    // video's own status says, and no two queued jobs may share a place.
+    let listed = j["jobs"].as_array().unwrap();
+    let mut places = Vec::new();
+    for job in listed {
+        let st = api.status(&a, job["id"].as_str().unwrap()).await;
+        assert_eq!(
+            (&st["queue_position"], &st["eta_s"]),
+            (&job["queue_position"], &job["eta_s"]),
+            "{job} vs {st}"
+        );
+        places.push(
+            job["queue_position"]
+                .as_i64()
+                .expect("a queued job has a place"),
+        );
+    }
+    places.sort();
+    places.dedup();
+    assert_eq!(places.len(), listed.len(), "{places:?}");
 
     let worker = api.peer_with("worker", &[("LECTERN_WORKERS", "1")]);
     let mut all = a_ids.clone();
@@ -576,4 +597,92 @@ async fn an_attempt_past_its_time_limit_is_retried_then_fails_with_a_code() {
         .unwrap()
         .contains("timeout_base_s"));
     assert_eq!(st["attempts"], 5, "timeouts are retried: {st} {seen:?}");
+}
+
+/// A node's `lectern_cache_requests_total{cache="status",result="hit"}`.
+async fn status_cache_hits(app: &TestApp) -> f64 {
+    let (_, _, m) = common::fetch(app, &format!("{}/metrics", app.base)).await;
+    String::from_utf8_lossy(&m)
+        .lines()
+        .filter(|l| {
+            l.starts_with("lectern_cache_requests_total")
+                && l.contains(r#"cache="status""#)
+                && l.contains(r#"result="hit""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn status_answers_are_kept_until_the_database_says_the_video_changed() {
+    // Two API nodes of one deployment and no worker: the uploads stay queued.
+    let a = Opts::new(Db::Postgres).roles("api,ingest,origin").spawn();
+    let b = a.peer_with("api,ingest,origin", &[]);
+    let clip = common::clip("clip-360p.mp4");
+    let inst = a.token(Role::Instructor, "org-a");
+    let admin = a.token(Role::Admin, "org-a");
+    let name = "filename Y2xpcC5tcDQ=";
+    let first = upload_meta(&a, &inst, &clip, name).await;
+    let second = upload_meta(&a, &inst, &clip, name).await;
+    // Once B listens for changes, its polls are answered from memory.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = b.status(&inst, &second).await;
+        assert_eq!(
+            (st["state"].as_str(), st["queue_position"].as_i64()),
+            (Some("queued"), Some(2)),
+            "{st}"
+        );
+        if status_cache_hits(&b).await >= 5.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node B never answered a status from its cache"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = b.status(&inst, &first).await;
+
+    // The other node cancels the first job: B shows the cancel, and the second job's new
+    // place, as soon as PostgreSQL's notification reaches it (not after the cache's 5 s
+    // safety expiry).
+    let (s, j) = post(&a, &admin, &format!("/api/v1/admin/jobs/{first}/cancel")).await;
+    assert_eq!((s, j["state"].as_str()), (200, Some("canceled")), "{j}");
+    let t = Instant::now();
+    loop {
+        let st1 = b.status(&inst, &first).await;
+        let st2 = b.status(&inst, &second).await;
+        if st1["state"] == "canceled" && st2["queue_position"] == 1 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(1), "{st1} {st2}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("node B saw another node's cancel after {:?}", t.elapsed());
+
+    // A statement from outside Lectern (an operator's psql) is a change too.
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&a.database_url().unwrap())
+            .await
+            .unwrap();
+        sqlx::query("UPDATE videos SET title = 'renamed by hand' WHERE id = $1")
+            .bind(&second)
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let t = Instant::now();
+    while b.status(&inst, &second).await["title"] != "renamed by hand" {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "the rename never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Another org's token gets no answer from the cache that its own read would refuse.
+    let other = a.token(Role::Instructor, "org-b");
+    let (s, _) = get(&b, &other, &format!("/api/v1/videos/{second}")).await;
+    assert_eq!(s, 404);
 }

@@ -403,31 +403,55 @@ pub struct Counts {
 
 /// The chunk counts of a video's current attempt; `None` when it is not encoded in chunks.
 pub async fn counts(db: &Db, video: &str, attempt: i64) -> DbResult<Option<Counts>> {
-    let rows: Vec<(ChunkState, Option<String>)> =
-        sqlx::query_as("SELECT state, worker FROM chunks WHERE video_id = $1 AND attempt = $2")
-            .bind(video)
-            .bind(attempt)
-            .fetch_all(&db.pool)
-            .await?;
-    if rows.is_empty() {
-        return Ok(None);
+    Ok(counts_of(db, &[(video, attempt)]).await?.remove(video))
+}
+
+/// [`counts`] for a page of `(video, attempt)`s in one statement, keyed by video; videos not
+/// encoded in chunks are absent.
+pub async fn counts_of(
+    db: &Db,
+    page: &[(&str, i64)],
+) -> DbResult<std::collections::HashMap<String, Counts>> {
+    let mut out = std::collections::HashMap::new();
+    if page.is_empty() {
+        return Ok(out);
     }
-    let mut workers: Vec<String> = rows
-        .iter()
-        .filter(|(s, _)| *s == ChunkState::Running)
-        .filter_map(|(_, w)| w.clone())
-        .collect();
-    workers.sort();
-    workers.dedup();
-    Ok(Some(Counts {
-        total: rows.len() as i64,
-        done: rows.iter().filter(|(s, _)| *s == ChunkState::Done).count() as i64,
-        running: rows
-            .iter()
-            .filter(|(s, _)| *s == ChunkState::Running)
-            .count() as i64,
-        workers,
-    }))
+    let ids = (0..page.len())
+        .map(|i| format!("${}", i + 1))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql =
+        format!("SELECT video_id, attempt, state, worker FROM chunks WHERE video_id IN ({ids})");
+    let mut q =
+        sqlx::query_as::<_, (String, i64, ChunkState, Option<String>)>(sqlx::AssertSqlSafe(sql));
+    for (id, _) in page {
+        q = q.bind(*id);
+    }
+    let rows = q.fetch_all(&db.pool).await?;
+    let mut busy: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for (video, attempt, state, worker) in rows {
+        if !page.iter().any(|(v, a)| *v == video && *a == attempt) {
+            continue;
+        }
+        let c: &mut Counts = out.entry(video.clone()).or_default();
+        c.total += 1;
+        match state {
+            ChunkState::Done => c.done += 1,
+            ChunkState::Running => {
+                c.running += 1;
+                busy.entry(video).or_default().extend(worker);
+            }
+            ChunkState::Queued => {}
+        }
+    }
+    for (video, mut workers) in busy {
+        workers.sort();
+        workers.dedup();
+        if let Some(c) = out.get_mut(&video) {
+            c.workers = workers;
+        }
+    }
+    Ok(out)
 }
 
 /// Removes a video's chunk rows of attempts before `attempt` (and all of them with `None`).

@@ -293,24 +293,130 @@ pub async fn org_pending(db: &Db, org: &str) -> DbResult<u64> {
     Ok(n.max(0) as u64)
 }
 
-/// 1-based position among queued videos in the order workers take them (effective priority,
-/// then oldest), or `None`.
-pub async fn queue_position(db: &Db, v: &Video) -> DbResult<Option<i64>> {
-    if v.state != VideoState::Queued {
-        return Ok(None);
+/// Where queued videos stand and how long the queue takes, read for a whole page of videos in
+/// one statement: a job list of twenty queued videos used to cost forty-one round trips.
+#[derive(Debug, Default)]
+pub struct QueueFacts {
+    positions: std::collections::HashMap<String, i64>,
+    /// Mean run time of the last 20 finished jobs, ms.
+    avg_ms: Option<f64>,
+    /// Attempts running now.
+    running: i64,
+}
+
+impl QueueFacts {
+    /// Takes in one row's facts (NULL when the row was not queued as the statement read it).
+    fn add(&mut self, id: String, ahead: Option<i64>, avg_ms: Option<f64>, running: Option<i64>) {
+        if let Some(ahead) = ahead {
+            self.positions.insert(id, ahead + 1);
+            self.avg_ms = avg_ms;
+            self.running = running.unwrap_or(0);
+        }
     }
-    let queued_at = v.queued_at.unwrap_or(v.created_at);
-    let (ahead,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM videos WHERE state = $1 AND id <> $2 AND \
-         (queue_priority > $3 OR (queue_priority = $3 AND (queued_at < $4 OR (queued_at = $4 AND id < $2))))",
+
+    /// 1-based position among queued videos in the order workers take them (effective
+    /// priority, then oldest), or `None` when `v` is not queued.
+    pub fn position(&self, v: &Video) -> Option<i64> {
+        if v.state != VideoState::Queued {
+            return None;
+        }
+        self.positions.get(&v.id).copied()
+    }
+
+    /// Seconds until `v` is done: for a queued video its wait and then its run, estimated from
+    /// the last 20 finished jobs and the attempts running now (`None` without history); for a
+    /// running one what is left of it (see [`eta_s`]).
+    pub fn eta_s(&self, v: &Video, now_ms: i64) -> Option<f64> {
+        let Some(position) = self.position(v) else {
+            return eta_s(v, now_ms);
+        };
+        self.avg_ms.map(|ms| {
+            let job_s = ms / 1000.0;
+            // Jobs ahead drain over the slots busy now; then this one runs.
+            let slots = self.running.max(1) as f64;
+            ((position - 1) as f64 / slots).ceil() * job_s + job_s
+        })
+    }
+}
+
+/// The [`QueueFacts`] of `page`: one statement when any of it is queued, none otherwise.
+pub async fn queue_facts(db: &Db, page: &[&Video]) -> DbResult<QueueFacts> {
+    let queued: Vec<&str> = page
+        .iter()
+        .filter(|v| v.state == VideoState::Queued)
+        .map(|v| v.id.as_str())
+        .collect();
+    if queued.is_empty() {
+        return Ok(QueueFacts::default());
+    }
+    let ids = (0..queued.len())
+        .map(|i| format!("${}", i + 4))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("SELECT v.id, {QUEUE_FACTS} FROM videos v WHERE v.id IN ({ids})");
+    let mut q = sqlx::query_as::<_, (String, Option<i64>, Option<f64>, Option<i64>)>(
+        sqlx::AssertSqlSafe(sql),
     )
     .bind(state::QUEUED)
-    .bind(&v.id)
-    .bind(v.queue_priority)
-    .bind(queued_at)
-    .fetch_one(&db.pool)
+    .bind(state::READY)
+    .bind(state::PROCESSING);
+    for id in &queued {
+        q = q.bind(*id);
+    }
+    let rows = q.fetch_all(&db.pool).await?;
+    let mut facts = QueueFacts::default();
+    for (id, ahead, avg_ms, running) in rows {
+        facts.add(id, ahead, avg_ms, running);
+    }
+    Ok(facts)
+}
+
+/// The queue facts of the row `v`, NULL unless it is queued; bound as `$1` queued, `$2` ready,
+/// `$3` processing. The uncorrelated subqueries run once per statement (PostgreSQL's InitPlan,
+/// SQLite's once-only subqueries), and only when a row is queued.
+const QUEUE_FACTS: &str = "\
+    CASE WHEN v.state = $1 THEN (SELECT COUNT(*) FROM videos w WHERE w.state = $1 AND w.id <> v.id AND \
+      (w.queue_priority > v.queue_priority OR (w.queue_priority = v.queue_priority AND \
+        (w.queued_at < COALESCE(v.queued_at, v.created_at) OR \
+         (w.queued_at = COALESCE(v.queued_at, v.created_at) AND w.id < v.id))))) END AS ahead, \
+    CASE WHEN v.state = $1 THEN (SELECT AVG(CAST(finished_at - started_at AS DOUBLE PRECISION)) FROM \
+      (SELECT finished_at, started_at FROM videos WHERE state = $2 AND started_at IS NOT NULL \
+       AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 20) recent) END AS avg_ms, \
+    CASE WHEN v.state = $1 THEN (SELECT COUNT(*) FROM videos WHERE state = $3) END AS running";
+
+/// A video row with its [`QueueFacts`] columns.
+#[derive(sqlx::FromRow)]
+struct WithQueueFacts {
+    #[sqlx(flatten)]
+    video: Video,
+    ahead: Option<i64>,
+    avg_ms: Option<f64>,
+    running: Option<i64>,
+}
+
+/// [`get_in_org`] and the video's [`QueueFacts`] in one statement: the status API's read.
+pub async fn get_in_org_with_queue_facts(
+    db: &Db,
+    id: &str,
+    org: &str,
+) -> DbResult<(Video, QueueFacts)> {
+    let row = sqlx::query_as::<_, WithQueueFacts>(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLS}, {QUEUE_FACTS} FROM videos v WHERE v.id = $4"
+    )))
+    .bind(state::QUEUED)
+    .bind(state::READY)
+    .bind(state::PROCESSING)
+    .bind(id)
+    .fetch_optional(&db.pool)
     .await?;
-    Ok(Some(ahead + 1))
+    match row {
+        Some(r) if r.video.org == org => {
+            let mut facts = QueueFacts::default();
+            facts.add(r.video.id.clone(), r.ahead, r.avg_ms, r.running);
+            Ok((r.video, facts))
+        }
+        _ => Err(DbError::NotFound("video")),
+    }
 }
 
 /// Removes a video row inside a step that spans tables (its objects are removed by the caller).
@@ -404,27 +510,6 @@ pub async fn set_priority(db: &Db, id: &str, priority: i64) -> DbResult<bool> {
     .execute(&db.pool)
     .await?;
     Ok(res.rows_affected() == 1)
-}
-
-/// Seconds a queued video at 1-based `position` waits and then takes, estimated from the
-/// last 20 finished jobs and the number of attempts running now; `None` without history.
-pub async fn queued_eta_s(db: &Db, position: i64) -> DbResult<Option<f64>> {
-    let (avg_ms, running): (Option<f64>, i64) = sqlx::query_as(
-        "SELECT (SELECT AVG(CAST(finished_at - started_at AS DOUBLE PRECISION)) FROM \
-           (SELECT finished_at, started_at FROM videos WHERE state = $1 AND started_at IS NOT NULL \
-            AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 20) recent), \
-         (SELECT COUNT(*) FROM videos WHERE state = $2)",
-    )
-    .bind(state::READY)
-    .bind(state::PROCESSING)
-    .fetch_one(&db.pool)
-    .await?;
-    Ok(avg_ms.map(|ms| {
-        let job_s = ms / 1000.0;
-        // Jobs ahead drain over the slots busy now; then this one runs.
-        let slots = running.max(1) as f64;
-        ((position - 1) as f64 / slots).ceil() * job_s + job_s
-    }))
 }
 
 /// A page of an org's videos, newest first, optionally in one state, after `(created_at, id)`.
