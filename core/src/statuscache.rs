@@ -6,8 +6,10 @@
 //! So this cache is told, not timed: triggers on `videos` and `chunks` (migration 0016) send
 //! `NOTIFY lectern_videos, '<video id>'` at every commit that touches a video, every API node
 //! listens, and a notification retires that video's entry. A queued video's answer also holds
-//! its place in the queue, which any other video's change can move, so queued entries live only
-//! while no notification at all has arrived since they were read.
+//! its place in the queue and its ETA, which another video's change of state, class or queue
+//! time can move (the triggers prefix those notifications `q:`), so queued entries live only
+//! while no such notification has arrived since they were read; a running video's progress
+//! moves nobody's place.
 //!
 //! What it does not promise: a node answers from its entry until the notification reaches it,
 //! which is after the commit by the time PostgreSQL needs to signal the listening session and
@@ -26,6 +28,9 @@ use crate::videos::{QueueFacts, Video, VideoState};
 
 /// The channel the triggers of migration 0016 notify on, with the video id as payload.
 pub const CHANNEL: &str = "lectern_videos";
+
+/// The payload prefix of a change that can move the queue.
+const MOVES_QUEUE: &str = "q:";
 
 /// The longest an entry is used: a safety net, not the mechanism.
 pub const TTL: Duration = Duration::from_secs(5);
@@ -67,6 +72,9 @@ struct Inner {
     /// The `seq` of each video's last notification, so that a read that began before it is
     /// not stored after it.
     changed: HashMap<String, u64>,
+    /// The `seq` of the last notification that could move the queue: queued entries read
+    /// before it are stale.
+    queue_moved: u64,
 }
 
 /// This process's status cache (empty and unused until a listener goes live).
@@ -118,12 +126,12 @@ impl StatusCache {
         if !self.is_live() {
             return None;
         }
-        let now_seq = self.begin();
         let found = {
             let inner = self.inner.lock().expect("status cache");
             inner.map.get(id).and_then(|e| {
                 let queued = e.snap.video.state == VideoState::Queued;
-                (e.at.elapsed() < TTL && (!queued || e.seq == now_seq)).then(|| e.snap.clone())
+                (e.at.elapsed() < TTL && (!queued || e.seq >= inner.queue_moved))
+                    .then(|| e.snap.clone())
             })
         };
         self.count(found.is_some());
@@ -144,7 +152,7 @@ impl StatusCache {
         {
             return;
         }
-        if snap.video.state == VideoState::Queued && self.begin() != read_in {
+        if snap.video.state == VideoState::Queued && inner.queue_moved > read_in {
             return;
         }
         if inner.map.len() >= MAX_ENTRIES {
@@ -160,11 +168,19 @@ impl StatusCache {
         );
     }
 
-    /// The database says `id` changed.
-    pub fn changed(&self, id: &str) {
+    /// The database says a video changed: `payload` is its id, prefixed `q:` when the change
+    /// can move the queue.
+    pub fn changed(&self, payload: &str) {
+        let (id, moves_queue) = match payload.strip_prefix(MOVES_QUEUE) {
+            Some(id) => (id, true),
+            None => (payload, false),
+        };
         let mut inner = self.inner.lock().expect("status cache");
         // Under the lock, so that a `put` either sees the new number or is removed here.
         let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        if moves_queue {
+            inner.queue_moved = seq;
+        }
         inner.map.remove(id);
         if inner.changed.len() >= MAX_ENTRIES {
             // Forgetting who changed when is safe only if nothing read before now is kept.
@@ -189,7 +205,7 @@ impl StatusCache {
 
     fn reset(&self) {
         let mut inner = self.inner.lock().expect("status cache");
-        self.seq.fetch_add(1, Ordering::AcqRel);
+        inner.queue_moved = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
         inner.map.clear();
         inner.changed.clear();
     }
@@ -317,7 +333,20 @@ mod tests {
         assert!(c.get("u").is_none(), "upload progress lives elsewhere");
         c.changed("b");
         assert!(c.get("a").is_some(), "another video's change leaves it");
-        assert!(c.get("q").is_none(), "but moves the queue");
+        assert!(
+            c.get("q").is_some(),
+            "and a running video's progress moves nobody's place"
+        );
+        c.changed("q:b");
+        assert!(c.get("a").is_some());
+        assert!(c.get("q").is_none(), "a change of state moves the queue");
+        let before = c.begin();
+        c.changed("q:b");
+        c.put(before, snap("q", VideoState::Queued));
+        assert!(
+            c.get("q").is_none(),
+            "a queued answer read before the move is not kept"
+        );
         c.changed("a");
         assert!(c.get("a").is_none(), "its own change retires it");
         let before = c.begin();

@@ -46,7 +46,7 @@ fn job_json(v: &videos::Video) -> Value {
     })
 }
 
-/// A job with its queue position and ETA (one extra query per queued or running job).
+/// A job with its queue position, ETA and chunk counts (the job list's view of a page of one).
 async fn job_view(st: &ApiState, v: &videos::Video) -> Result<Value, ApiError> {
     Ok(job_views(st, std::slice::from_ref(v)).await?.remove(0))
 }
