@@ -30,6 +30,11 @@ pub fn generation() -> u64 {
     GENERATION.load(Ordering::Acquire)
 }
 
+/// Held by unit tests that bump or depend on the process-wide generation, which run in
+/// parallel threads of one process.
+#[cfg(test)]
+pub(crate) static TEST_GENERATION: Mutex<()> = Mutex::new(());
+
 /// Retires everything cached so far (after a write on this node).
 pub fn changed() {
     GENERATION.fetch_add(1, Ordering::AcqRel);
@@ -165,6 +170,7 @@ mod tests {
 
     #[test]
     fn entries_expire_and_any_write_retires_them() {
+        let _g = TEST_GENERATION.lock().unwrap_or_else(|e| e.into_inner());
         let c = ReadCache::new("t", Duration::from_millis(50));
         let g = generation();
         c.put("a".into(), g, Bytes::from_static(b"1"));

@@ -11,9 +11,13 @@
 //! while no such notification has arrived since they were read; a running video's progress
 //! moves nobody's place.
 //!
-//! What it does not promise: a node answers from its entry until the notification reaches it,
-//! which is after the commit by the time PostgreSQL needs to signal the listening session and
-//! the listener task to run (well under a millisecond on an idle node). While the listening
+//! A write this node serves also retires its entries at once (each entry holds the
+//! [`crate::readcache::generation`] it was read in), so a client that cancels a job and polls
+//! the same node reads its own write without waiting for the notification.
+//!
+//! What it does not promise: another node answers from its entry until the notification
+//! reaches it, which is after the commit by the time PostgreSQL needs to signal the listening
+//! session and the listener task to run (well under a millisecond on an idle node). While the listening
 //! connection is down, or before it has subscribed, nothing is cached; after a reconnect
 //! everything cached before is dropped (notifications sent meanwhile are lost). An entry also
 //! expires after [`TTL`], a bound for a listener that has not yet noticed its connection is gone.
@@ -53,7 +57,16 @@ struct Entry {
     at: Instant,
     /// [`StatusCache::seq`] when the read began.
     seq: u64,
+    /// This node's write generation when the read began: a later write here retires it.
+    generation: u64,
     snap: Snapshot,
+}
+
+/// When a read began, as [`StatusCache::begin`] saw it: pass it to [`StatusCache::put`].
+#[derive(Clone, Copy, Debug)]
+pub struct ReadStamp {
+    seq: u64,
+    generation: u64,
 }
 
 /// The node's status entries and what it has heard from the database.
@@ -116,9 +129,12 @@ impl StatusCache {
         self.live.load(Ordering::Acquire)
     }
 
-    /// The number to pass to [`StatusCache::put`]: read it before the database.
-    pub fn begin(&self) -> u64 {
-        self.seq.load(Ordering::Acquire)
+    /// The stamp to pass to [`StatusCache::put`]: take it before the database.
+    pub fn begin(&self) -> ReadStamp {
+        ReadStamp {
+            generation: crate::readcache::generation(),
+            seq: self.seq.load(Ordering::Acquire),
+        }
     }
 
     /// The snapshot of `id`, if one is held and nothing has retired it.
@@ -127,10 +143,13 @@ impl StatusCache {
             return None;
         }
         let found = {
+            let generation = crate::readcache::generation();
             let inner = self.inner.lock().expect("status cache");
             inner.map.get(id).and_then(|e| {
                 let queued = e.snap.video.state == VideoState::Queued;
-                (e.at.elapsed() < TTL && (!queued || e.seq >= inner.queue_moved))
+                (e.at.elapsed() < TTL
+                    && e.generation == generation
+                    && (!queued || e.seq >= inner.queue_moved))
                     .then(|| e.snap.clone())
             })
         };
@@ -138,12 +157,17 @@ impl StatusCache {
         found
     }
 
-    /// Keeps `snap`, read after [`StatusCache::begin`] returned `read_in`, unless its video
-    /// changed since (or it is uploading: that progress lives in another table).
-    pub fn put(&self, read_in: u64, snap: Snapshot) {
-        if !self.is_live() || snap.video.state == VideoState::Uploading {
+    /// Keeps `snap`, read after [`StatusCache::begin`] returned `stamp`, unless its video
+    /// changed since, this node served a write since, or it is uploading (that progress lives
+    /// in another table).
+    pub fn put(&self, stamp: ReadStamp, snap: Snapshot) {
+        if !self.is_live()
+            || snap.video.state == VideoState::Uploading
+            || stamp.generation != crate::readcache::generation()
+        {
             return;
         }
+        let read_in = stamp.seq;
         let mut inner = self.inner.lock().expect("status cache");
         if inner
             .changed
@@ -163,6 +187,7 @@ impl StatusCache {
             Entry {
                 at: Instant::now(),
                 seq: read_in,
+                generation: stamp.generation,
                 snap,
             },
         );
@@ -316,6 +341,9 @@ mod tests {
 
     #[test]
     fn entries_live_until_their_video_or_the_queue_changes() {
+        let _g = crate::readcache::TEST_GENERATION
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let c = StatusCache::new();
         let s = c.begin();
         c.put(s, snap("a", VideoState::Processing));
@@ -355,6 +383,21 @@ mod tests {
         assert!(
             c.get("a").is_none(),
             "read before a change, stored after it: not kept"
+        );
+        let s = c.begin();
+        c.put(s, snap("a", VideoState::Ready));
+        assert!(c.get("a").is_some());
+        crate::readcache::changed();
+        assert!(
+            c.get("a").is_none(),
+            "a write served by this node retires it before any notification"
+        );
+        let before = c.begin();
+        crate::readcache::changed();
+        c.put(before, snap("a", VideoState::Ready));
+        assert!(
+            c.get("a").is_none(),
+            "read before this node's write, stored after it: not kept"
         );
         let s = c.begin();
         c.put(s, snap("a", VideoState::Ready));
