@@ -21,6 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+use crate::fastorigin::FastOrigin;
+
 /// Connection limits of the listener.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -105,10 +107,12 @@ pub fn connection_budget(wanted: usize) -> usize {
     wanted.min(fit)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves.
+/// Serves `app` on `listener` until `shutdown` resolves; playback requests go to `fast` first
+/// when it is given.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    fast: Option<Arc<FastOrigin>>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -139,16 +143,24 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let fast = fast.clone();
         let trusted = limits.trusted_proxies.clone();
         let svc =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                let client = client_addr(peer, req.headers(), &trusted);
-                req.extensions_mut().insert(ConnectInfo(client));
                 let app = app.clone();
+                let fast = fast.clone();
+                let trusted = trusted.clone();
                 async move {
                     if let Some(refused) = crate::http::reject_malformed(&req) {
                         return Ok(refused);
                     }
+                    if let Some(f) = &fast {
+                        if let Some(res) = f.respond(&req).await {
+                            return Ok(res);
+                        }
+                    }
+                    let client = client_addr(peer, req.headers(), &trusted);
+                    req.extensions_mut().insert(ConnectInfo(client));
                     app.oneshot(req).await
                 }
             });

@@ -3,6 +3,7 @@
 mod api;
 mod captions;
 mod egress;
+mod fastorigin;
 mod http;
 mod listener;
 mod openapi;

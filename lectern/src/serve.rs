@@ -258,8 +258,9 @@ async fn serve(cfg: Config, schema: Schema) -> anyhow::Result<()> {
         )));
     }
     let mut origin_routes = None;
+    let mut fast_origin = None;
     if cfg.has_role("origin") {
-        origin_routes = Some(lectern_origin::router(OriginState {
+        let state = OriginState {
             db: db.clone(),
             store: store.clone(),
             signer,
@@ -267,7 +268,16 @@ async fn serve(cfg: Config, schema: Schema) -> anyhow::Result<()> {
             cache: origin_cache.clone().unwrap_or_else(|| {
                 Arc::new(lectern_origin::ObjectCache::new(0, 0, Duration::ZERO))
             }),
-        }));
+        };
+        fast_origin = Some(Arc::new(
+            crate::fastorigin::FastOrigin::new(
+                state.clone(),
+                &cors(&cfg.cors_origin)?,
+                &cfg.cors_origin,
+            )
+            .await,
+        ));
+        origin_routes = Some(lectern_origin::router(state));
     }
     if cfg.has_role("api") {
         // Status answers are cached only where the database can say when they change.
@@ -400,7 +410,7 @@ async fn serve(cfg: Config, schema: Schema) -> anyhow::Result<()> {
         trusted_proxies: Arc::new(cfg.trusted_proxies()),
     };
     let delay = Duration::from_secs(cfg.shutdown_delay_s);
-    crate::listener::serve(listener, app, limits, async move {
+    crate::listener::serve(listener, app, fast_origin, limits, async move {
         shutdown_signal().await;
         draining.store(true, Ordering::SeqCst);
         tracing::info!("stop signal: /readyz now answers 503; draining");

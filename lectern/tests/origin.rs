@@ -77,13 +77,7 @@ async fn rotating_the_secret_keeps_old_urls_until_the_old_secret_is_dropped() {
 async fn malformed_paths_and_queries_get_json_4xx_never_5xx() {
     let app = Opts::new(Db::Sqlite).spawn();
     let token = app.token(Role::Instructor, "org-m");
-    let id = app.upload(&token, &clip("clip-360p.mp4"), 1).await;
-    let (st, _) = app.wait_done(&token, &id).await;
-    assert_eq!(st["state"], "ready", "{st}");
-    let url = app.playback(&token, &id).await["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (id, url) = ready_playback(&app, &token).await;
     let (_, _, body) = fetch(&app, &url).await;
     let master = m3u8_rs::parse_master_playlist_res(&body).unwrap();
     let variant = master.variants[0].uri.clone(); // {token}/{rendition}/index.m3u8?…
@@ -152,4 +146,182 @@ async fn malformed_paths_and_queries_get_json_4xx_never_5xx() {
         .to_str()
         .unwrap()
         .starts_with("bytes */"));
+}
+
+/// Uploads the 360p clip as `token`, waits until it is ready, and returns its id and signed
+/// master URL.
+async fn ready_playback(app: &common::TestApp, token: &str) -> (String, String) {
+    let id = app.upload(token, &clip("clip-360p.mp4"), 1).await;
+    let (st, _) = app.wait_done(token, &id).await;
+    assert_eq!(st["state"], "ready", "{st}");
+    let url = app.playback(token, &id).await["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (id, url)
+}
+
+/// `/v/{id}/…` with the id's first character percent-escaped: the direct path declines it and
+/// the router decodes it to the same object.
+fn via_router(path: &str) -> String {
+    let rest = path.strip_prefix("/v/").unwrap();
+    let c = rest.as_bytes()[0];
+    format!("/v/%{c:02X}{}", &rest[1..])
+}
+
+/// A request (method, path, headers) and the status it must get.
+type Case<'a> = (reqwest::Method, String, Vec<(&'a str, &'a str)>, u16);
+
+/// Status, headers (all but `date`, sorted) and body.
+type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+async fn answer(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut req = http.request(method, url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let mut h: Vec<(String, String)> = r
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "date")
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("<bytes>").to_string()))
+        .collect();
+    h.sort();
+    (status, h, r.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn playback_answers_the_same_on_the_direct_path_and_through_the_router() {
+    let app = Opts::new(Db::Sqlite)
+        .env(
+            "LECTERN_CORS_ORIGIN",
+            "https://lms.example,https://other.example",
+        )
+        .spawn();
+    let origin = app.base.clone();
+    let token = app.token(Role::Instructor, "org-d");
+    let (id, url) = ready_playback(&app, &token).await;
+    let master_path = url.strip_prefix(&app.base).unwrap().to_string();
+    let query = url.split_once('?').unwrap().1.to_string();
+    let (_, _, body) = fetch(&app, &url).await;
+    let master = m3u8_rs::parse_master_playlist_res(&body).unwrap();
+    let variant = master.variants[0].uri.clone();
+    let media_path = format!("/v/{id}/{variant}");
+    let dir = format!("/v/{id}/{}", variant.rsplit_once('/').unwrap().0);
+    let media = answer(
+        &app.http,
+        reqwest::Method::GET,
+        &format!("{}{media_path}", app.base),
+        &[],
+    )
+    .await;
+    assert_eq!(media.0, 200);
+    let etag = media.1.iter().find(|(k, _)| k == "etag").unwrap().1.clone();
+
+    use reqwest::Method as M;
+    let allowed = ("origin", "https://lms.example");
+    let stranger = ("origin", "https://evil.example");
+    let cases: Vec<Case> = vec![
+        (M::GET, master_path.clone(), vec![allowed], 200),
+        (M::HEAD, master_path.clone(), vec![stranger], 200),
+        (M::GET, media_path.clone(), vec![], 200),
+        (
+            M::GET,
+            media_path.clone(),
+            vec![("if-none-match", &etag)],
+            304,
+        ),
+        (
+            M::GET,
+            format!("{dir}/init.mp4"),
+            vec![("range", "bytes=0-99"), allowed],
+            206,
+        ),
+        (M::GET, format!("{dir}/seg00001.m4s"), vec![allowed], 200),
+        (M::HEAD, format!("{dir}/seg00001.m4s"), vec![], 200),
+        (
+            M::GET,
+            format!("{dir}/seg00001.m4s"),
+            vec![("range", "bytes=999999999-")],
+            416,
+        ),
+        (M::GET, format!("{dir}/seg99999.m4s"), vec![], 404),
+        (
+            M::GET,
+            format!("/v/{id}/master.m3u8?{query}x"),
+            vec![allowed],
+            403,
+        ),
+        (M::GET, format!("/v/{id}/master.m3u8"), vec![], 403),
+    ];
+    for (method, path, headers, want) in cases {
+        let direct = answer(
+            &app.http,
+            method.clone(),
+            &format!("{}{path}", app.base),
+            &headers,
+        )
+        .await;
+        assert_eq!(direct.0, want, "{method} {path}: {direct:?}");
+        let routed = answer(
+            &app.http,
+            method.clone(),
+            &format!("{}{}", app.base, via_router(&path)),
+            &headers,
+        )
+        .await;
+        assert_eq!(direct, routed, "{method} {path}: direct vs router");
+    }
+    // CORS as configured: the allowed origin is echoed, a stranger gets none.
+    let seg = format!("{dir}/seg00001.m4s");
+    let a = answer(&app.http, M::GET, &format!("{origin}{seg}"), &[allowed]).await;
+    assert!(a.1.contains(&(
+        "access-control-allow-origin".into(),
+        "https://lms.example".into()
+    )));
+    let s = answer(&app.http, M::GET, &format!("{origin}{seg}"), &[stranger]).await;
+    assert!(!s.1.iter().any(|(k, _)| k == "access-control-allow-origin"));
+    // What the direct path declines still gets the router's answers.
+    let pre = answer(
+        &app.http,
+        M::OPTIONS,
+        &format!("{origin}{seg}"),
+        &[allowed, ("access-control-request-method", "GET")],
+    )
+    .await;
+    assert_eq!(pre.0, 200, "{pre:?}");
+    let post = answer(&app.http, M::POST, &format!("{origin}{master_path}"), &[]).await;
+    assert_eq!(post.0, 405, "{post:?}");
+    assert_eq!(
+        answer(&app.http, M::GET, &format!("{origin}/healthz"), &[])
+            .await
+            .0,
+        200
+    );
+    // And direct answers are counted per route, as the router's are.
+    let (_, _, m) = fetch(&app, &format!("{}/metrics", app.base)).await;
+    let m = String::from_utf8_lossy(&m);
+    let count = |route: &str, status: &str| -> f64 {
+        m.lines()
+            .filter(|l| {
+                l.starts_with("lectern_http_requests_total")
+                    && l.contains(&format!(r#"route="{route}""#))
+                    && l.contains(&format!(r#"status="{status}""#))
+                    && l.contains(r#"method="GET""#)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(count("/v/{video}/master.m3u8", "2xx") >= 3.0, "{m}");
+    assert!(
+        count("/v/{video}/{token}/{rendition}/{file}", "4xx") >= 3.0,
+        "{m}"
+    );
 }

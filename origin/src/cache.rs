@@ -70,6 +70,11 @@ impl ObjectCache {
         }
     }
 
+    /// Whether anything may be cached (a zero budget admits nothing).
+    pub fn is_enabled(&self) -> bool {
+        self.max_object > 0
+    }
+
     /// Whether an object of `size` bytes may be cached.
     pub fn admits(&self, size: u64) -> bool {
         size as usize <= self.max_object

@@ -63,6 +63,78 @@ pub fn router(state: OriginState) -> Router {
         .with_state(state)
 }
 
+/// Which of the origin's two routes a direct request matched (for per-route metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `/v/{video}/master.m3u8`.
+    Master,
+    /// `/v/{video}/{token}/{rendition}/{file}`.
+    File,
+}
+
+impl Route {
+    /// The route template, as the router names it.
+    pub fn template(self) -> &'static str {
+        match self {
+            Route::Master => "/v/{video}/master.m3u8",
+            Route::File => "/v/{video}/{token}/{rendition}/{file}",
+        }
+    }
+}
+
+/// Answers a GET or HEAD of an origin path without the router: the player's hot path, where
+/// routing and middleware cost more than the work. `None` when the request is not one it
+/// answers the same as the router would (another method, another path, a percent-escape to
+/// decode, an empty segment): the caller passes those to [`router`].
+pub async fn respond_direct(
+    st: &OriginState,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Option<(Route, Response)> {
+    let (route, parts) = direct_route(method, path)?;
+    let r = match route {
+        Route::Master => finish(master_inner(st, parts[0], query, method, headers).await),
+        Route::File => finish(
+            file_inner(
+                st,
+                [parts[0], parts[1], parts[2], parts[3]],
+                query,
+                method,
+                headers,
+            )
+            .await,
+        ),
+    };
+    Some((route, r))
+}
+
+/// The route and its path segments, when [`respond_direct`] may answer `path`.
+fn direct_route<'p>(method: &Method, path: &'p str) -> Option<(Route, [&'p str; 4])> {
+    if method != Method::GET && method != Method::HEAD {
+        return None;
+    }
+    let rest = path.strip_prefix("/v/")?;
+    if rest.contains('%') {
+        return None;
+    }
+    let mut parts = [""; 4];
+    let mut n = 0;
+    for seg in rest.split('/') {
+        if seg.is_empty() || n == 4 {
+            return None;
+        }
+        parts[n] = seg;
+        n += 1;
+    }
+    match n {
+        2 if parts[1] == "master.m3u8" => Some((Route::Master, parts)),
+        4 => Some((Route::File, parts)),
+        _ => None,
+    }
+}
+
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
 /// Segments never change under their unguessable per-attempt paths.
 const SEGMENT_CACHE: &str = "public, max-age=31536000, immutable";
@@ -420,7 +492,7 @@ async fn file_inner(
         return Ok(bytes_response(&e, range, ctype, method, headers, immutable));
     }
     // A ranged miss passes the range through to the store (S3 reads only those bytes).
-    if range.is_none() && method == Method::GET {
+    if range.is_none() && method == Method::GET && st.cache.is_enabled() {
         if let Ok(meta) = st.store.head(&key).await {
             if st.cache.admits(meta.size) {
                 let (e, _) = load(st, &key, true).await?;
@@ -581,6 +653,31 @@ mod tests {
             !not_modified(&h, &etag, lm.as_ref()),
             "If-None-Match wins over If-Modified-Since"
         );
+    }
+
+    #[test]
+    fn direct_routes_match_the_router_or_decline() {
+        let get = Method::GET;
+        assert_eq!(
+            direct_route(&get, "/v/abc/master.m3u8").map(|r| r.0),
+            Some(Route::Master)
+        );
+        assert_eq!(
+            direct_route(&Method::HEAD, "/v/a/b/c/seg1.m4s"),
+            Some((Route::File, ["a", "b", "c", "seg1.m4s"]))
+        );
+        for declined in [
+            "/v/abc/other.m3u8",
+            "/v/a/b/c",
+            "/v/a/b/c/d/e",
+            "/v//master.m3u8",
+            "/v/a/b/c/",
+            "/v/a/b/c/seg%31.m4s",
+            "/api/v1/videos",
+        ] {
+            assert_eq!(direct_route(&get, declined), None, "{declined}");
+        }
+        assert_eq!(direct_route(&Method::POST, "/v/abc/master.m3u8"), None);
     }
 
     #[test]

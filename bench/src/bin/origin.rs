@@ -1,11 +1,14 @@
 //! Origin benchmark: wrk against Lectern's origin and against nginx serving the same files from
-//! disk (sendfile, keep-alive), in the same run and interleaved. Two cases:
+//! disk, configured as its operators run it (`worker_processes auto`, `sendfile`, `tcp_nopush`,
+//! `open_file_cache`, keep-alive), in the same run and interleaved. Three cases:
 //! - a signed media playlist (Lectern checks the HMAC signature on every request; nginx serves
 //!   the static file with no check at all);
-//! - the largest 1080p segment (about 4 MB), from Lectern's hot cache vs nginx sendfile.
+//! - the largest 1080p segment (about 4 MB), from Lectern's hot cache vs nginx sendfile;
+//! - the same segment cold: a Lectern origin with no memory cache streams it from the disk
+//!   store on every request (nginx still serves it from the page cache, as it would).
 //!
-//! Reports requests/s, throughput and p99 latency per side (median of `--runs`), the ratios,
-//! and Lectern's peak RSS.
+//! Reports requests/s, throughput and p99 latency per side (median of `--runs`), the ratios
+//! against nginx, and Lectern's peak RSS.
 //!
 //! cargo build --release -p lectern -p lectern-bench
 //! target/release/origin --lectern target/release/lectern [--runs 3] [--secs 10]
@@ -48,6 +51,9 @@ struct Wrk {
     rps: f64,
     bytes_per_s: f64,
     p99_ms: f64,
+    /// Requests wrk gave up on after its 2 s timeout (reported, not fatal: a slow tail is a
+    /// result; refused connections, resets and non-2xx answers still stop the run).
+    timeouts: f64,
 }
 
 fn unit(v: &str, units: &[(&str, f64)]) -> Option<f64> {
@@ -84,11 +90,25 @@ fn parse_wrk(out: &str) -> anyhow::Result<Wrk> {
     let p99_ms = field("99%")
         .and_then(|v| unit(&v, &times))
         .ok_or_else(|| anyhow::anyhow!("no p99 in wrk output:\n{out}"))?;
-    let errors = out
-        .lines()
-        .any(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
-    anyhow::ensure!(!errors, "wrk saw errors:\n{out}");
+    let mut timeouts = 0.0;
+    for l in out.lines() {
+        anyhow::ensure!(!l.contains("Non-2xx"), "wrk saw errors:\n{out}");
+        if let Some(e) = l.trim().strip_prefix("Socket errors:") {
+            // "connect 0, read 0, write 0, timeout 1"
+            for part in e.split(',') {
+                let mut w = part.split_whitespace();
+                let (kind, n) = (w.next().unwrap_or(""), w.next().unwrap_or("0"));
+                let n: f64 = n.parse().unwrap_or(0.0);
+                if kind == "timeout" {
+                    timeouts = n;
+                } else {
+                    anyhow::ensure!(n == 0.0, "wrk saw errors:\n{out}");
+                }
+            }
+        }
+    }
     Ok(Wrk {
+        timeouts,
         rps,
         bytes_per_s,
         p99_ms,
@@ -133,7 +153,12 @@ fn make_source(work: &Path) -> anyhow::Result<PathBuf> {
     Ok(src)
 }
 
-fn lectern(args: &Args, data: &Path, roles: &str) -> anyhow::Result<Server> {
+fn lectern(
+    args: &Args,
+    data: &Path,
+    roles: &str,
+    extra: &[(&str, String)],
+) -> anyhow::Result<Server> {
     let mut cmd = Command::new(&args.lectern);
     cmd.args([
         "serve",
@@ -147,12 +172,26 @@ fn lectern(args: &Args, data: &Path, roles: &str) -> anyhow::Result<Server> {
     .env("LECTERN_SECRET", SECRET)
     .env("LECTERN_LOG", "warn")
     .env_remove("DATABASE_URL");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
     Server::spawn_announcing(cmd)
+}
+
+/// An origin-only Lectern on `data` with a memory cache of `cache_mb` (0: every segment is
+/// read from the disk store).
+fn origin_node(args: &Args, data: &Path, cache_mb: u64) -> anyhow::Result<Server> {
+    lectern(
+        args,
+        data,
+        "origin",
+        &[("LECTERN_ORIGIN_CACHE_MB", cache_mb.to_string())],
+    )
 }
 
 /// Uploads and transcodes the source; returns the signed master URL (path and query).
 async fn publish(args: &Args, data: &Path, src: &Path) -> anyhow::Result<String> {
-    let server = lectern(args, data, "api,ingest,origin,worker")?;
+    let server = lectern(args, data, "api,ingest,origin,worker", &[])?;
     let token = Keys::from_secret(SECRET).mint("bench", "bench", Role::Admin, 86400);
     let http = reqwest::Client::new();
     let body = tokio::fs::read(src).await?;
@@ -190,7 +229,8 @@ fn nginx(work: &Path, root: &Path) -> anyhow::Result<Server> {
     let dir = fresh_dir(work, "nginx")?;
     let d = dir.display();
     let conf = format!(
-        r#"worker_processes 2;
+        r#"worker_processes auto;
+worker_rlimit_nofile 65536;
 daemon off;
 error_log {d}/error.log warn;
 pid {d}/nginx.pid;
@@ -200,6 +240,12 @@ http {{
   access_log off;
   sendfile on;
   tcp_nopush on;
+  tcp_nodelay on;
+  open_file_cache max=10000 inactive=60s;
+  open_file_cache_valid 60s;
+  open_file_cache_min_uses 1;
+  open_file_cache_errors on;
+  keepalive_timeout 65;
   keepalive_requests 1000000;
   client_body_temp_path {d}/tmp-body;
   proxy_temp_path {d}/tmp-proxy;
@@ -238,8 +284,10 @@ async fn main() -> anyhow::Result<()> {
     let data = fresh_dir(&work, "data")?;
     let master_path = publish(&args, &data, &src).await?;
 
-    // Only the origin runs during the measurement, as on an origin node.
-    let origin = lectern(&args, &data, "origin")?;
+    // Only origins run during the measurement, as on origin nodes: one with its memory cache
+    // (hot), one with none (cold: every segment request reads the disk store).
+    let origin = origin_node(&args, &data, 256)?;
+    let cold = origin_node(&args, &data, 0)?;
     let http = reqwest::Client::new();
     let master = http
         .get(format!("{}{master_path}", origin.base))
@@ -276,21 +324,35 @@ async fn main() -> anyhow::Result<()> {
     let playlist_size = std::fs::metadata(rung_dir.join("index.m3u8"))?.len();
     let nginx = nginx(&work, &data.join("objects"))?;
 
-    let cases = [
+    let seg_path = format!("/v/{video}/{seg_rel}");
+    let static_seg = format!("/videos/{video}/{seg_rel}");
+    // Per case, the sides: (label, URL); nginx is last and the ratios are against it.
+    let cases: Vec<(&str, Vec<(&str, String)>)> = vec![
         (
             "signed media playlist",
-            media_path.clone(),
-            static_media.clone(),
+            vec![
+                ("lectern", format!("{}{media_path}", origin.base)),
+                ("nginx", format!("{}{static_media}", nginx.base)),
+            ],
         ),
         (
             "1080p segment, hot",
-            format!("/v/{video}/{seg_rel}"),
-            format!("/videos/{video}/{seg_rel}"),
+            vec![
+                ("lectern", format!("{}{seg_path}", origin.base)),
+                ("nginx", format!("{}{static_seg}", nginx.base)),
+            ],
+        ),
+        (
+            "1080p segment, cold (disk store)",
+            vec![
+                ("lectern", format!("{}{seg_path}", cold.base)),
+                ("nginx", format!("{}{static_seg}", nginx.base)),
+            ],
         ),
     ];
-    for (_, l, n) in &cases {
-        for url in [format!("{}{l}", origin.base), format!("{}{n}", nginx.base)] {
-            let r = http.get(&url).send().await?;
+    for (_, sides) in &cases {
+        for (_, url) in sides {
+            let r = http.get(url).send().await?;
             anyhow::ensure!(r.status() == 200, "{url}: {}", r.status());
         }
     }
@@ -298,51 +360,55 @@ async fn main() -> anyhow::Result<()> {
         "playlist {playlist_size} B, segment {seg} {size} B; wrk -t{} -c{} -d{}s, {} interleaved runs",
         args.threads, args.connections, args.secs, args.runs
     );
-    let mut results: Vec<(Vec<Wrk>, Vec<Wrk>)> = vec![(Vec::new(), Vec::new()); cases.len()];
+    let mut results: Vec<Vec<Vec<Wrk>>> = cases
+        .iter()
+        .map(|(_, sides)| vec![Vec::new(); sides.len()])
+        .collect();
     for run in 0..args.runs {
-        for (i, (name, l, n)) in cases.iter().enumerate() {
-            let lu = format!("{}{l}", origin.base);
-            let nu = format!("{}{n}", nginx.base);
-            // Warm both (Lectern's cache, nginx's page cache), then alternate who goes first.
-            wrk(&args, &lu, 1)?;
-            wrk(&args, &nu, 1)?;
-            let (a, b) = if run % 2 == 0 {
-                let a = wrk(&args, &lu, args.secs)?;
-                (a, wrk(&args, &nu, args.secs)?)
-            } else {
-                let b = wrk(&args, &nu, args.secs)?;
-                (wrk(&args, &lu, args.secs)?, b)
-            };
-            println!(
-                "run {run} {name}: lectern {:.0} rps {:.0} MB/s p99 {:.2} ms | nginx {:.0} rps {:.0} MB/s p99 {:.2} ms",
-                a.rps,
-                a.bytes_per_s / 1e6,
-                a.p99_ms,
-                b.rps,
-                b.bytes_per_s / 1e6,
-                b.p99_ms
-            );
-            results[i].0.push(a);
-            results[i].1.push(b);
+        for (i, (name, sides)) in cases.iter().enumerate() {
+            // Warm every side (Lectern's cache, nginx's page and file caches), then rotate who
+            // goes first.
+            for (_, url) in sides {
+                wrk(&args, url, 1)?;
+            }
+            let n = sides.len();
+            let mut line = format!("run {run} {name}:");
+            for k in 0..n {
+                let j = (k + run) % n;
+                let (label, url) = &sides[j];
+                let w = wrk(&args, url, args.secs)?;
+                line += &format!(
+                    " | {label} {:.0} rps {:.0} MB/s p99 {:.2} ms {} timeouts",
+                    w.rps,
+                    w.bytes_per_s / 1e6,
+                    w.p99_ms,
+                    w.timeouts
+                );
+                results[i][j].push(w);
+            }
+            println!("{line}");
         }
     }
-    println!("\n| case | side | rps | MB/s | p99 ms | ratio (rps) |");
-    println!("|---|---|---|---|---|---|");
-    for ((name, _, _), (l, n)) in cases.iter().zip(&results) {
+    println!("\n| case | side | rps | MB/s | p99 ms | timeouts (all runs) | ratio (rps) |");
+    println!("|---|---|---|---|---|---|---|");
+    for ((name, sides), per_side) in cases.iter().zip(&results) {
         let m = |v: &Vec<Wrk>, f: fn(&Wrk) -> f64| median(v.iter().map(f).collect());
-        let (lr, nr) = (m(l, |w| w.rps), m(n, |w| w.rps));
-        println!(
-            "| {name} | lectern | {lr:.0} | {:.0} | {:.2} | **{:.2}×** |",
-            m(l, |w| w.bytes_per_s) / 1e6,
-            m(l, |w| w.p99_ms),
-            lr / nr
-        );
-        println!(
-            "| {name} | nginx | {nr:.0} | {:.0} | {:.2} | 1.00× |",
-            m(n, |w| w.bytes_per_s) / 1e6,
-            m(n, |w| w.p99_ms)
-        );
+        let nginx_rps = m(per_side.last().expect("nginx side"), |w| w.rps);
+        for ((label, _), v) in sides.iter().zip(per_side) {
+            let rps = m(v, |w| w.rps);
+            println!(
+                "| {name} | {label} | {rps:.0} | {:.0} | {:.2} | {} | **{:.2}×** |",
+                m(v, |w| w.bytes_per_s) / 1e6,
+                m(v, |w| w.p99_ms),
+                v.iter().map(|w| w.timeouts).sum::<f64>(),
+                rps / nginx_rps
+            );
+        }
     }
-    println!("\nlectern peak RSS {:.0} MiB", origin.peak_rss_mib());
+    println!(
+        "\nlectern peak RSS {:.0} MiB (hot origin), {:.0} MiB (cold origin)",
+        origin.peak_rss_mib(),
+        cold.peak_rss_mib()
+    );
     Ok(())
 }
