@@ -858,3 +858,111 @@ async fn heartbeat(app: &TestApp, token: &str, lesson: &str) -> u16 {
     .await
     .0
 }
+
+/// Lesson lists are cached per node for a second: a change made through another node shows
+/// within twice that (the documented bound), and at once on the node that made it.
+#[tokio::test]
+async fn a_lesson_added_on_one_node_shows_in_anothers_cached_list_within_two_seconds() {
+    let a = Opts::new(Db::Postgres).roles("api").spawn();
+    let b = a.peer_with("api", &[]);
+    let inst = tok(Role::Instructor, "prof", "org-lag");
+    let ann = tok(Role::Learner, "ann", "org-lag");
+    let (s, c) = call(
+        &a,
+        Method::POST,
+        "/api/v1/courses",
+        Some(&inst),
+        Some(json!({"title": "Lag"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{c}");
+    let cid = c["id"].as_str().unwrap().to_string();
+    let lessons = format!("/api/v1/courses/{cid}/lessons");
+    let add = |title: &'static str| {
+        let (a, inst, lessons) = (&a, inst.clone(), lessons.clone());
+        async move {
+            let (s, l) = call(
+                a,
+                Method::POST,
+                &lessons,
+                Some(&inst),
+                Some(json!({"title": title})),
+            )
+            .await;
+            assert_eq!(s, 201, "{l}");
+        }
+    };
+    add("One").await;
+    let (s, _) = call(
+        &a,
+        Method::POST,
+        &format!("/api/v1/courses/{cid}/enrollments"),
+        Some(&inst),
+        Some(json!({"user": "ann"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let count = |app: &TestApp| {
+        let (app, ann, lessons) = (app.base.clone(), ann.clone(), lessons.clone());
+        async move {
+            let r = reqwest::Client::new()
+                .get(format!("{app}{lessons}"))
+                .bearer_auth(&ann)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let v: Value = r.json().await.unwrap();
+            v["lessons"].as_array().unwrap().len()
+        }
+    };
+    let hits = |app: &TestApp| {
+        let app = app.base.clone();
+        async move {
+            let m = reqwest::get(format!("{app}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            m.lines()
+                .find(|l| {
+                    l.starts_with(
+                        r#"lectern_cache_requests_total{cache="course-reads",result="hit"}"#,
+                    )
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        }
+    };
+    // B reads the list twice: the second answer comes from its cache.
+    assert_eq!(count(&b).await, 1);
+    let before = hits(&b).await;
+    assert_eq!(count(&b).await, 1);
+    assert!(
+        hits(&b).await > before,
+        "B answered the repeat from its cache"
+    );
+    assert_eq!(count(&a).await, 1);
+
+    add("Two").await;
+    let added = std::time::Instant::now();
+    assert_eq!(
+        count(&a).await,
+        2,
+        "the node that made the change shows it at once"
+    );
+    let lag = loop {
+        if count(&b).await == 2 {
+            break added.elapsed();
+        }
+        assert!(
+            added.elapsed() < Duration::from_secs(10),
+            "node B never showed the lesson added on node A"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("lesson list lag across nodes: {lag:?}");
+    // Two TTLs of one second, plus the half second a loaded CI machine may add.
+    assert!(lag < Duration::from_millis(2500), "stale for {lag:?}");
+}

@@ -55,8 +55,8 @@ pub struct OriginState {
 /// The `/v/` routes.
 pub fn router(state: OriginState) -> Router {
     Router::new()
-        .route("/v/{video}/master.m3u8", get(master))
-        .route("/v/{video}/{token}/{rendition}/{file}", get(rendition_file))
+        .route(Route::Master.template(), get(master))
+        .route(Route::File.template(), get(rendition_file))
         // Merged routers keep their own 405 handler: without this, POST on a playlist gets an
         // empty 405 instead of the contract's JSON.
         .method_not_allowed_fallback(lectern_core::error::method_not_allowed_fallback)
