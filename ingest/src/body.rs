@@ -13,6 +13,7 @@ pub(crate) async fn write_request(
     u: Upload,
     headers: &HeaderMap,
     body: Body,
+    buffer: u64,
 ) -> Result<Written, ApiError> {
     if u.state != uploads::UploadState::Uploading {
         return Err(ApiError::new(
@@ -32,7 +33,7 @@ pub(crate) async fn write_request(
     // of a long PATCH keeps everything up to the last part.
     let progressive = checksum.is_none() && headers.contains_key(header::CONTENT_LENGTH);
     let before = u.offset_bytes as u64;
-    let input = BodyReader::new(body, limit, checksum);
+    let input = BodyReader::new(body, limit, checksum).with_buffer(buffer);
     let (u, interrupted) = st.engines.of(&u).write(u, input, progressive).await?;
     let error = interrupted.map(|e| cut_off(&u, &e));
     let offset = u.offset_bytes as u64;
@@ -62,6 +63,8 @@ pub(crate) struct BodyReader {
     limit: u64,
     checksum: Option<checksum::Checksum>,
     interrupted: Option<String>,
+    /// Bytes this request may hold in memory (its share of the node's upload buffer).
+    buffer: u64,
 }
 
 impl BodyReader {
@@ -72,7 +75,21 @@ impl BodyReader {
             limit,
             checksum,
             interrupted: None,
+            buffer: u64::MAX,
         }
+    }
+
+    /// Holds the request to `bytes` of memory (what [`IngestState`]'s reservation granted).
+    pub(crate) fn with_buffer(mut self, bytes: u64) -> Self {
+        self.buffer = bytes;
+        self
+    }
+
+    /// How many parts of `part` bytes may upload while the next one fills: one at least,
+    /// [`PARTS_IN_FLIGHT`] at most, within the request's buffer.
+    pub(crate) fn parts_in_flight(&self, part: u64) -> usize {
+        let parts = (self.buffer / part.max(1)).saturating_sub(1);
+        parts.clamp(1, PARTS_IN_FLIGHT as u64) as usize
     }
 
     /// The next chunk; `None` at the end or when the client cut the body off (then noted).

@@ -149,6 +149,19 @@ pub struct Quotas {
 
 /// Granularity of the upload buffer budget.
 const BUFFER_UNIT: u64 = 64 * 1024;
+
+/// Parts of one request body that may upload at once while the next fills: enough to keep an
+/// S3 server busy while the client sends (boto3's transfer manager runs 10), few enough that a
+/// node's buffer serves many uploads.
+pub(crate) const PARTS_IN_FLIGHT: usize = 3;
+
+/// The bytes a reservation from [`IngestState::reserve`] grants (unbounded without one: the
+/// store writes in place and buffers nothing).
+pub(crate) fn reserved_bytes(permit: &Option<tokio::sync::OwnedSemaphorePermit>) -> u64 {
+    permit
+        .as_ref()
+        .map_or(u64::MAX, |p| p.num_permits() as u64 * BUFFER_UNIT)
+}
 /// How long a write may wait for buffer memory before it is refused with 503.
 const BUFFER_WAIT: Duration = Duration::from_secs(20);
 /// The upload buffer budget unless [`IngestState::with_buffer_limit`] sets one.
@@ -249,7 +262,8 @@ impl IngestState {
     }
 
     /// Reserves the memory a write to `u` may buffer: none where the store writes in place,
-    /// else the tail plus the body, and never more than two parts (one sending, one filling).
+    /// else the tail plus the body, and never more than [`PARTS_IN_FLIGHT`] parts sending and
+    /// one filling.
     /// Past [`BUFFER_WAIT`] the write is refused rather than queued without bound.
     async fn reserve(
         &self,
@@ -259,10 +273,10 @@ impl IngestState {
         if !self.engines.of(u).buffers() {
             return Ok(None);
         }
-        let two_parts = 2 * self.part_size as u64;
+        let most = (PARTS_IN_FLIGHT as u64 + 1) * self.part_size as u64;
         let body =
-            header_u64(headers, "content-length", Code::InvalidContentLength)?.unwrap_or(two_parts);
-        let need = (u.tail_size.max(0) as u64 + body).clamp(1, two_parts);
+            header_u64(headers, "content-length", Code::InvalidContentLength)?.unwrap_or(most);
+        let need = (u.tail_size.max(0) as u64 + body).clamp(1, most);
         let units = (need.div_ceil(BUFFER_UNIT) as u32).min(self.buffer_units);
         match tokio::time::timeout(BUFFER_WAIT, self.buffers.clone().acquire_many_owned(units))
             .await

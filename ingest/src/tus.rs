@@ -349,7 +349,8 @@ pub(crate) async fn create(st: IngestState, req: Request) -> Result<Response, Ap
                     };
                     let st = st.clone();
                     let w = under_lock(guard, async move {
-                        let w = write_request(&st, upload, &headers, req.into_body()).await;
+                        let buffer = reserved_bytes(&permit);
+                        let w = write_request(&st, upload, &headers, req.into_body(), buffer).await;
                         drop(permit);
                         w
                     })
@@ -540,11 +541,13 @@ pub(crate) async fn patch_locked(
         }
     }
     let headers = req.headers().clone();
-    let _permit = match st.reserve(&u, &headers).await {
+    let permit = match st.reserve(&u, &headers).await {
         Ok(p) => p,
         Err(e) => return Err(refuse(req, e).await),
     };
-    let written = write_request(&st, u, &headers, req.into_body()).await?;
+    let buffer = reserved_bytes(&permit);
+    let written = write_request(&st, u, &headers, req.into_body(), buffer).await?;
+    drop(permit);
     if let Some(e) = written.error {
         return Err(e);
     }

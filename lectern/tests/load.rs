@@ -112,7 +112,7 @@ async fn forty_concurrent_uploads_complete_with_a_pool_of_eight() {
     assert!(videos.iter().all(|v| v["state"] == "queued"), "{list}");
 }
 
-/// On S3 a node buffers upload bodies in memory (a part sending, a part filling), so the bytes
+/// On S3 a node buffers upload bodies in memory (parts sending, a part filling), so the bytes
 /// in flight are bounded per node: a write that cannot get its share is refused with 503 and
 /// Retry-After (its body read, none of it stored), and a creation-with-upload still creates the
 /// upload but keeps none of the body. Once the memory is free, the same writes go through.

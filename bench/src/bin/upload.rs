@@ -1,5 +1,6 @@
 //! Upload benchmark: 1 GiB (by default) over one connection, as one streaming PATCH and as
 //! 8 MiB chunks, through Lectern (disk and S3), rustus (with fsync) and `dd conv=fdatasync`,
+//! and the same S3 server's raw multipart rate through a stock client (boto3's transfer manager),
 //! interleaved in one run. Prints medians, ratios and Lectern's peak RSS.
 //!
 //! cargo build --release -p lectern -p lectern-bench
@@ -30,6 +31,9 @@ struct Args {
     /// s3s-fs binary for the S3 runs; skipped when missing.
     #[arg(long, default_value = "s3s-fs")]
     s3s_fs: String,
+    /// Python with boto3 for the raw S3 peer; skipped when boto3 is missing.
+    #[arg(long, default_value = "target/testenv/bin/python")]
+    python: String,
     /// Upload size, MiB.
     #[arg(long, default_value_t = 1024)]
     size_mib: u64,
@@ -49,6 +53,8 @@ enum Mode {
     Stream,
     Chunks,
     ChunksSha256,
+    /// boto3's `upload_file`: 8 MiB parts, its default 10 in flight.
+    Multipart,
 }
 
 impl Mode {
@@ -57,6 +63,7 @@ impl Mode {
             Mode::Stream => "1 streaming PATCH",
             Mode::Chunks => "8 MiB PATCHes",
             Mode::ChunksSha256 => "8 MiB PATCHes + sha256",
+            Mode::Multipart => "multipart, 8 MiB parts",
         }
     }
 }
@@ -64,6 +71,51 @@ impl Mode {
 struct Target {
     name: &'static str,
     modes: Vec<Mode>,
+}
+
+/// boto3's managed upload with its stock settings but the part size; prints its seconds.
+/// The client is made before the clock starts, as Lectern's server is started before its.
+const BOTO3: &str = r#"
+import sys, time, boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+ep, path, part = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s3 = boto3.client("s3", endpoint_url=ep, aws_access_key_id="bench",
+                  aws_secret_access_key="benchbench", region_name="us-east-1",
+                  config=Config(s3={"addressing_style": "path"}))
+cfg = TransferConfig(multipart_threshold=part, multipart_chunksize=part)
+t = time.monotonic()
+s3.upload_file(path, "bench", "raw.bin", Config=cfg)
+print(time.monotonic() - t)
+"#;
+
+fn have_boto3(python: &str) -> bool {
+    Command::new(python)
+        .args(["-c", "import boto3"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// A fresh s3s-fs (bucket `bench`) under `dir`; returns it and its endpoint.
+fn s3s_fs(args: &Args, dir: &Path) -> anyhow::Result<(Server, String)> {
+    let port = free_port();
+    let s3dir = fresh_dir(dir, "s3")?;
+    std::fs::create_dir_all(s3dir.join("bench"))?;
+    let mut cmd = Command::new(&args.s3s_fs);
+    cmd.args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--access-key",
+        "bench",
+        "--secret-key",
+        "benchbench",
+    ])
+    .arg(&s3dir);
+    let s = Server::spawn_on_port(cmd, port, "/")?;
+    Ok((s, format!("http://127.0.0.1:{port}")))
 }
 
 fn have(bin: &str) -> bool {
@@ -155,6 +207,7 @@ async fn tus_upload(
                 i += 1;
             }
         }
+        Mode::Multipart => anyhow::bail!("multipart is not a tus mode"),
     }
     Ok(start.elapsed().as_secs_f64())
 }
@@ -249,6 +302,17 @@ async fn main() -> anyhow::Result<()> {
             name: "lectern (S3: s3s-fs)",
             modes: vec![Mode::Stream, Mode::Chunks],
         });
+        if have_boto3(&args.python) {
+            targets.push(Target {
+                name: "boto3 (S3: s3s-fs)",
+                modes: vec![Mode::Multipart],
+            });
+        } else {
+            eprintln!(
+                "no boto3 in {}: skipping the raw S3 peer (--python)",
+                args.python
+            );
+        }
     } else {
         eprintln!("s3s-fs not found: skipping S3 runs (cargo install s3s-fs --version 0.14.1 --features binary --locked)");
     }
@@ -296,28 +360,23 @@ async fn main() -> anyhow::Result<()> {
                         note_rss(&mut rss, t.name, &s);
                         secs
                     }
+                    "boto3 (S3: s3s-fs)" => {
+                        let (_s3, ep) = s3s_fs(&args, &dir)?;
+                        let out = Command::new(&args.python)
+                            .args(["-c", BOTO3, &ep])
+                            .arg(&src)
+                            .arg(CHUNK.to_string())
+                            .output()?;
+                        anyhow::ensure!(
+                            out.status.success(),
+                            "boto3 upload failed: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                        String::from_utf8(out.stdout)?.trim().parse::<f64>()?
+                    }
                     "lectern (S3: s3s-fs)" => {
-                        let port = free_port();
-                        let s3dir = fresh_dir(&dir, "s3")?;
-                        std::fs::create_dir_all(s3dir.join("bench"))?;
-                        let mut cmd = Command::new(&args.s3s_fs);
-                        cmd.args([
-                            "--host",
-                            "127.0.0.1",
-                            "--port",
-                            &port.to_string(),
-                            "--access-key",
-                            "bench",
-                            "--secret-key",
-                            "benchbench",
-                        ])
-                        .arg(&s3dir);
-                        let _s3 = Server::spawn_on_port(cmd, port, "/")?;
-                        let s = lectern_server(
-                            &args,
-                            &fresh_dir(&dir, "data")?,
-                            Some(&format!("http://127.0.0.1:{port}")),
-                        )?;
+                        let (_s3, ep) = s3s_fs(&args, &dir)?;
+                        let s = lectern_server(&args, &fresh_dir(&dir, "data")?, Some(&ep))?;
                         let secs = tus_upload(
                             &http,
                             &format!("{}/files/", s.base),
@@ -383,22 +442,32 @@ async fn main() -> anyhow::Result<()> {
         "Upload of {} MiB, median of {} interleaved runs\n",
         args.size_mib, args.runs
     );
-    println!("| target | mode | median s | MB/s | vs rustus | vs dd |");
-    println!("|---|---|---|---|---|---|");
+    let boto3 = med("boto3 (S3: s3s-fs)", Mode::Multipart);
+    println!("| target | mode | median s | MB/s | vs rustus | vs dd | vs boto3 (same S3) |");
+    println!("|---|---|---|---|---|---|---|");
     for ((t, m), v) in &results {
         let secs = median(v.clone());
-        let mode = [Mode::Stream, Mode::Chunks, Mode::ChunksSha256]
-            .into_iter()
-            .find(|x| x.name() == *m)
-            .unwrap();
+        let mode = [
+            Mode::Stream,
+            Mode::Chunks,
+            Mode::ChunksSha256,
+            Mode::Multipart,
+        ]
+        .into_iter()
+        .find(|x| x.name() == *m)
+        .unwrap();
         let vs_rustus = med("rustus --force-fsync", mode)
             .map(|r| format!("{:.2}×", r / secs))
             .unwrap_or("–".into());
         let vs_dd = dd
             .map(|d| format!("{:.2}×", d / secs))
             .unwrap_or("–".into());
+        let vs_boto3 = match boto3 {
+            Some(b) if t.contains("S3") => format!("{:.2}×", b / secs),
+            _ => "–".into(),
+        };
         println!(
-            "| {t} | {m} | {secs:.2} | {:.0} | {vs_rustus} | {vs_dd} |",
+            "| {t} | {m} | {secs:.2} | {:.0} | {vs_rustus} | {vs_dd} | {vs_boto3} |",
             size as f64 / secs / 1e6
         );
     }

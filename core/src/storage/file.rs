@@ -458,6 +458,10 @@ impl MultipartStore for FileStore {
         0
     }
 
+    fn concurrent_parts(&self) -> bool {
+        false
+    }
+
     fn in_place(&self) -> Option<&dyn InPlaceParts> {
         Some(self)
     }

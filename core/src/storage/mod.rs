@@ -225,6 +225,12 @@ pub trait MultipartStore: Send + Sync {
     /// The smallest size a part but the last may have (S3: 5 MiB).
     fn min_part_size(&self) -> u64;
 
+    /// Whether several parts may be stored at once and land in any order (S3). The file
+    /// store writes one data file in place, so each part must follow the one before it.
+    fn concurrent_parts(&self) -> bool {
+        true
+    }
+
     /// Writing parts in place as their bytes arrive, where the backend can (the file store):
     /// then a request's bytes all end in parts and no tail objects are needed. `None`, the
     /// default, when parts must be sent whole with [`MultipartStore::put_part`].

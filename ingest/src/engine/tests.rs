@@ -179,9 +179,10 @@ async fn any_split_into_requests_and_frames_stores_the_exact_bytes() {
             continue;
         };
         let p = f.part;
-        let data = payload(3 * p + p / 2);
-        // Requests that end inside a part, on a part boundary, span several parts, and are
-        // a single byte; frames smaller and larger than a part.
+        let data = payload(6 * p + p / 2);
+        // Requests that end inside a part, on a part boundary, span several parts (the last
+        // one more than the parts that may upload at once), and are a single byte; frames
+        // smaller and larger than a part.
         let cuts = [1, p / 3, p, 2 * p + 7, data.len()];
         let frames = [7, p, 64 * 1024, 4096, 1000];
         let engine = f.engine(None);
@@ -203,6 +204,21 @@ async fn any_split_into_requests_and_frames_stores_the_exact_bytes() {
         engine.assemble(&u).await.unwrap();
         assert!(f.object(&u).await == data, "{kind:?}: object differs");
     }
+}
+
+#[test]
+fn a_request_keeps_as_many_parts_in_flight_as_its_buffer_holds() {
+    let p = 8 << 20;
+    let reader = |buffer: u64| {
+        BodyReader::new(Body::empty(), 1, None)
+            .with_buffer(buffer)
+            .parts_in_flight(p)
+    };
+    assert_eq!(reader(0), 1, "one part uploads whatever the reservation");
+    assert_eq!(reader(2 * p), 1, "one sending, one filling");
+    assert_eq!(reader(3 * p), 2);
+    assert_eq!(reader(64 * p), crate::PARTS_IN_FLIGHT);
+    assert_eq!(reader(u64::MAX), crate::PARTS_IN_FLIGHT);
 }
 
 #[tokio::test]
