@@ -134,11 +134,21 @@ impl FastOrigin {
             req.headers(),
         )
         .await?;
-        res.headers_mut().extend(
-            self.cors
-                .for_request(req.headers().get(axum::http::header::ORIGIN))
-                .clone(),
-        );
+        // As `HeaderMap::extend` (what the router's CorsLayer does), without a map per request:
+        // a name's first value replaces the handler's, the rest are appended.
+        let cors = self
+            .cors
+            .for_request(req.headers().get(axum::http::header::ORIGIN));
+        let headers = res.headers_mut();
+        for name in cors.keys() {
+            let mut values = cors.get_all(name).iter();
+            if let Some(first) = values.next() {
+                headers.insert(name.clone(), first.clone());
+            }
+            for v in values {
+                headers.append(name.clone(), v.clone());
+            }
+        }
         let r = route as usize;
         let m = usize::from(method == Method::HEAD);
         let class = (res.status().as_u16() / 100).clamp(1, 5) as usize - 1;

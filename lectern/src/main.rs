@@ -123,6 +123,7 @@ fn health(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<()> {
 /// Keeps glibc from growing its mmap threshold: by default, freeing one 8 MiB upload part
 /// raises it past the part size, after which every part buffer comes from per-thread arenas
 /// that do not shrink, and a node streaming to S3 held 80–95 MiB where 49 MiB is live.
+/// Called before the server starts any thread.
 fn fixed_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes the allocator; called before any other thread starts.
@@ -132,7 +133,6 @@ fn fixed_mmap_threshold() {
 }
 
 fn main() -> std::process::ExitCode {
-    fixed_mmap_threshold();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve {
@@ -142,6 +142,8 @@ fn main() -> std::process::ExitCode {
             workers,
             no_migrate,
         } => load_config(&common).and_then(|mut cfg| {
+            // Not in the encoder children: their frame buffers are theirs to keep.
+            fixed_mmap_threshold();
             if let Some(l) = listen {
                 cfg.listen = l;
             }
