@@ -257,6 +257,7 @@ async fn serve(cfg: Config, schema: Schema) -> anyhow::Result<()> {
             &cfg.web_media_origins,
         )));
     }
+    let cors_layer = cors(&cfg.cors_origin)?;
     let mut origin_routes = None;
     let mut fast_origin = None;
     if cfg.has_role("origin") {
@@ -270,12 +271,7 @@ async fn serve(cfg: Config, schema: Schema) -> anyhow::Result<()> {
             }),
         };
         fast_origin = Some(Arc::new(
-            crate::fastorigin::FastOrigin::new(
-                state.clone(),
-                &cors(&cfg.cors_origin)?,
-                &cfg.cors_origin,
-            )
-            .await,
+            crate::fastorigin::FastOrigin::new(state.clone(), &cors_layer, &cfg.cors_origin).await,
         ));
         origin_routes = Some(lectern_origin::router(state));
     }
@@ -310,7 +306,7 @@ async fn serve(cfg: Config, schema: Schema) -> anyhow::Result<()> {
         ))
         // Outside the limiter, so 429s count in the error rate too.
         .layer(axum::middleware::from_fn(crate::http::red_metrics))
-        .layer(cors(&cfg.cors_origin)?)
+        .layer(cors_layer.clone())
         .layer(axum::middleware::from_fn(tus_options))
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(
@@ -337,7 +333,7 @@ async fn serve(cfg: Config, schema: Schema) -> anyhow::Result<()> {
     let app = match origin_routes {
         Some(o) => o
             .layer(axum::middleware::from_fn(crate::http::red_metrics))
-            .layer(cors(&cfg.cors_origin)?)
+            .layer(cors_layer)
             .merge(app),
         None => app,
     };

@@ -53,9 +53,8 @@ pub(crate) async fn visible_course(
 ) -> Result<Course, ApiError> {
     member(c)?;
     let seen = sqlx::query_as::<_, SeenCourse>(sqlx::AssertSqlSafe(format!(
-        "SELECT {COURSE_COLS}, CAST(CASE WHEN EXISTS (SELECT 1 FROM enrollments e \
-            WHERE e.course_id = c.id AND e.user_id = $3) THEN 1 ELSE 0 END AS BIGINT) AS enrolled \
-         FROM courses c WHERE c.id = $1 AND c.org = $2"
+        "SELECT {COURSE_COLS}, {} FROM courses c WHERE c.id = $1 AND c.org = $2",
+        enrolled_sql!("c.id", "$3")
     )))
     .bind(id)
     .bind(&c.org)

@@ -5,6 +5,20 @@
 //! courses they are enrolled in; instructors and admins manage their org's courses; operators
 //! run the platform and have no access to org content.
 
+/// The SQL column `enrolled` (1 or 0): whether user `$user` is enrolled in course `$course`, the
+/// check [`enrollments::is_enrolled`] makes on its own, for statements that read it with others.
+macro_rules! enrolled_sql {
+    ($course:literal, $user:literal) => {
+        concat!(
+            "CAST(CASE WHEN EXISTS (SELECT 1 FROM enrollments e WHERE e.course_id = ",
+            $course,
+            " AND e.user_id = ",
+            $user,
+            ") THEN 1 ELSE 0 END AS BIGINT) AS enrolled"
+        )
+    };
+}
+
 pub mod access;
 pub mod cache;
 mod courses;

@@ -476,15 +476,14 @@ pub(crate) async fn get_progress(
     Path(lesson): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     member(&c)?;
-    let row = sqlx::query_as::<_, OwnRow>(
-        "SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM enrollments e \
-                WHERE e.course_id = l.course_id AND e.user_id = $1) THEN 1 ELSE 0 END AS BIGINT) \
-                AS enrolled, \
-            p.position_s, p.watched_s, p.completed, p.updated_at \
-         FROM lessons l \
-         LEFT JOIN progress p ON p.user_id = $1 AND p.lesson_id = l.id AND p.org = l.org \
-         WHERE l.id = $2 AND l.org = $3",
-    )
+    let row = sqlx::query_as::<_, OwnRow>(concat!(
+        "SELECT ",
+        enrolled_sql!("l.course_id", "$1"),
+        ", p.position_s, p.watched_s, p.completed, p.updated_at \
+             FROM lessons l \
+             LEFT JOIN progress p ON p.user_id = $1 AND p.lesson_id = l.id AND p.org = l.org \
+             WHERE l.id = $2 AND l.org = $3"
+    ))
     .bind(&c.sub)
     .bind(&lesson)
     .bind(&c.org)
