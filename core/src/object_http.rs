@@ -19,6 +19,19 @@ pub fn request_range(
     }
 }
 
+/// A `200`/`206` body that is a byte range of a file on local disk, carried in the response's
+/// extensions beside the streamed body: a sender that owns its socket may `sendfile` this
+/// range instead of reading the body (hyper, which ignores extensions, streams the body).
+#[derive(Clone, Debug)]
+pub struct FileRange {
+    /// The open file.
+    pub file: std::sync::Arc<std::fs::File>,
+    /// First byte of the range.
+    pub start: u64,
+    /// Bytes in the range, equal to the response's `Content-Length`.
+    pub len: u64,
+}
+
 /// Streams a stored object as an HTTP response: 200 or 206 with `Content-Range`, plus
 /// `Content-Type`, `Content-Length`, `Accept-Ranges`, `ETag` and `Last-Modified`. `head`
 /// sends the headers without the body.
@@ -37,6 +50,13 @@ pub fn object_response(
         axum::body::Body::from_stream(got.stream)
     };
     let mut r = axum::response::Response::new(body);
+    if let (Some(file), false) = (got.local, head) {
+        r.extensions_mut().insert(FileRange {
+            file,
+            start: got.range.start,
+            len,
+        });
+    }
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -120,25 +120,35 @@ impl FastOrigin {
 
     /// The answer to `req` when the origin takes it directly; `None` sends it to the router.
     pub async fn respond<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
-        let path = req.uri().path();
+        self.respond_parts(
+            req.method(),
+            req.uri().path(),
+            req.uri().query(),
+            req.headers(),
+        )
+        .await
+    }
+
+    /// [`FastOrigin::respond`] from a request's parts, for the connection loop that parses
+    /// requests itself.
+    pub async fn respond_parts(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        req_headers: &HeaderMap,
+    ) -> Option<Response<Body>> {
         if !path.starts_with("/v/") {
             return None;
         }
         let started = std::time::Instant::now();
-        let method = req.method();
-        let (route, mut res) = lectern_origin::respond_direct(
-            &self.state,
-            method,
-            path,
-            req.uri().query(),
-            req.headers(),
-        )
-        .await?;
+        let (route, mut res) =
+            lectern_origin::respond_direct(&self.state, method, path, query, req_headers).await?;
         // As `HeaderMap::extend` (what the router's CorsLayer does), without a map per request:
         // a name's first value replaces the handler's, the rest are appended.
         let cors = self
             .cors
-            .for_request(req.headers().get(axum::http::header::ORIGIN));
+            .for_request(req_headers.get(axum::http::header::ORIGIN));
         let headers = res.headers_mut();
         for name in cors.keys() {
             let mut values = cors.get_all(name).iter();

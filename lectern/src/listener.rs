@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+use crate::fastconn::{End, Rewind};
 use crate::fastorigin::FastOrigin;
 
 /// Connection limits of the listener.
@@ -107,8 +108,9 @@ pub fn connection_budget(wanted: usize) -> usize {
     wanted.min(fit)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves; playback requests go to `fast` first
-/// when it is given.
+/// Serves `app` on `listener` until `shutdown` resolves. When `fast` is given, each connection
+/// starts in the playback loop (`fastconn`), which hands it to hyper at the first request the
+/// origin does not answer directly; hyper's requests still go to `fast` first.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -118,6 +120,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Playback loops are not hyper's: they learn of shutdown from this, between requests.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -145,6 +149,7 @@ pub async fn serve(
         let app = app.clone();
         let fast = fast.clone();
         let trusted = limits.trusted_proxies.clone();
+        let playback = fast.clone();
         let svc =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let app = app.clone();
@@ -164,16 +169,40 @@ pub async fn serve(
                     app.oneshot(req).await
                 }
             });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let mut stop = stop_rx.clone();
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let _slot = slot;
+            let mut stream = stream;
+            let prefix = match &playback {
+                Some(f) => {
+                    match crate::fastconn::serve(&mut stream, f, header_timeout, &mut stop).await {
+                        Ok(End::Handoff(prefix)) => prefix,
+                        Ok(End::Closed) => return,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            return;
+                        }
+                    }
+                }
+                None => bytes::Bytes::new(),
+            };
+            let io = TokioIo::new(Rewind::new(prefix, stream));
+            if let Err(e) = watcher.watch(builder.serve_connection(io, svc)).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            drop(slot);
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain, graceful.shutdown())
+    let _ = stop_tx.send(true);
+    // Every connection holds a slot until it ends, whichever loop serves it.
+    let all_closed = async {
+        graceful.shutdown().await;
+        let _ = slots.acquire_many(limits.max_connections as u32).await;
+    };
+    if tokio::time::timeout(limits.drain, all_closed)
         .await
         .is_err()
     {

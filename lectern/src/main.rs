@@ -3,6 +3,7 @@
 mod api;
 mod captions;
 mod egress;
+mod fastconn;
 mod fastorigin;
 mod http;
 mod listener;

@@ -197,14 +197,29 @@ async fn answer(
     (status, h, r.bytes().await.unwrap().to_vec())
 }
 
+/// With the memory cache (segments as bytes) and without it (segments sent from their files
+/// with `sendfile`), every playback answer of the connection loop is hyper's.
 #[tokio::test]
 async fn playback_answers_the_same_on_the_direct_path_and_through_the_router() {
+    for cache_mb in ["64", "0"] {
+        direct_equals_router(cache_mb).await;
+    }
+}
+
+async fn direct_equals_router(cache_mb: &str) {
     let app = Opts::new(Db::Sqlite)
         .env(
             "LECTERN_CORS_ORIGIN",
             "https://lms.example,https://other.example",
         )
+        .env("LECTERN_ORIGIN_CACHE_MB", cache_mb)
         .spawn();
+    // A connection per direct request: each is answered by the connection loop, which hands a
+    // connection to hyper for good at its first request that is not plain playback.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let origin = app.base.clone();
     let token = app.token(Role::Instructor, "org-d");
     let (id, url) = ready_playback(&app, &token).await;
@@ -245,6 +260,12 @@ async fn playback_answers_the_same_on_the_direct_path_and_through_the_router() {
             206,
         ),
         (M::GET, format!("{dir}/seg00001.m4s"), vec![allowed], 200),
+        (
+            M::GET,
+            format!("{dir}/seg00001.m4s"),
+            vec![("range", "bytes=100-4099")],
+            206,
+        ),
         (M::HEAD, format!("{dir}/seg00001.m4s"), vec![], 200),
         (
             M::GET,
@@ -263,13 +284,16 @@ async fn playback_answers_the_same_on_the_direct_path_and_through_the_router() {
     ];
     for (method, path, headers, want) in cases {
         let direct = answer(
-            &app.http,
+            &fresh,
             method.clone(),
             &format!("{}{path}", app.base),
             &headers,
         )
         .await;
-        assert_eq!(direct.0, want, "{method} {path}: {direct:?}");
+        assert_eq!(
+            direct.0, want,
+            "{method} {path} (cache {cache_mb} MB): {direct:?}"
+        );
         let routed = answer(
             &app.http,
             method.clone(),
@@ -277,7 +301,10 @@ async fn playback_answers_the_same_on_the_direct_path_and_through_the_router() {
             &headers,
         )
         .await;
-        assert_eq!(direct, routed, "{method} {path}: direct vs router");
+        assert_eq!(
+            direct, routed,
+            "{method} {path} (cache {cache_mb} MB): direct vs router"
+        );
     }
     // CORS as configured: the allowed origin is echoed, a stranger gets none.
     let seg = format!("{dir}/seg00001.m4s");
@@ -324,4 +351,91 @@ async fn playback_answers_the_same_on_the_direct_path_and_through_the_router() {
         count("/v/{video}/{token}/{rendition}/{file}", "4xx") >= 3.0,
         "{m}"
     );
+}
+
+/// One connection, several requests written at once: the loop answers the playback ones in
+/// order, then hands the connection to hyper at the first request that is not its own
+/// (`connection: close`), with that request's bytes intact.
+#[tokio::test]
+async fn pipelined_playback_requests_then_a_handoff_share_one_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Opts::new(Db::Sqlite)
+        .env("LECTERN_ORIGIN_CACHE_MB", "0")
+        .spawn();
+    let token = app.token(Role::Instructor, "org-p");
+    let (id, url) = ready_playback(&app, &token).await;
+    let master_path = url.strip_prefix(&app.base).unwrap().to_string();
+    let (_, _, master) = fetch(&app, &url).await;
+    let variant = m3u8_rs::parse_master_playlist_res(&master)
+        .unwrap()
+        .variants[0]
+        .uri
+        .clone();
+    let dir = format!("/v/{id}/{}", variant.rsplit_once('/').unwrap().0);
+    let (_, _, segment) = fetch(&app, &format!("{}{dir}/seg00001.m4s", app.base)).await;
+    assert!(segment.len() > 1000);
+
+    let addr = app.base.strip_prefix("http://").unwrap().to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let reqs = format!(
+        "GET {master_path} HTTP/1.1\r\nhost: a\r\n\r\n\
+         HEAD {dir}/seg00001.m4s HTTP/1.1\r\nhost: a\r\n\r\n\
+         GET {dir}/seg00001.m4s HTTP/1.1\r\nhost: a\r\nrange: bytes=10-\r\n\r\n\
+         GET /v/{id}/master.m3u8 HTTP/1.1\r\nhost: a\r\n\r\n\
+         GET /healthz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(reqs.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(20), s.read_to_end(&mut raw))
+        .await
+        .expect("the server closes after the `connection: close` request")
+        .unwrap();
+
+    // (status, headers, body) of each answer, framed by content-length (HEAD: no body).
+    let mut answers = Vec::new();
+    let mut rest = &raw[..];
+    for head_req in [false, true, false, false, false] {
+        let mut hs = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut hs);
+        let n = match r.parse(rest).unwrap() {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => {
+                panic!("a partial answer: {:?}", String::from_utf8_lossy(rest))
+            }
+        };
+        let len: usize = r
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+            .unwrap_or(0);
+        let body_len = if head_req { 0 } else { len };
+        let names: Vec<String> = r
+            .headers
+            .iter()
+            .map(|h| h.name.to_ascii_lowercase())
+            .collect();
+        answers.push((r.code.unwrap(), names, len, rest[n..n + body_len].to_vec()));
+        rest = &rest[n + body_len..];
+    }
+    assert!(
+        rest.is_empty(),
+        "trailing bytes: {:?}",
+        String::from_utf8_lossy(rest)
+    );
+    assert_eq!(answers[0].0, 200);
+    assert_eq!(answers[0].3, master, "the signed master");
+    assert_eq!(answers[1].0, 200);
+    assert_eq!(answers[1].2, segment.len(), "HEAD declares the length");
+    assert_eq!(answers[2].0, 206);
+    assert_eq!(answers[2].3, segment[10..], "the range, sent from the file");
+    assert_eq!(answers[3].0, 403, "unsigned");
+    assert_eq!(answers[4].0, 200, "the handed-off request");
+    for (status, names, _, _) in &answers {
+        assert!(names.contains(&"date".to_string()), "{status}: {names:?}");
+        assert!(
+            names.contains(&"content-length".to_string()),
+            "{status}: {names:?}"
+        );
+    }
 }

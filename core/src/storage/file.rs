@@ -308,8 +308,15 @@ impl ObjectStore for FileStore {
 
     async fn get(&self, key: &str, range: Option<ByteRange>) -> StoreResult<GetResult> {
         let path = self.path(key)?;
-        let mut f = tokio::fs::File::open(&path).await.map_err(not_found(key))?;
-        let m = f.metadata().await?;
+        // Open and stat in one trip to the blocking pool.
+        let (file, m) = tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&path)?;
+            let m = f.metadata()?;
+            Ok::<_, io::Error>((f, m))
+        })
+        .await
+        .map_err(io::Error::other)?
+        .map_err(not_found(key))?;
         if !m.is_file() {
             return Err(StoreError::NotFound(key.to_string()));
         }
@@ -318,6 +325,9 @@ impl ObjectStore for FileStore {
             Some(r) => r.resolve(meta.size)?,
             None => 0..meta.size,
         };
+        // The stream reads through its own descriptor (a `dup`, sharing the file position);
+        // `sendfile` on `local` passes its own offset and never moves that position.
+        let mut f = tokio::fs::File::from_std(file.try_clone()?);
         if range.start > 0 {
             f.seek(io::SeekFrom::Start(range.start)).await?;
         }
@@ -327,6 +337,7 @@ impl ObjectStore for FileStore {
             meta,
             range,
             stream: Box::pin(stream),
+            local: Some(Arc::new(file)),
         })
     }
 

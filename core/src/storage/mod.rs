@@ -73,6 +73,9 @@ pub struct GetResult {
     pub range: std::ops::Range<u64>,
     /// The bytes.
     pub stream: ByteStream,
+    /// The object's file, when the store keeps it on local disk: a sender that owns its socket
+    /// can hand the range to the kernel (`sendfile`) instead of reading `stream`.
+    pub local: Option<Arc<std::fs::File>>,
 }
 
 /// One stored part of a multipart upload.

@@ -250,6 +250,7 @@ impl ObjectStore for S3Store {
                 meta: head,
                 range,
                 stream: Box::pin(futures::stream::empty()),
+                local: None,
             });
         }
         let out = self
@@ -270,6 +271,7 @@ impl ObjectStore for S3Store {
             meta: head,
             range,
             stream: idle_bounded(stream, self.idle),
+            local: None,
         })
     }
 
