@@ -191,12 +191,9 @@ async fn write_response(
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
-    let declared = match parts.headers.get(header::CONTENT_LENGTH) {
-        Some(v) => v.to_str().ok().and_then(|v| v.parse::<u64>().ok()),
-        None => None,
-    };
+    let declared = parts.headers.get(header::CONTENT_LENGTH);
     let mut chunked = false;
-    if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+    if declared.is_none() {
         match body.size_hint().exact() {
             Some(0) if !bodiless && !head_req => head.extend_from_slice(b"content-length: 0\r\n"),
             Some(0) => {}
@@ -213,6 +210,9 @@ async fn write_response(
             None => {}
         }
     }
+    let declared = declared
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if !parts.headers.contains_key(header::DATE) {
         head.extend_from_slice(b"date: ");
         with_date(|d| head.extend_from_slice(d));
@@ -283,33 +283,38 @@ async fn write_two(stream: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> io::Re
     stream.write_all(b).await
 }
 
+/// Runs `call` (a raw write syscall returning bytes sent or -1) once the socket is writable,
+/// again after each `EWOULDBLOCK`, and returns what one successful call sent.
+async fn raw_write(stream: &TcpStream, mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        stream.writable().await?;
+        let sent = stream.try_io(Interest::WRITABLE, || match call() {
+            n if n < 0 => Err(io::Error::last_os_error()),
+            n => Ok(n as usize),
+        });
+        match sent {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
+    }
+}
+
 /// Sends `bytes` with `MSG_MORE`, so the kernel holds them for the `sendfile` that follows
 /// instead of sending the head in a packet of its own (`TCP_NODELAY` is on).
 async fn send_more(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     let fd = stream.as_raw_fd();
     while !bytes.is_empty() {
-        stream.writable().await?;
-        let sent = stream.try_io(Interest::WRITABLE, || {
-            // SAFETY: a live socket and a valid buffer of `bytes.len()` bytes.
-            let n = unsafe {
-                libc::send(
-                    fd,
-                    bytes.as_ptr().cast(),
-                    bytes.len(),
-                    libc::MSG_MORE | libc::MSG_NOSIGNAL,
-                )
-            };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        });
-        match sent {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
+        // SAFETY: a live socket and a valid buffer of `bytes.len()` bytes.
+        let n = raw_write(stream, || unsafe {
+            libc::send(
+                fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_MORE | libc::MSG_NOSIGNAL,
+            )
+        })
+        .await?;
+        bytes = &bytes[n..];
     }
     Ok(())
 }
@@ -324,27 +329,17 @@ async fn send_file(stream: &TcpStream, f: &FileRange) -> io::Result<()> {
     let mut offset = f.start as libc::off_t;
     while (offset as u64) < end {
         let want = (end - offset as u64).min(1 << 30) as usize;
-        stream.writable().await?;
-        let sent = stream.try_io(Interest::WRITABLE, || {
-            // SAFETY: two live descriptors and a valid offset; sendfile moves only `offset`.
-            let n = unsafe { libc::sendfile(out, src, &mut offset, want) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        });
-        match sent {
+        // SAFETY: two live descriptors and a valid offset; sendfile moves only `offset`.
+        let n = raw_write(stream, || unsafe {
+            libc::sendfile(out, src, &mut offset, want)
+        })
+        .await?;
+        if n == 0 {
             // The file is shorter than its range (truncated under us): close, don't pad.
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the file ended before its range",
-                ))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file ended before its range",
+            ));
         }
     }
     Ok(())
