@@ -109,8 +109,9 @@ pub fn connection_budget(wanted: usize) -> usize {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves. When `fast` is given, each connection
-/// starts in the playback loop (`fastconn`), which hands it to hyper at the first request the
-/// origin does not answer directly; hyper's requests still go to `fast` first.
+/// starts in the playback loop (`fastconn`) on a per-core lane ([`Lanes`]), which hands it to
+/// hyper on this runtime at the first request the origin does not answer directly; hyper's
+/// requests still go to `fast` first.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -126,6 +127,13 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
+    // Playback connections run on per-core lanes; without threads for them, on this runtime.
+    let lanes = match &fast {
+        Some(_) => Lanes::start()
+            .inspect_err(|e| tracing::warn!(error = %e, "no playback lanes; playback runs on the main runtime"))
+            .ok(),
+        None => None,
+    };
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -171,27 +179,40 @@ pub async fn serve(
             });
         let watcher = graceful.watcher();
         let builder = builder.clone();
-        let mut stop = stop_rx.clone();
-        let header_timeout = limits.header_timeout;
-        tokio::spawn(async move {
+        // hyper's half of a connection: all of it, or the rest after the playback loop.
+        let to_hyper = move |stream: TcpStream, prefix: bytes::Bytes| async move {
             let _slot = slot;
-            let mut stream = stream;
-            let prefix = match &playback {
-                Some(f) => {
-                    match crate::fastconn::serve(&mut stream, f, header_timeout, &mut stop).await {
-                        Ok(End::Handoff(prefix)) => prefix,
-                        Ok(End::Closed) => return,
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                            return;
-                        }
-                    }
-                }
-                None => bytes::Bytes::new(),
-            };
             let io = TokioIo::new(Rewind::new(prefix, stream));
             if let Err(e) = watcher.watch(builder.serve_connection(io, svc)).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        };
+        let Some(f) = playback else {
+            tokio::spawn(to_hyper(stream, bytes::Bytes::new()));
+            continue;
+        };
+        let stop = stop_rx.clone();
+        let header_timeout = limits.header_timeout;
+        if let Some(lanes) = &lanes {
+            let main = tokio::runtime::Handle::current();
+            let handoff = Box::new(move |stream: std::net::TcpStream, prefix: bytes::Bytes| {
+                main.spawn(async move {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => to_hyper(stream, prefix).await,
+                        Err(e) => tracing::debug!(%peer, error = %e, "handoff to hyper failed"),
+                    }
+                });
+            });
+            lanes.dispatch(stream, peer, f, header_timeout, stop, handoff);
+            continue;
+        }
+        tokio::spawn(async move {
+            let mut stream = stream;
+            let mut stop = stop;
+            match crate::fastconn::serve(&mut stream, &f, header_timeout, &mut stop).await {
+                Ok(End::Handoff(prefix)) => to_hyper(stream, prefix).await,
+                Ok(End::Closed) => {}
+                Err(e) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
             }
         });
     }
@@ -212,6 +233,122 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+/// Hands a connection, with the bytes the playback loop read, back to the main runtime.
+type Handoff = Box<dyn FnOnce(std::net::TcpStream, bytes::Bytes) + Send>;
+
+/// A playback connection on its way to a lane.
+struct LaneConn {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    fast: Arc<FastOrigin>,
+    header_timeout: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+    /// Holds the connection's slot until the loop closes it or hyper's task takes it over.
+    handoff: Handoff,
+}
+
+/// One thread per core, each with a single-threaded runtime, for the playback loop: a
+/// connection lives on one thread from its first request to its last, as in nginx's worker
+/// processes, and the connections of a lane take their turns in order. On the multi-threaded
+/// runtime some connections waited behind many others' 4 MB segments (hot-segment p99 up to
+/// 750 ms under saturation; 110–180 ms on lanes, BENCHMARKS.md). Connections are dealt in
+/// turn, which splits a player fleet's keep-alive connections evenly (`SO_REUSEPORT`'s hash
+/// did not). A connection the loop hands off goes back to the main runtime, where hyper and
+/// the router run, so uploads and API calls never occupy a lane.
+struct Lanes {
+    lanes: Vec<tokio::sync::mpsc::UnboundedSender<LaneConn>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Lanes {
+    /// Starts one lane per core this process may use (cgroup quotas included).
+    fn start() -> std::io::Result<Self> {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut lanes = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LaneConn>();
+            std::thread::Builder::new()
+                .name(format!("lectern-lane-{i}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        while let Some(c) = rx.recv().await {
+                            tokio::spawn(c.run());
+                        }
+                        // The listener closed. Open connections still run here, and so must
+                        // anything they started on this runtime (object-store and database
+                        // connections pooled for the whole process) until the process exits.
+                        std::future::pending::<()>().await
+                    })
+                })?;
+            lanes.push(tx);
+        }
+        Ok(Self {
+            lanes,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Gives `stream` to the next lane; the connection is closed if it cannot move.
+    fn dispatch(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        fast: Arc<FastOrigin>,
+        header_timeout: Duration,
+        stop: tokio::sync::watch::Receiver<bool>,
+        handoff: Handoff,
+    ) {
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection could not move to a lane");
+                return;
+            }
+        };
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.lanes.len();
+        let _ = self.lanes[i].send(LaneConn {
+            stream,
+            peer,
+            fast,
+            header_timeout,
+            stop,
+            handoff,
+        });
+    }
+}
+
+impl LaneConn {
+    /// Runs the playback loop on this lane, then hands the connection back if it must.
+    async fn run(self) {
+        let LaneConn {
+            stream,
+            peer,
+            fast,
+            header_timeout,
+            mut stop,
+            handoff,
+        } = self;
+        let mut stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection could not join its lane");
+                return;
+            }
+        };
+        match crate::fastconn::serve(&mut stream, &fast, header_timeout, &mut stop).await {
+            Ok(End::Handoff(prefix)) => match stream.into_std() {
+                Ok(s) => handoff(s, prefix),
+                Err(e) => tracing::debug!(%peer, error = %e, "handoff to hyper failed"),
+            },
+            Ok(End::Closed) => {}
+            Err(e) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+        }
+    }
 }
 
 /// Answers a connection over the cap with a 503 the client can act on, then closes it.

@@ -439,3 +439,91 @@ async fn pipelined_playback_requests_then_a_handoff_share_one_connection() {
         );
     }
 }
+
+/// Playback connections run on per-core lanes and move back to the main runtime at a handoff:
+/// on many connections at once (dealt across every lane), a playback GET, then a request that
+/// hands the connection to hyper, then a playback GET that hyper now serves, all succeed.
+#[tokio::test]
+async fn lanes_serve_many_connections_and_hand_each_back_to_hyper() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Opts::new(Db::Sqlite).spawn();
+    let token = app.token(Role::Instructor, "org-l");
+    let (_, url) = ready_playback(&app, &token).await;
+    let master_path = url.strip_prefix(&app.base).unwrap().to_string();
+    let (_, _, master) = fetch(&app, &url).await;
+
+    let lanes = std::fs::read_dir(format!("/proc/{}/task", app.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|name| name.starts_with("lectern-lane-"))
+        .count();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(lanes, cores, "one playback lane per core");
+
+    let addr = app.base.strip_prefix("http://").unwrap().to_string();
+    let mut conns = Vec::new();
+    for _ in 0..4 * cores {
+        let addr = addr.clone();
+        let master_path = master_path.clone();
+        conns.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let mut answers = Vec::new();
+            for path in [master_path.as_str(), "/healthz", master_path.as_str()] {
+                let req = format!("GET {path} HTTP/1.1\r\nhost: a\r\n\r\n");
+                s.write_all(req.as_bytes()).await.unwrap();
+                answers.push(read_answer(&mut s).await);
+            }
+            s.write_all(b"GET /healthz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut tail = Vec::new();
+            s.read_to_end(&mut tail).await.unwrap();
+            assert!(tail.starts_with(b"HTTP/1.1 200 "), "{tail:?}");
+            answers
+        }));
+    }
+    for c in conns {
+        let answers = tokio::time::timeout(std::time::Duration::from_secs(20), c)
+            .await
+            .expect("every connection is served")
+            .unwrap();
+        assert_eq!(answers[0], (200, master.clone()), "the loop's answer");
+        assert_eq!(answers[1].0, 200, "hyper's /healthz after the handoff");
+        assert_eq!(
+            answers[2],
+            (200, master.clone()),
+            "hyper's answer on the same connection"
+        );
+    }
+}
+
+/// Reads one answer framed by content-length: its status and body.
+async fn read_answer(s: &mut tokio::net::TcpStream) -> (u16, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    loop {
+        let mut hs = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut hs);
+        if let httparse::Status::Complete(n) = r.parse(&buf).unwrap() {
+            let len: usize = r
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+                .expect("content-length");
+            let code = r.code.unwrap();
+            while buf.len() < n + len {
+                let mut more = [0u8; 8192];
+                let got = s.read(&mut more).await.unwrap();
+                assert!(got > 0, "the connection closed mid-answer");
+                buf.extend_from_slice(&more[..got]);
+            }
+            assert_eq!(buf.len(), n + len, "nothing past the answer");
+            return (code, buf[n..].to_vec());
+        }
+        let mut more = [0u8; 8192];
+        let got = s.read(&mut more).await.unwrap();
+        assert!(got > 0, "the connection closed before an answer");
+        buf.extend_from_slice(&more[..got]);
+    }
+}
