@@ -27,6 +27,7 @@ use futures::StreamExt;
 use lectern_core::object_http::FileRange;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use crate::fastorigin::FastOrigin;
@@ -147,19 +148,17 @@ pub async fn serve(
                 Ok(Err(e)) => return Err(e),
             }
         };
-        let Some(res) = fast
-            .respond_parts(
-                &head.method,
-                head.target.path(),
-                head.target.query(),
-                &head.headers,
-            )
-            .await
-        else {
+        let answer = fast.respond_parts(
+            &head.method,
+            head.target.path(),
+            head.target.query(),
+            &head.headers,
+        );
+        let Some(res) = on_runtime(fast.runtime(), answer).await else {
             return Ok(End::Handoff(buf.freeze()));
         };
         buf.advance(head.len);
-        write_response(stream, head.method == Method::HEAD, res).await?;
+        write_response(stream, fast.runtime(), head.method == Method::HEAD, res).await?;
         if *stop.borrow() {
             return Ok(End::Closed);
         }
@@ -170,6 +169,7 @@ pub async fn serve(
 /// `content-length` (or chunked framing) hyper derives from the body, then `date`.
 async fn write_response(
     stream: &mut TcpStream,
+    runtime: &Handle,
     head_req: bool,
     res: Response<Body>,
 ) -> io::Result<()> {
@@ -232,7 +232,7 @@ async fn write_response(
     let mut pending = Some(head);
     let mut sent = 0u64;
     let mut frames = body.into_data_stream();
-    while let Some(data) = frames.next().await {
+    while let Some(data) = on_runtime(runtime, frames.next()).await {
         let data = data.map_err(io::Error::other)?;
         if data.is_empty() {
             continue;
@@ -262,6 +262,18 @@ async fn write_response(
         )),
         _ => Ok(()),
     }
+}
+
+/// Polls `fut` with `runtime` as the current runtime, so that whatever it opens or starts
+/// (pooled database and object-store connections, spawned and blocking tasks) belongs to
+/// `runtime` while the caller, a playback lane, only waits for it.
+async fn on_runtime<F: std::future::Future>(runtime: &Handle, fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        let _current = runtime.enter();
+        fut.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// `a` then `b`, gathered into as few writes as the socket allows.

@@ -22,6 +22,10 @@ pub struct FastOrigin {
     state: OriginState,
     cors: Cors,
     metrics: Metrics,
+    /// Where the handlers' own I/O belongs: database and object-store connections are pooled
+    /// for the whole process, so one opened while a playback lane serves must still be
+    /// driven by the main runtime, not by that lane.
+    runtime: tokio::runtime::Handle,
 }
 
 /// The headers the router's CORS layer adds to a simple (non-preflight) request, by origin.
@@ -115,7 +119,13 @@ impl FastOrigin {
             state,
             cors: Cors::from_layer(layer, cors_origin).await,
             metrics: Metrics::new(),
+            runtime: tokio::runtime::Handle::current(),
         }
+    }
+
+    /// The runtime the origin's state belongs to (the one that built it).
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     /// The answer to `req` when the origin takes it directly; `None` sends it to the router.

@@ -180,10 +180,22 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let builder = builder.clone();
         // hyper's half of a connection: all of it, or the rest after the playback loop.
+        let draining = stop_rx.clone();
         let to_hyper = move |stream: TcpStream, prefix: bytes::Bytes| async move {
             let _slot = slot;
             let io = TokioIo::new(Rewind::new(prefix, stream));
-            if let Err(e) = watcher.watch(builder.serve_connection(io, svc)).await {
+            let served = if *draining.borrow() {
+                // Handed off after shutdown began: the graceful watcher would close the
+                // connection before its first request, which the playback loop has already
+                // read, so the client would get no answer. It gets this one, then the
+                // connection closes (the drain still waits for its slot).
+                let mut last = builder;
+                last.keep_alive(false);
+                last.serve_connection(io, svc).await
+            } else {
+                watcher.watch(builder.serve_connection(io, svc)).await
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         };
@@ -256,7 +268,9 @@ struct LaneConn {
 /// 750 ms under saturation; 110–180 ms on lanes, BENCHMARKS.md). Connections are dealt in
 /// turn, which splits a player fleet's keep-alive connections evenly (`SO_REUSEPORT`'s hash
 /// did not). A connection the loop hands off goes back to the main runtime, where hyper and
-/// the router run, so uploads and API calls never occupy a lane.
+/// the router run, so uploads and API calls never occupy a lane; and the origin's handlers
+/// run their own I/O on the main runtime (`fastconn::on_runtime`), so database and
+/// object-store connections pooled for the whole process never depend on a lane.
 struct Lanes {
     lanes: Vec<tokio::sync::mpsc::UnboundedSender<LaneConn>>,
     next: std::sync::atomic::AtomicUsize,
@@ -268,23 +282,45 @@ impl Lanes {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut lanes = Vec::with_capacity(n);
         for i in 0..n {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LaneConn>();
+            // Built on its own thread: a runtime must not be dropped (were the thread not to
+            // start) inside the async context that starts the lanes.
+            let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
             std::thread::Builder::new()
                 .name(format!("lectern-lane-{i}"))
                 .spawn(move || {
-                    rt.block_on(async move {
-                        while let Some(c) = rx.recv().await {
-                            tokio::spawn(c.run());
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
                         }
-                        // The listener closed. Open connections still run here, and so must
-                        // anything they started on this runtime (object-store and database
-                        // connections pooled for the whole process) until the process exits.
-                        std::future::pending::<()>().await
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    rt.block_on(async move {
+                        let mut conns = tokio::task::JoinSet::new();
+                        loop {
+                            tokio::select! {
+                                c = rx.recv() => match c {
+                                    Some(c) => {
+                                        conns.spawn(c.run());
+                                    }
+                                    None => break,
+                                },
+                                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                            }
+                        }
+                        // The listener closed: open connections finish first (the listener's
+                        // drain bounds how long the server waits for them).
+                        while conns.join_next().await.is_some() {}
                     })
                 })?;
+            ready_rx
+                .recv()
+                .unwrap_or_else(|_| Err(std::io::Error::other("a playback lane did not start")))?;
             lanes.push(tx);
         }
         Ok(Self {
