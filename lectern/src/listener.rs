@@ -265,9 +265,9 @@ struct LaneConn {
 /// connection lives on one thread from its first request to its last, as in nginx's worker
 /// processes, and the connections of a lane take their turns in order. On the multi-threaded
 /// runtime some connections waited behind many others' 4 MB segments (hot-segment p99 up to
-/// 750 ms under saturation; 110–180 ms on lanes, BENCHMARKS.md). Connections are dealt in
-/// turn, which splits a player fleet's keep-alive connections evenly (`SO_REUSEPORT`'s hash
-/// did not). A connection the loop hands off goes back to the main runtime, where hyper and
+/// 750 ms under saturation; 110–180 ms in most runs on lanes, BENCHMARKS.md). Connections
+/// are dealt in turn, which splits a player fleet's keep-alive connections evenly
+/// (`SO_REUSEPORT`'s hash did not). A connection the loop hands off goes back to the main runtime, where hyper and
 /// the router run, so uploads and API calls never occupy a lane; and the origin's handlers
 /// run their own I/O on the main runtime (`fastconn::on_runtime`), so database and
 /// object-store connections pooled for the whole process never depend on a lane.
