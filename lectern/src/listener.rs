@@ -127,13 +127,13 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
-    // Playback connections run on per-core lanes; without threads for them, on this runtime.
+    // Playback connections run on per-core lanes; a machine that cannot start a few threads
+    // cannot serve either, so that fails the start like a port that cannot be bound.
     let lanes = match &fast {
-        Some(_) => Lanes::start()
-            .inspect_err(|e| tracing::warn!(error = %e, "no playback lanes; playback runs on the main runtime"))
-            .ok(),
+        Some(_) => Some(Lanes::start()?),
         None => None,
     };
+    let main = tokio::runtime::Handle::current();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -199,34 +199,21 @@ pub async fn serve(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         };
-        let Some(f) = playback else {
+        let (Some(f), Some(lanes)) = (playback, &lanes) else {
             tokio::spawn(to_hyper(stream, bytes::Bytes::new()));
             continue;
         };
-        let stop = stop_rx.clone();
-        let header_timeout = limits.header_timeout;
-        if let Some(lanes) = &lanes {
-            let main = tokio::runtime::Handle::current();
-            let handoff = Box::new(move |stream: std::net::TcpStream, prefix: bytes::Bytes| {
-                main.spawn(async move {
-                    match TcpStream::from_std(stream) {
-                        Ok(stream) => to_hyper(stream, prefix).await,
-                        Err(e) => tracing::debug!(%peer, error = %e, "handoff to hyper failed"),
-                    }
-                });
+        let main = main.clone();
+        let handoff = Box::new(move |stream: std::net::TcpStream, prefix: bytes::Bytes| {
+            main.spawn(async move {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => to_hyper(stream, prefix).await,
+                    Err(e) => tracing::debug!(%peer, error = %e, "handoff to hyper failed"),
+                }
             });
-            lanes.dispatch(stream, peer, f, header_timeout, stop, handoff);
-            continue;
-        }
-        tokio::spawn(async move {
-            let mut stream = stream;
-            let mut stop = stop;
-            match crate::fastconn::serve(&mut stream, &f, header_timeout, &mut stop).await {
-                Ok(End::Handoff(prefix)) => to_hyper(stream, prefix).await,
-                Ok(End::Closed) => {}
-                Err(e) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
-            }
         });
+        let stop = stop_rx.clone();
+        lanes.dispatch(stream, peer, f, limits.header_timeout, stop, handoff);
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -267,8 +254,9 @@ struct LaneConn {
 /// runtime some connections waited behind many others' 4 MB segments (hot-segment p99 up to
 /// 750 ms under saturation; 110–180 ms in most runs on lanes, BENCHMARKS.md). Connections
 /// are dealt in turn, which splits a player fleet's keep-alive connections evenly
-/// (`SO_REUSEPORT`'s hash did not). A connection the loop hands off goes back to the main runtime, where hyper and
-/// the router run, so uploads and API calls never occupy a lane; and the origin's handlers
+/// (`SO_REUSEPORT`'s hash did not). A connection the loop hands off goes back to the main
+/// runtime, where hyper and the router run, so uploads and API calls never occupy a lane;
+/// and the origin's handlers
 /// run their own I/O on the main runtime (`fastconn::on_runtime`), so database and
 /// object-store connections pooled for the whole process never depend on a lane.
 struct Lanes {
